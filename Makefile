@@ -1,0 +1,48 @@
+# The two commands: `make demo` and `make test`. Both install into .venv first.
+# ACCEL=cpu (default) installs the CPU stack; ACCEL=cuda the CUDA builds of
+# torch and fbgemm-gpu from TORCH_INDEX.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+ACCEL ?= cpu
+VENV ?= .venv
+TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+TORCHREC_VERSION := 1.8.0
+DEMO_DIR ?= .demo
+DEMO_ROWS ?= 200000
+
+PY := $(VENV)/bin/python
+RECSYS := $(VENV)/bin/recsys
+STAMP := $(VENV)/.installed-$(ACCEL)
+PIP := $(PY) -m pip install --disable-pip-version-check --quiet
+ifeq ($(ACCEL),cuda)
+PIP_INDEX := --extra-index-url $(TORCH_INDEX)
+endif
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# Re-runs only when the pins or the package metadata change; otherwise a no-op.
+$(STAMP): pyproject.toml requirements/common.txt requirements/$(ACCEL).txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) $(PIP_INDEX) -r requirements/$(ACCEL).txt
+	$(PIP) --no-deps torchrec==$(TORCHREC_VERSION)
+	$(PIP) --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+	@echo "installed the $(ACCEL) stack into $(VENV)"
+
+demo: install
+	$(RECSYS) data synth --kind ctr --rows $(DEMO_ROWS) --out $(DEMO_DIR)/ctr --overwrite
+	$(RECSYS) data summary $(DEMO_DIR)/ctr
+	$(RECSYS) data synth --kind ctr --format criteo-tsv --rows 20000 --out $(DEMO_DIR)/criteo-raw --overwrite
+	$(RECSYS) data prepare --format criteo --input $(DEMO_DIR)/criteo-raw --out $(DEMO_DIR)/criteo --overwrite
+	$(RECSYS) data summary $(DEMO_DIR)/criteo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/bench_data.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) benchmarks/work

@@ -1,0 +1,1 @@
+"""Performance kernels (fbgemm TBE wrappers, quantized tables, GPU kernels), each with a pure-torch reference."""

@@ -1,0 +1,140 @@
+"""``recsys data``: synthesise, prepare and summarise data sets (public interface, keep flags stable)."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from recsys.data.pipeline import PrepareOptions
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(
+    help="Synthesise, prepare and summarise data sets (Parquet splits + schema.json + stats.json).",
+    no_args_is_help=True,
+)
+
+
+class SynthKind(StrEnum):
+    CTR = "ctr"
+    IMPLICIT = "implicit"
+
+
+class SynthFormat(StrEnum):
+    PREPARED = "prepared"
+    CRITEO_TSV = "criteo-tsv"
+
+
+class InputFormat(StrEnum):
+    CRITEO = "criteo"
+    MOVIELENS = "movielens"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class SplitMode(StrEnum):
+    RANDOM = "random"
+    TIME = "time"
+
+
+class MovieLensTask(StrEnum):
+    CTR = "ctr"
+    IMPLICIT = "implicit"
+
+
+_SPLIT_HELP = "random: by seeded hash of the row; time: by timestamp (file order when there is none)."
+
+
+@app.command()
+def synth(
+    kind: SynthKind = typer.Option(..., "--kind", help="ctr: Criteo-shaped CTR logs with a known ground truth; implicit: user×item interactions with communities."),
+    rows: int = typer.Option(..., "--rows", min=1, help="Number of rows (interactions) to generate."),
+    out: Path = typer.Option(..., "--out", help="Output directory (created atomically)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical data."),
+    output_format: SynthFormat = typer.Option(SynthFormat.PREPARED, "--format", help="prepared: train/valid/test Parquet like `prepare`; criteo-tsv: a raw Criteo day file to feed `prepare --format criteo` (ctr only)."),
+    users: int | None = typer.Option(None, "--users", min=1, help="Number of users (default: rows/20 for ctr, rows/30 for implicit)."),
+    items: int | None = typer.Option(None, "--items", min=1, help="Number of items (default: rows/40 for ctr, rows/60 for implicit)."),
+    embedding_dim: int | None = typer.Option(None, "--embedding-dim", min=1, help="Embedding dim written into the schema (default 16 for ctr, 32 for implicit)."),
+    split: SplitMode = typer.Option(SplitMode.RANDOM, "--split", help=_SPLIT_HELP),
+    valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="Share of rows for validation."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Generate synthetic data in the same layout as `prepare` (stats.json records the Bayes-optimal AUC for ctr)."""
+    from recsys.data import synth as generator
+    from recsys.data.summary import print_summary
+
+    if kind is SynthKind.CTR:
+        config = generator.CtrConfig(rows=rows, seed=seed, users=users, items=items,
+                                     **({"embedding_dim": embedding_dim} if embedding_dim else {}))
+        if output_format is SynthFormat.CRITEO_TSV:
+            path = generator.write_criteo_tsv(config, out, overwrite)
+            log.info("wrote %d Criteo-format rows to %s", rows, path)
+            return
+        options = PrepareOptions(split=split.value, valid_fraction=valid_fraction, test_fraction=test_fraction,
+                                 seed=seed, overwrite=overwrite)
+        result = generator.synth_ctr(config, out, options)
+    else:
+        if output_format is not SynthFormat.PREPARED:
+            raise RecsysError("--format criteo-tsv is only for --kind ctr")
+        implicit = generator.ImplicitConfig(rows=rows, seed=seed, users=users, items=items,
+                                            **({"embedding_dim": embedding_dim} if embedding_dim else {}))
+        options = PrepareOptions(split=split.value, valid_fraction=valid_fraction, test_fraction=test_fraction,
+                                 seed=seed, overwrite=overwrite)
+        result = generator.synth_implicit(implicit, out, options)
+    print_summary(result.out, brief=True)
+
+
+@app.command()
+def prepare(
+    input_format: InputFormat = typer.Option(..., "--format", help="criteo: Criteo TSV day files (or CSV with a header), .gz ok; movielens: a 100K, 1M or latest folder; csv/parquet: any table, described by --schema."),
+    input_path: Path = typer.Option(..., "--input", help="Input file or directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory (written atomically: nothing appears unless the job succeeds)."),
+    schema_path: Path | None = typer.Option(None, "--schema", help="Schema YAML/JSON describing the input columns (required for csv/parquet; overrides the built-in one for criteo/movielens)."),
+    split: SplitMode = typer.Option(SplitMode.RANDOM, "--split", help=_SPLIT_HELP),
+    valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="Share of rows for validation."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
+    max_bad_fraction: float = typer.Option(0.01, "--max-bad-fraction", help="Fail (writing nothing) when more than this share of rows is malformed."),
+    task: MovieLensTask = typer.Option(MovieLensTask.CTR, "--task", help="movielens: ctr (rating >= --positive-rating is a click) or implicit (positive interactions only)."),
+    positive_rating: float = typer.Option(4.0, "--positive-rating", help="movielens: lowest rating that counts as positive."),
+    history_length: int = typer.Option(50, "--history-length", min=1, help="movielens: max length of the per-user history sequence."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Turn raw data into train/valid/test Parquet + schema.json + stats.json, quarantining malformed rows."""
+    from recsys.data.pipeline import run
+    from recsys.data.summary import print_summary
+    from recsys.schema import Schema
+
+    options = PrepareOptions(split=split.value, valid_fraction=valid_fraction, test_fraction=test_fraction,
+                             seed=seed, max_bad_fraction=max_bad_fraction, overwrite=overwrite)
+    schema = Schema.load(schema_path) if schema_path is not None else None
+    if input_format is InputFormat.CRITEO:
+        from recsys.data.formats.criteo import CriteoSource
+
+        source = CriteoSource(input_path, schema)
+    elif input_format is InputFormat.MOVIELENS:
+        from recsys.data.formats.movielens import MovieLensSource
+
+        source = MovieLensSource(input_path, task=task.value, positive_rating=positive_rating,
+                                 history_length=history_length, schema=schema)
+    else:
+        from recsys.data.formats.tabular import TabularSource
+
+        if schema is None:
+            raise RecsysError(f"--format {input_format.value} needs --schema (a YAML file describing the columns)")
+        source = TabularSource(input_path, schema, file_format=input_format.value)
+    result = run(source, out, options)
+    print_summary(result.out, brief=True)
+
+
+@app.command()
+def summary(data_dir: Path = typer.Argument(..., help="A prepared data directory.")) -> None:
+    """Print a prepared data set's splits, features and tables."""
+    from recsys.data.summary import print_summary
+
+    print_summary(data_dir)

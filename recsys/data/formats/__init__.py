@@ -1,0 +1,1 @@
+"""Raw input formats, each a prepare Source."""

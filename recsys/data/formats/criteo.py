@@ -1,0 +1,100 @@
+"""Criteo display-advertising logs: label, 13 integer features, 26 hashed categoricals per line.
+
+Reads the Kaggle ``train.txt`` and Terabyte ``day_N`` files (tab-separated, no
+header, optionally gzip) and the comma-separated variant with a
+``label,I1..I13,C1..C26`` header that many tutorials ship. A directory input
+means every regular file in it, in name order (day_0, day_1, ... is time order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from recsys.data.lines import iter_line_chunks
+from recsys.data.pipeline import RawPart, bad_rows
+from recsys.errors import RecsysError
+from recsys.schema import DenseFeature, Entity, Label, Schema, SparseFeature, Table
+
+NUM_DENSE = 13
+NUM_SPARSE = 26
+DENSE_NAMES = [f"I{i}" for i in range(1, NUM_DENSE + 1)]
+SPARSE_NAMES = [f"C{i}" for i in range(1, NUM_SPARSE + 1)]
+FIELDS = ["label", *DENSE_NAMES, *SPARSE_NAMES]
+
+
+def default_schema(embedding_dim: int = 16, min_count: int = 2) -> Schema:
+    """Criteo has no user or item ids: every field is context; categoricals get thresholded vocabularies."""
+    return Schema(
+        dense=[DenseFeature(name=n, entity=Entity.CONTEXT) for n in DENSE_NAMES],
+        sparse=[SparseFeature(name=n, entity=Entity.CONTEXT) for n in SPARSE_NAMES],
+        tables=[Table(name=n, embedding_dim=embedding_dim, min_count=min_count) for n in SPARSE_NAMES],
+        labels=[Label(name="label")],
+    )
+
+
+def input_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise RecsysError(f"{path}: directory has no input files")
+        return files
+    if not path.exists():
+        raise RecsysError(f"{path}: input not found")
+    return [path]
+
+
+class CriteoSource:
+    """Yields parsed chunks of Criteo lines; malformed lines become bad rows with their reason."""
+
+    def __init__(self, path: Path, schema: Schema | None = None) -> None:
+        self.files = input_files(path)
+        self.schema = schema or default_schema()
+        wanted = {c for c in self.schema.columns}
+        missing = [c for c in wanted if c not in FIELDS]
+        if missing:
+            raise RecsysError(f"schema column '{missing[0]}' is not a Criteo field (expected {FIELDS[0]}, I1..I13, C1..C26)")
+
+    def parts(self) -> Iterator[RawPart]:
+        for path in self.files:
+            separator: str | None = None
+            for chunk in iter_line_chunks(path):
+                lines = chunk.frame
+                if separator is None:
+                    first = lines["text"][0] if lines.height else ""
+                    separator = "\t" if "\t" in first else ","
+                    if first.split(separator, 1)[0].strip().lower() == "label":
+                        lines = lines.slice(1)  # a header line, not a row
+                yield _parse(lines, separator, chunk.source)
+
+
+def _parse(lines: pl.DataFrame, separator: str, source: str) -> RawPart:
+    fields = lines.with_columns(
+        pl.col("text").str.count_matches(separator, literal=True).alias("separators"),
+        pl.col("text").str.splitn(separator, len(FIELDS)).struct.rename_fields(FIELDS).alias("f"),
+    ).unnest("f")
+    checks: list[tuple[pl.Expr, str]] = [
+        (pl.col("undecodable"), "undecodable bytes (not UTF-8)"),
+        (pl.col("separators") != len(FIELDS) - 1,
+         pl.format("wrong field count: {} (expected {})", pl.col("separators") + 1, pl.lit(len(FIELDS)))),
+        (~pl.col("label").str.strip_chars().is_in(["0", "1"]), "label is not 0 or 1"),
+    ]
+    typed = [pl.col("label").str.strip_chars().cast(pl.Float64, strict=False)]
+    for name in DENSE_NAMES:
+        raw = pl.col(name).str.strip_chars()
+        value = raw.cast(pl.Float64, strict=False)
+        checks.append(((raw != "") & (value.is_null() | ~value.is_finite()), f"non-numeric dense value in {name}"))
+        typed.append(pl.when(raw == "").then(None).otherwise(value).alias(name))
+    for name in SPARSE_NAMES:
+        raw = pl.col(name).str.strip_chars()
+        typed.append(pl.when(raw == "").then(None).otherwise(raw).alias(name))
+
+    reason: pl.Expr = pl.lit(None, pl.String)
+    for condition, why in reversed(checks):
+        reason = pl.when(condition.fill_null(True)).then(why if isinstance(why, pl.Expr) else pl.lit(why)).otherwise(reason)
+    checked = fields.with_columns(reason.alias("reason"))
+    bad = checked.filter(pl.col("reason").is_not_null())
+    good = checked.filter(pl.col("reason").is_null()).select(typed)
+    return RawPart(rows=good, bad=bad_rows(source, bad["line"], bad["reason"], bad["text"]))

@@ -1,0 +1,313 @@
+"""The prepare engine: raw row chunks → quarantine, vocabularies, dense stats, splits → Parquet.
+
+Every input format is a ``Source`` that yields ``RawPart``s (good rows with raw
+typed columns, and bad rows with their file, line and reason). The engine is
+format-agnostic and streams in two passes so inputs larger than memory work:
+
+1. parse: spool good rows to Parquet in the temporary output folder, each with
+   its global row ordinal and a seeded uniform number for the random split;
+   quarantine bad rows; stop if the bad fraction is over the limit.
+2. fit on train rows only (polars streaming engine): vocabularies per table,
+   log1p/standardisation statistics per dense feature, time-split cut points.
+3. encode each spooled part and write it to its split folders.
+
+All of it happens in a temporary sibling of the output folder that is renamed
+into place only on success (``atomic_output_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from recsys.data import layout
+from recsys.data.progress import row_progress
+from recsys.data.transforms import build_vocab, dense_expr, encode_expr, uniform_from_rows
+from recsys.errors import BadDataError, RecsysError
+from recsys.schema import Encoding, Schema
+
+log = logging.getLogger(__name__)
+
+BAD_ROW_COLUMNS = {"source": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}
+_ROW = "_row"
+_UNIFORM = "_u"
+_SPLIT = "_split"
+
+
+@dataclass
+class RawPart:
+    """Good rows (raw typed columns named as in the schema) and the bad rows found beside them."""
+
+    rows: pl.DataFrame
+    bad: pl.DataFrame | None = None
+
+
+class Source(Protocol):
+    """A raw input: its (unresolved) schema and a stream of parts."""
+
+    schema: Schema
+
+    def parts(self) -> Iterator[RawPart]: ...
+
+
+@dataclass
+class PrepareOptions:
+    split: Literal["random", "time"] = "random"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    max_bad_fraction: float = 0.01
+    row_group_size: int = 1 << 16
+    overwrite: bool = False
+    passthrough: tuple[str, ...] = ()  # extra raw columns kept as they are (e.g. synthetic truth)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.valid_fraction < 1 and 0 <= self.test_fraction < 1):
+            raise RecsysError("--valid-fraction and --test-fraction must be in [0, 1)")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise RecsysError("--valid-fraction + --test-fraction must leave rows for train")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise RecsysError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    schema: Schema
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def bad_rows(source: str, lines: pl.Series, reasons: pl.Series, raw: pl.Series) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"source": pl.repeat(source, len(lines), eager=True, dtype=pl.String), "line": lines, "reason": reasons, "raw": raw}
+    ).cast(BAD_ROW_COLUMNS)  # type: ignore[arg-type]
+
+
+class _Quarantine:
+    """Appends bad rows to one JSON-lines file and keeps the first few for the summary."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.count = 0
+        self.examples: list[dict[str, Any]] = []
+        self._file = path.open("w")
+
+    def add(self, bad: pl.DataFrame) -> None:
+        if bad.height == 0:
+            return
+        for record in bad.select(list(BAD_ROW_COLUMNS)).iter_rows(named=True):
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if len(self.examples) < 5:
+            self.examples += bad.head(5 - len(self.examples)).to_dicts()
+        self.count += bad.height
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def run(source: Source, out: str | Path, options: PrepareOptions,
+        extra_stats: Callable[[Path, Schema], dict[str, Any]] | None = None) -> PrepareResult:
+    """Prepare ``source`` into ``out`` (atomically); returns the resolved schema and stats."""
+    started = time.perf_counter()
+    schema = source.schema
+    with layout.atomic_output_dir(out, overwrite=options.overwrite) as tmp:
+        spool = tmp / "_spool"
+        spool.mkdir()
+        quarantine = _Quarantine(tmp / layout.QUARANTINE_FILE)
+        try:
+            good = _spool_parts(source, spool, quarantine, options)
+        finally:
+            quarantine.close()
+        rows_read = good + quarantine.count
+        _check_bad_fraction(rows_read, good, quarantine, options, Path(out))
+        split_of = _split_expr(schema, spool, options)
+        vocabs, schema = _fit(schema, spool, split_of)
+        split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options)
+        shutil.rmtree(spool)
+        (tmp / layout.VOCAB_DIR).mkdir()
+        for table_name, vocab in vocabs.items():
+            vocab.write_parquet(tmp / layout.VOCAB_DIR / f"{table_name}.parquet")
+        schema.save(tmp / "schema.json")
+        elapsed = time.perf_counter() - started
+        stats: dict[str, Any] = {
+            "rows_read": rows_read,
+            "rows_written": sum(c["rows"] for c in split_counts.values()),
+            "bad_rows": quarantine.count,
+            "bad_fraction": quarantine.count / rows_read if rows_read else 0.0,
+            "split": options.split,
+            "seed": options.seed,
+            "splits": split_counts,
+            "cardinalities": {t.name: t.cardinality for t in schema.tables},
+            "vocab_sizes": {name: vocab.height for name, vocab in vocabs.items()},
+            "dense": {f.name: {"mean": f.mean, "std": f.std} for f in schema.dense},
+            "seconds": round(elapsed, 3),
+            "rows_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None,
+        }
+        if extra_stats is not None:
+            stats.update(extra_stats(tmp, schema))
+        layout.write_json(tmp / layout.STATS_FILE, stats)
+    log.info("wrote %s: %d rows (%d bad) in %.1fs", out, stats["rows_written"], stats["bad_rows"], elapsed)
+    return PrepareResult(out=Path(out), schema=schema, stats=stats)
+
+
+def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: PrepareOptions) -> int:
+    wanted = [c for c in source.schema.columns] + list(options.passthrough)
+    good = 0
+    with row_progress("parsing") as advance:
+        for index, part in enumerate(source.parts()):
+            if part.bad is not None:
+                quarantine.add(part.bad)
+            rows = part.rows
+            if rows.height:
+                ordinals = np.arange(good, good + rows.height, dtype=np.uint64)
+                rows = rows.select(wanted).with_columns(
+                    pl.Series(_ROW, ordinals.astype(np.int64)),
+                    pl.Series(_UNIFORM, uniform_from_rows(ordinals, options.seed)),
+                )
+                rows.write_parquet(spool / f"part-{index:05d}.parquet")
+                good += rows.height
+            advance(rows.height + (part.bad.height if part.bad is not None else 0))
+    return good
+
+
+def _check_bad_fraction(rows_read: int, good: int, quarantine: _Quarantine, options: PrepareOptions, out: Path) -> None:
+    if quarantine.count == 0 and good > 0:
+        return
+    fraction = quarantine.count / rows_read if rows_read else 0.0
+    if quarantine.count:
+        first = quarantine.examples[0]
+        log.warning("%d malformed rows (%.3f%%); first: %s:%d: %s",
+                    quarantine.count, 100 * fraction, first["source"], first["line"], first["reason"])
+    if good == 0 or fraction > options.max_bad_fraction:
+        kept = out.resolve().with_name(out.name + ".bad_rows.jsonl")
+        shutil.copyfile(quarantine.path, kept)
+        if good == 0 and quarantine.count == 0:
+            raise BadDataError("the input has no rows")
+        first = quarantine.examples[0]
+        raise BadDataError(
+            f"{quarantine.count} of {rows_read} rows are malformed ({100 * fraction:.2f}%, above "
+            f"--max-bad-fraction {options.max_bad_fraction:g}); first at {first['source']}:{first['line']}: "
+            f"{first['reason']}; all bad rows kept in {kept}; nothing written to {out}"
+        )
+
+
+def _split_expr(schema: Schema, spool: Path, options: PrepareOptions) -> pl.Expr:
+    """0 = train, 1 = valid, 2 = test: by the seeded uniform, or by time cut points."""
+    train_cut = 1.0 - options.valid_fraction - options.test_fraction
+    valid_cut = 1.0 - options.test_fraction
+    if options.split == "random":
+        key, first, second = pl.col(_UNIFORM), pl.lit(train_cut), pl.lit(valid_cut)
+    else:
+        # Without a timestamp column the file order is the time order (Criteo day files).
+        column = schema.timestamp.name if schema.timestamp is not None else _ROW
+        cuts = pl.scan_parquet(spool / "*.parquet").select(
+            pl.col(column).quantile(train_cut, "lower").alias("a"),
+            pl.col(column).quantile(valid_cut, "lower").alias("b"),
+        ).collect()
+        key, first, second = pl.col(column), pl.lit(cuts["a"][0]), pl.lit(cuts["b"][0])
+    compare = (lambda k, c: k < c) if options.split == "random" else (lambda k, c: k <= c)
+    return (
+        pl.when(compare(key, first)).then(pl.lit(0, pl.Int8))
+        .when(compare(key, second)).then(pl.lit(1, pl.Int8))
+        .otherwise(pl.lit(2, pl.Int8))
+    )
+
+
+def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.DataFrame], Schema]:
+    """Vocabularies and dense statistics from the train rows; returns the resolved schema."""
+    train = pl.scan_parquet(spool / "*.parquet").filter(split_of == 0)
+    spooled = pl.read_parquet_schema(next(spool.glob("*.parquet")))
+    features_by_table: dict[str, list[str]] = {}
+    for feature in [*schema.sparse, *schema.sequences]:
+        features_by_table.setdefault(feature.table_name, []).append(feature.name)
+
+    vocab_tables = [t for t in schema.tables if t.encoding is Encoding.VOCAB]
+    queries = []
+    for table in vocab_tables:
+        per_feature = []
+        for name in features_by_table[table.name]:
+            column = pl.col(name).explode() if isinstance(spooled[name], pl.List) else pl.col(name)
+            per_feature.append(
+                train.select(column.cast(pl.String).alias("value")).drop_nulls().group_by("value").agg(pl.len().alias("count"))
+            )
+        queries.append(pl.concat(per_feature).group_by("value").agg(pl.col("count").sum()))
+    stats_exprs = []
+    for feature in schema.dense:
+        pre = dense_expr(feature, standardize=False).cast(pl.Float64)
+        stats_exprs += [pre.mean().alias(f"{feature.name}/mean"), pre.std().alias(f"{feature.name}/std")]
+    if stats_exprs:
+        queries.append(train.select(stats_exprs))
+    results = pl.collect_all(queries, engine="streaming") if queries else []
+
+    vocabs = {table.name: build_vocab(counts, table.min_count) for table, counts in zip(vocab_tables, results)}
+    tables = [
+        t.model_copy(update={"cardinality": vocabs[t.name].height + 1, "vocab_file": f"{layout.VOCAB_DIR}/{t.name}.parquet"})
+        if t.name in vocabs else t
+        for t in schema.tables
+    ]
+    dense = list(schema.dense)
+    if stats_exprs:
+        row = results[-1].row(0, named=True)
+        if row[f"{schema.dense[0].name}/mean"] is None:
+            raise BadDataError("no rows fall in the train split; lower --valid-fraction/--test-fraction")
+        dense = [
+            f.model_copy(update={"mean": float(row[f"{f.name}/mean"]), "std": float(row[f"{f.name}/std"] or 1.0)})
+            if f.transform.standardizes else f
+            for f in schema.dense
+        ]
+    resolved = schema.model_copy(update={"tables": tables, "dense": dense})
+    return vocabs, Schema.model_validate(resolved.model_dump())
+
+
+def _write_splits(schema: Schema, spool: Path, out: Path, vocabs: dict[str, pl.DataFrame], split_of: pl.Expr,
+                  options: PrepareOptions) -> dict[str, dict[str, Any]]:
+    spooled = pl.read_parquet_schema(next(spool.glob("*.parquet")))
+    exprs = [dense_expr(f) for f in schema.dense]
+    for feature in schema.sparse:
+        table = schema.table(feature.table_name)
+        exprs.append(encode_expr(feature.name, table, vocabs.get(table.name), isinstance(spooled[feature.name], pl.List)))
+    for feature in schema.sequences:
+        table = schema.table(feature.table)
+        exprs.append(encode_expr(feature.name, table, vocabs.get(table.name), is_list=True))
+    # Histories are newest first: keep the max_length most recent ids before encoding.
+    truncate = [pl.col(f.name).list.head(f.max_length) for f in schema.sequences]
+    exprs += [pl.col(label.name).cast(pl.Float32) for label in schema.labels]
+    exprs += [pl.col(c.name).cast(pl.String) for c in (schema.user_key, schema.item_key) if c is not None]
+    if schema.timestamp is not None:
+        exprs.append(pl.col(schema.timestamp.name).cast(pl.Int64))
+    exprs += [pl.col(c) for c in options.passthrough]
+
+    for split in layout.SPLITS:
+        (out / split).mkdir()
+    counts = {split: {"rows": 0, "positives": 0.0} for split in layout.SPLITS}
+    first_label = schema.labels[0].name if schema.labels else None
+    parts = sorted(spool.glob("*.parquet"))
+    with row_progress("writing splits") as advance:
+        for part in parts:
+            frame = pl.read_parquet(part).with_columns(*truncate, split_of.alias(_SPLIT))
+            encoded = frame.select(*exprs, pl.col(_SPLIT))
+            for code, split in enumerate(layout.SPLITS):
+                rows = encoded.filter(pl.col(_SPLIT) == code).drop(_SPLIT)
+                if rows.height == 0:
+                    continue
+                pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=options.row_group_size)
+                counts[split]["rows"] += rows.height
+                if first_label is not None:
+                    counts[split]["positives"] += float(rows[first_label].sum())
+            advance(frame.height)
+    return {
+        split: {"rows": c["rows"], "positive_rate": (c["positives"] / c["rows"]) if c["rows"] and first_label else None}
+        for split, c in counts.items()
+    }
+

@@ -1,0 +1,433 @@
+"""Synthetic data with a known ground truth: Criteo-shaped CTR logs and implicit interactions.
+
+``ctr``: 13 dense and 26 categorical fields (Zipf-distributed ids, declared
+cardinalities log-spaced from 10 to 10^6), a user id, a target item with a
+category, and the user's behaviour history. Fields are split between user, item
+and context entities; a user's (item's) features are the same in every row, so
+the data can be served from a feature store. Labels are drawn from a known
+logistic model whose logit is a function of the observable features only:
+
+    logit = b + Σ_j a_j·z_j                       dense (log1p-standardised counts)
+              + Σ_f w_f[x_f]                      first-order effects (head ids only)
+              + Σ_(f,g) <u_f[x_f], u_g[x_g]>      pairwise user×item/context interactions
+              + γ · mean_h <e_h, e_target>        history / target-item affinity
+
+so the Bayes-optimal AUC is that of the true probabilities, recorded in stats.json.
+
+``implicit``: users and items in communities; a user mostly interacts with
+popular items of their own community (for retrieval models).
+
+Rows are generated in fixed-size chunks, each from its own seeded stream, so the
+data is reproducible and memory stays bounded whatever --rows is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sklearn.metrics import log_loss, roc_auc_score
+
+from recsys.data import layout
+from recsys.data.pipeline import PrepareOptions, PrepareResult, RawPart, run
+from recsys.data.formats.criteo import DENSE_NAMES, SPARSE_NAMES
+from recsys.errors import RecsysError
+from recsys.schema import (
+    Column, DenseFeature, Encoding, Entity, Label, Schema, SequenceFeature, SparseFeature, Table, Task,
+)
+
+CHUNK_ROWS = 1 << 18
+TRUE_PROBABILITY = "true_probability"
+CARDINALITIES = [int(round(10 ** (1 + 5 * k / (len(SPARSE_NAMES) - 1)))) for k in range(len(SPARSE_NAMES))]
+# Interleave entities so each has small and large fields: C1 user, C2 item, C3 context, C4 user, ...
+SPARSE_ENTITIES = [(Entity.USER, Entity.ITEM, Entity.CONTEXT)[k % 3] for k in range(len(SPARSE_NAMES))]
+DENSE_ENTITIES = [Entity.USER] * 4 + [Entity.ITEM] * 4 + [Entity.CONTEXT] * 5
+HEAD_IDS = 2000  # ids past this popularity rank carry no first-order or pairwise signal
+INTERACTING_PAIRS = [(0, 1), (3, 4), (6, 7), (9, 2), (12, 13), (15, 5)]  # (user/item, item/context) field pairs
+LATENT_DIM = 8
+
+
+@dataclass(frozen=True)
+class CtrConfig:
+    rows: int
+    seed: int = 0
+    users: int | None = None
+    items: int | None = None
+    categories: int = 50
+    max_history: int = 20
+    positive_rate: float = 0.25
+    embedding_dim: int = 16
+
+    @property
+    def n_users(self) -> int:
+        return self.users or max(100, self.rows // 20)
+
+    @property
+    def n_items(self) -> int:
+        return self.items or max(50, self.rows // 40)
+
+
+def _zipf_sampler(size: int, exponent: float) -> np.ndarray:
+    """Cumulative distribution over ranks 0..size-1 with P(r) ∝ (r+1)^-exponent."""
+    weights = np.arange(1, size + 1, dtype=np.float64) ** -exponent
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
+
+
+def _draw(cdf: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(cdf) - 1).astype(np.int64)
+
+
+class CtrWorld:
+    """The fixed part of the generator: entities, their features, and the ground-truth parameters."""
+
+    def __init__(self, config: CtrConfig) -> None:
+        self.config = config
+        rng = np.random.default_rng([config.seed, 0])
+        n_users, n_items = config.n_users, config.n_items
+        self.field_cdfs = [_zipf_sampler(c, 1.1) for c in CARDINALITIES]
+        self.user_cdf = _zipf_sampler(n_users, 0.9)
+        self.item_cdf = _zipf_sampler(n_items, 1.0)
+
+        # Entity-level categorical and dense features (same in every row of that user/item).
+        self.user_fields = {k: _draw(self.field_cdfs[k], rng, n_users) for k, e in enumerate(SPARSE_ENTITIES) if e is Entity.USER}
+        self.item_fields = {k: _draw(self.field_cdfs[k], rng, n_items) for k, e in enumerate(SPARSE_ENTITIES) if e is Entity.ITEM}
+        self.dense_mu = rng.uniform(0.5, 4.0, len(DENSE_NAMES))
+        self.dense_sigma = rng.uniform(0.8, 1.5, len(DENSE_NAMES))
+        self.user_dense = {j: self._dense_values(j, rng, n_users) for j, e in enumerate(DENSE_ENTITIES) if e is Entity.USER}
+        self.item_dense = {j: self._dense_values(j, rng, n_items) for j, e in enumerate(DENSE_ENTITIES) if e is Entity.ITEM}
+
+        # Items: category and latent vector near their category's centre.
+        self.item_category = rng.integers(0, config.categories, n_items)
+        centres = rng.normal(size=(config.categories, LATENT_DIM))
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        latent = centres[self.item_category] + 0.2 * rng.normal(size=(n_items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+        self.item_latent = latent / np.linalg.norm(latent, axis=1, keepdims=True)
+        self.items_by_category = [np.flatnonzero(self.item_category == c) for c in range(config.categories)]
+
+        # Users: two favourite categories and a fixed history (newest first).
+        self.user_favourites = rng.integers(0, config.categories, (n_users, 2))
+        lengths = rng.integers(0, config.max_history + 1, n_users)
+        self.history_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        owners = np.repeat(np.arange(n_users), lengths)
+        self.history = self._items_for(owners, rng, in_favourites=0.8)
+
+        # Ground truth.
+        self.dense_weights = rng.normal(0.0, 0.15, len(DENSE_NAMES))
+        self.first_order = [rng.normal(0.0, 0.12, min(HEAD_IDS, c)) for c in CARDINALITIES]
+        self.pair_factors = {
+            k: rng.normal(0.0, 0.45, (min(HEAD_IDS, CARDINALITIES[k]), 4)) for pair in INTERACTING_PAIRS for k in pair
+        }
+        self.affinity_weight = 2.0
+        history_mean = np.zeros((n_users, LATENT_DIM))
+        np.add.at(history_mean, owners, self.item_latent[self.history])
+        self.user_history_mean = history_mean / np.maximum(lengths, 1)[:, None]
+        self.bias = 0.0
+        self.bias = self._calibrate_bias(config.positive_rate)
+
+    def _dense_values(self, j: int, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Count-like values: floor(expm1(μ + σ·z)), 5% missing (NaN)."""
+        values = np.floor(np.expm1(self.dense_mu[j] + self.dense_sigma[j] * rng.normal(size=n)))
+        values[rng.random(n) < 0.05] = np.nan
+        return values
+
+    def _items_for(self, users: np.ndarray, rng: np.random.Generator, in_favourites: float) -> np.ndarray:
+        """Popular items, from one of each user's favourite categories with probability ``in_favourites``."""
+        items = _draw(self.item_cdf, rng, len(users))
+        pick = rng.random(len(users)) < in_favourites
+        categories = self.user_favourites[users, rng.integers(0, 2, len(users))]
+        for category, members in enumerate(self.items_by_category):
+            rows = np.flatnonzero(pick & (categories == category))
+            if len(rows) and len(members):
+                # Within a category, lower item ids are the more popular ones (item_cdf is Zipf by id).
+                items[rows] = members[_draw(_zipf_sampler(len(members), 1.0), rng, len(rows))]
+        return items
+
+    def standardised(self, j: int, raw: np.ndarray) -> np.ndarray:
+        """The observable dense signal: log1p-standardised value, 0 when missing."""
+        z = (np.log1p(np.maximum(raw, 0.0)) - self.dense_mu[j]) / self.dense_sigma[j]
+        return np.where(np.isnan(raw), 0.0, z)
+
+    def logit(self, users: np.ndarray, items: np.ndarray, fields: list[np.ndarray], dense: list[np.ndarray]) -> np.ndarray:
+        out = np.full(len(users), self.bias)
+        for j, raw in enumerate(dense):
+            out += self.dense_weights[j] * self.standardised(j, raw)
+        for k, ids in enumerate(fields):
+            head = ids < len(self.first_order[k])
+            out[head] += self.first_order[k][ids[head]]
+        for f, g in INTERACTING_PAIRS:
+            head = (fields[f] < len(self.pair_factors[f])) & (fields[g] < len(self.pair_factors[g]))
+            out[head] += np.einsum("nd,nd->n", self.pair_factors[f][fields[f][head]], self.pair_factors[g][fields[g][head]])
+        out += self.affinity_weight * np.einsum("nd,nd->n", self.user_history_mean[users], self.item_latent[items])
+        return out
+
+    def _calibrate_bias(self, rate: float) -> float:
+        """Bias giving the requested positive rate, fitted on a pilot sample of its own stream."""
+        sample = self.sample_rows(np.random.default_rng([self.config.seed, 2]), 100_000)
+        logits = sample["logit"]
+        low, high = -20.0, 20.0
+        for _ in range(60):
+            mid = (low + high) / 2
+            if np.mean(1 / (1 + np.exp(-(logits + mid)))) < rate:
+                low = mid
+            else:
+                high = mid
+        return (low + high) / 2
+
+    def sample_rows(self, rng: np.random.Generator, n: int) -> dict[str, Any]:
+        users = _draw(self.user_cdf, rng, n)
+        items = self._items_for(users, rng, in_favourites=0.3)
+        fields = []
+        for k, entity in enumerate(SPARSE_ENTITIES):
+            if entity is Entity.USER:
+                fields.append(self.user_fields[k][users])
+            elif entity is Entity.ITEM:
+                fields.append(self.item_fields[k][items])
+            else:
+                fields.append(_draw(self.field_cdfs[k], rng, n))
+        dense = []
+        for j, entity in enumerate(DENSE_ENTITIES):
+            if entity is Entity.USER:
+                dense.append(self.user_dense[j][users])
+            elif entity is Entity.ITEM:
+                dense.append(self.item_dense[j][items])
+            else:
+                dense.append(self._dense_values(j, rng, n))
+        logit = self.logit(users, items, fields, dense)
+        return {"users": users, "items": items, "fields": fields, "dense": dense, "logit": logit}
+
+
+def ctr_schema(config: CtrConfig) -> Schema:
+    dim = config.embedding_dim
+    tables = [Table(name=n, encoding=Encoding.IDENTITY, cardinality=c, embedding_dim=dim) for n, c in zip(SPARSE_NAMES, CARDINALITIES)]
+    tables += [
+        Table(name="user_id", encoding=Encoding.IDENTITY, cardinality=config.n_users, embedding_dim=dim),
+        Table(name="item_id", encoding=Encoding.IDENTITY, cardinality=config.n_items, embedding_dim=dim),
+        Table(name="item_category", encoding=Encoding.IDENTITY, cardinality=config.categories, embedding_dim=dim),
+    ]
+    return Schema(
+        task=Task.CTR,
+        dense=[DenseFeature(name=n, entity=e) for n, e in zip(DENSE_NAMES, DENSE_ENTITIES)],
+        sparse=[SparseFeature(name=n, entity=e) for n, e in zip(SPARSE_NAMES, SPARSE_ENTITIES)]
+        + [
+            SparseFeature(name="user_id", entity=Entity.USER),
+            SparseFeature(name="item_id", entity=Entity.ITEM),
+            SparseFeature(name="item_category", entity=Entity.ITEM),
+        ],
+        sequences=[
+            SequenceFeature(name="hist_item_id", table="item_id", max_length=config.max_history),
+            SequenceFeature(name="hist_category", table="item_category", max_length=config.max_history),
+        ],
+        tables=tables,
+        labels=[Label(name="label")],
+        user_key=Column(name="user_key"),
+        item_key=Column(name="item_key"),
+        timestamp=Column(name="timestamp"),
+        default_embedding_dim=dim,
+    )
+
+
+class CtrSource:
+    """The ``ctr`` generator as a prepare Source: raw rows in fixed-size, separately seeded chunks."""
+
+    def __init__(self, config: CtrConfig) -> None:
+        self.config = config
+        self.world = CtrWorld(config)
+        self.schema = ctr_schema(config)
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        for index, start in enumerate(range(0, self.config.rows, CHUNK_ROWS)):
+            n = min(CHUNK_ROWS, self.config.rows - start)
+            rng = np.random.default_rng([self.config.seed, 1, index])
+            sample = self.world.sample_rows(rng, n)
+            probability = 1 / (1 + np.exp(-sample["logit"]))
+            sample["label"] = (rng.random(n) < probability).astype(np.float64)
+            sample["probability"] = probability
+            sample["timestamp"] = 1_700_000_000 + 10 * np.arange(start, start + n, dtype=np.int64)
+            yield sample
+
+    def parts(self) -> Iterator[RawPart]:
+        world = self.world
+        for sample in self.chunks():
+            users, items = sample["users"], sample["items"]
+            starts, ends = world.history_offsets[users], world.history_offsets[users + 1]
+            history = pl.Series(
+                "hist_item_id", [world.history[s:e] for s, e in zip(starts, ends)], dtype=pl.List(pl.Int64)
+            )
+            columns: dict[str, Any] = {
+                "label": sample["label"],
+                TRUE_PROBABILITY: sample["probability"],
+                "user_key": pl.Series(users).cast(pl.String),
+                "item_key": pl.Series(items).cast(pl.String),
+                "timestamp": sample["timestamp"],
+                "user_id": users,
+                "item_id": items,
+                "item_category": world.item_category[items],
+                "hist_item_id": history,
+            }
+            for name, values in zip(DENSE_NAMES, sample["dense"]):
+                columns[name] = pl.Series(name, values).fill_nan(None)
+            for name, values in zip(SPARSE_NAMES, sample["fields"]):
+                columns[name] = values
+            frame = pl.DataFrame(columns).with_columns(
+                pl.col("hist_item_id").list.eval(pl.element().replace_strict(
+                    np.arange(len(world.item_category)), world.item_category, return_dtype=pl.Int64)
+                ).alias("hist_category")
+            )
+            yield RawPart(rows=frame)
+
+
+def bayes_stats(data_dir: Path, schema: Schema) -> dict[str, Any]:
+    """AUC and log loss of the true probabilities, overall and per split: what no model can beat."""
+    out: dict[str, Any] = {"splits_bayes": {}}
+    frames = []
+    for split in layout.SPLITS:
+        files = sorted((data_dir / split).glob("*.parquet"))
+        if not files:
+            continue
+        frame = pl.read_parquet(files, columns=["label", TRUE_PROBABILITY])
+        frames.append(frame)
+        if frame["label"].n_unique() == 2:
+            out["splits_bayes"][split] = {
+                "auc": float(roc_auc_score(frame["label"], frame[TRUE_PROBABILITY])),
+                "logloss": float(log_loss(frame["label"], frame[TRUE_PROBABILITY], labels=[0, 1])),
+            }
+    everything = pl.concat(frames)
+    out["bayes_auc"] = float(roc_auc_score(everything["label"], everything[TRUE_PROBABILITY]))
+    out["bayes_logloss"] = float(log_loss(everything["label"], everything[TRUE_PROBABILITY], labels=[0, 1]))
+    return out
+
+
+def synth_ctr(config: CtrConfig, out: Path, options: PrepareOptions) -> PrepareResult:
+    source = CtrSource(config)
+
+    def extra(data_dir: Path, schema: Schema) -> dict[str, Any]:
+        return {"generator": {"kind": "ctr", **config.__dict__, "users": config.n_users, "items": config.n_items},
+                **bayes_stats(data_dir, schema)}
+
+    options.passthrough = (TRUE_PROBABILITY,)
+    return run(source, out, options, extra_stats=extra)
+
+
+# ---- raw Criteo TSV, for exercising `prepare --format criteo` --------------------------------
+
+def write_criteo_tsv(config: CtrConfig, out: Path, overwrite: bool) -> Path:
+    """The ctr generator's label, I1..I13 and C1..C26 as a Criteo day file (hex-hashed categoricals)."""
+    source = CtrSource(config)
+    with layout.atomic_output_dir(out, overwrite=overwrite) as tmp:
+        path = tmp / "day_0.tsv"
+        with path.open("w") as handle:
+            for sample in source.chunks():
+                columns = [pl.Series(sample["label"]).cast(pl.Int64).cast(pl.String)]
+                for values in sample["dense"]:
+                    columns.append(pl.Series(values).fill_nan(None).cast(pl.Int64).cast(pl.String).fill_null(""))
+                for k, values in enumerate(sample["fields"]):
+                    hashed = (values.astype(np.uint64) * np.uint64(2654435761) + np.uint64(k)) & np.uint64(0xFFFFFFFF)
+                    hex_text = hashed.astype(">u4").tobytes().hex().encode("ascii")
+                    columns.append(pl.Series(np.frombuffer(hex_text, dtype="S8").astype(str)))
+                frame = pl.DataFrame({f"f{i}": c for i, c in enumerate(columns)})
+                handle.write(frame.select(pl.concat_str(pl.all(), separator="\t"))
+                             .to_series().str.join("\n").item() + "\n")
+    return out / "day_0.tsv"
+
+
+# ---- implicit ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImplicitConfig:
+    rows: int
+    seed: int = 0
+    users: int | None = None
+    items: int | None = None
+    communities: int = 8
+    in_community: float = 0.85
+    embedding_dim: int = 32
+
+    @property
+    def n_users(self) -> int:
+        return self.users or max(50, self.rows // 30)
+
+    @property
+    def n_items(self) -> int:
+        return self.items or max(50, self.rows // 60)
+
+
+def implicit_schema(config: ImplicitConfig) -> Schema:
+    dim = config.embedding_dim
+    return Schema(
+        task=Task.IMPLICIT,
+        sparse=[
+            SparseFeature(name="user_id", entity=Entity.USER),
+            SparseFeature(name="item_id", entity=Entity.ITEM),
+            SparseFeature(name="item_community", entity=Entity.ITEM),
+        ],
+        tables=[
+            Table(name="user_id", encoding=Encoding.IDENTITY, cardinality=config.n_users, embedding_dim=dim),
+            Table(name="item_id", encoding=Encoding.IDENTITY, cardinality=config.n_items, embedding_dim=dim),
+            Table(name="item_community", encoding=Encoding.IDENTITY, cardinality=config.communities, embedding_dim=dim),
+        ],
+        user_key=Column(name="user_key"),
+        item_key=Column(name="item_key"),
+        timestamp=Column(name="timestamp"),
+        default_embedding_dim=dim,
+    )
+
+
+class ImplicitSource:
+    """Distinct (user, item) interactions with community structure, in one part."""
+
+    def __init__(self, config: ImplicitConfig) -> None:
+        if config.n_users * config.n_items < 2 * config.rows:
+            raise RecsysError(f"--rows {config.rows} is too many for {config.n_users} users × {config.n_items} items")
+        self.config = config
+        self.schema = implicit_schema(config)
+        rng = np.random.default_rng([config.seed, 0])
+        self.user_community = rng.integers(0, config.communities, config.n_users)
+        self.item_community = rng.integers(0, config.communities, config.n_items)
+
+    def parts(self) -> Iterator[RawPart]:
+        config = self.config
+        rng = np.random.default_rng([config.seed, 1])
+        user_cdf = _zipf_sampler(config.n_users, 0.8)
+        members = [np.flatnonzero(self.item_community == c) for c in range(config.communities)]
+        pairs = np.empty((0, 2), dtype=np.int64)
+        while len(pairs) < config.rows:
+            n = 2 * (config.rows - len(pairs)) + 1000
+            users = _draw(user_cdf, rng, n)
+            items = _draw(_zipf_sampler(config.n_items, 0.9), rng, n)
+            own = rng.random(n) < config.in_community
+            for community, pool in enumerate(members):
+                rows = np.flatnonzero(own & (self.user_community[users] == community))
+                if len(rows) and len(pool):
+                    items[rows] = pool[_draw(_zipf_sampler(len(pool), 0.9), rng, len(rows))]
+            batch = np.stack([users, items], axis=1)
+            merged = np.concatenate([pairs, batch])
+            _, first = np.unique(merged[:, 0] * config.n_items + merged[:, 1], return_index=True)
+            pairs = merged[np.sort(first)]
+        pairs = pairs[: config.rows]
+        users, items = pairs[:, 0], pairs[:, 1]
+        frame = pl.DataFrame({
+            "user_key": pl.Series(users).cast(pl.String),
+            "item_key": pl.Series(items).cast(pl.String),
+            "timestamp": 1_700_000_000 + 10 * np.arange(len(users), dtype=np.int64),
+            "user_id": users,
+            "item_id": items,
+            "item_community": self.item_community[items],
+        })
+        yield RawPart(rows=frame)
+
+
+def synth_implicit(config: ImplicitConfig, out: Path, options: PrepareOptions) -> PrepareResult:
+    source = ImplicitSource(config)
+
+    def extra(data_dir: Path, schema: Schema) -> dict[str, Any]:
+        frame = pl.read_parquet(sorted(data_dir.glob("*/*.parquet")), columns=["user_id", "item_id"])
+        same = source.user_community[frame["user_id"].to_numpy()] == source.item_community[frame["item_id"].to_numpy()]
+        return {"generator": {"kind": "implicit", **config.__dict__, "users": config.n_users, "items": config.n_items},
+                "in_community_fraction": float(same.mean())}
+
+    return run(source, out, options, extra_stats=extra)

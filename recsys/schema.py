@@ -1,0 +1,342 @@
+"""The Schema: the one contract between data preparation, models, feature store and service.
+
+A Schema lists every column of a prepared data set: dense features, sparse
+(categorical) features and the embedding tables they look up, sequence features
+(behaviour histories), labels, the user/item key columns and the timestamp. Each
+feature names the entity it describes (user, item or context), so the feature
+store and the ranking service know where every model input comes from.
+
+Built once by ``recsys data prepare`` (or ``synth``), saved as ``schema.json``
+beside the data and in every artifact. A schema written by hand (YAML) for
+``prepare --format csv|parquet`` leaves the sizes that prepare measures
+(vocabulary cardinalities, dense means and deviations) unset.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recsys.errors import RecsysError
+
+SCHEMA_FILE = "schema.json"
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+
+
+class Entity(StrEnum):
+    """Who a feature describes; decides where the service fetches it from."""
+
+    USER = "user"
+    ITEM = "item"
+    CONTEXT = "context"
+
+
+class Task(StrEnum):
+    CTR = "ctr"  # labelled impressions, for ranking models
+    IMPLICIT = "implicit"  # positive user-item interactions only, for retrieval models
+
+
+class Encoding(StrEnum):
+    """How raw values of a table become embedding row indices."""
+
+    VOCAB = "vocab"  # frequency-thresholded vocabulary; index 0 is missing/out-of-vocabulary
+    HASH = "hash"  # hash of the value's text modulo hash_buckets
+    IDENTITY = "identity"  # values already are indices in [0, cardinality)
+
+
+class DenseTransform(StrEnum):
+    NONE = "none"
+    LOG1P = "log1p"
+    STANDARDIZE = "standardize"
+    LOG1P_STANDARDIZE = "log1p_standardize"
+
+    @property
+    def uses_log1p(self) -> bool:
+        return self in (DenseTransform.LOG1P, DenseTransform.LOG1P_STANDARDIZE)
+
+    @property
+    def standardizes(self) -> bool:
+        return self in (DenseTransform.STANDARDIZE, DenseTransform.LOG1P_STANDARDIZE)
+
+
+class Pooling(StrEnum):
+    SUM = "sum"
+    MEAN = "mean"
+
+
+class _Strict(BaseModel):
+    """Rejects unknown keys: a typo in a schema is an error, never a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Column(_Strict):
+    """A plain column (key or timestamp): its name in prepared data and in the raw input."""
+
+    name: Name
+    source: str | None = None  # raw column name; defaults to name
+
+    @property
+    def source_column(self) -> str:
+        return self.source or self.name
+
+
+class Table(_Strict):
+    """An embedding table and the encoding that maps raw values to its rows."""
+
+    name: Name
+    encoding: Encoding = Encoding.VOCAB
+    embedding_dim: int = Field(16, ge=1, le=8192)
+    min_count: int = Field(1, ge=1, description="vocab: values seen fewer times in train map to index 0")
+    hash_buckets: int | None = Field(None, ge=1)
+    cardinality: int | None = Field(None, ge=1, description="rows of the table; set by prepare for vocab")
+    vocab_file: str | None = None  # relative to the data directory or artifact
+
+    @model_validator(mode="after")
+    def _encoding_needs(self) -> Table:
+        if self.encoding is Encoding.HASH:
+            if self.hash_buckets is None:
+                raise ValueError("encoding 'hash' needs hash_buckets")
+            if self.cardinality is None:
+                self.cardinality = self.hash_buckets
+            elif self.cardinality != self.hash_buckets:
+                raise ValueError(f"cardinality {self.cardinality} != hash_buckets {self.hash_buckets}")
+        elif self.hash_buckets is not None:
+            raise ValueError(f"hash_buckets is only for encoding 'hash', not '{self.encoding}'")
+        if self.encoding is Encoding.IDENTITY and self.cardinality is None:
+            raise ValueError("encoding 'identity' needs cardinality")
+        return self
+
+
+class DenseFeature(_Strict):
+    """A numeric feature; prepare applies clip, log1p and standardisation as configured."""
+
+    name: Name
+    entity: Entity
+    source: str | None = None
+    transform: DenseTransform = DenseTransform.LOG1P_STANDARDIZE
+    clip_min: float | None = 0.0  # applied before log1p (Criteo has small negative counts)
+    fill_value: float = 0.0  # raw value used for a missing one
+    mean: float | None = None  # of the (log1p) value on train; set by prepare
+    std: float | None = None
+
+    @property
+    def source_column(self) -> str:
+        return self.source or self.name
+
+
+class SparseFeature(_Strict):
+    """A categorical feature looked up in ``table`` (its own by default); multi-valued if separator is set."""
+
+    name: Name
+    entity: Entity
+    table: Name | None = None
+    source: str | None = None
+    pooling: Pooling = Pooling.SUM
+    separator: str | None = Field(None, min_length=1)
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+    @property
+    def source_column(self) -> str:
+        return self.source or self.name
+
+
+class SequenceFeature(_Strict):
+    """A behaviour history (newest first, at most max_length ids), usually sharing the target item's table."""
+
+    name: Name
+    entity: Entity = Entity.USER
+    table: Name
+    max_length: int = Field(ge=1, le=100_000)
+    source: str | None = None
+    separator: str | None = Field(None, min_length=1)  # raw cell split; None for list columns
+    pooling: Pooling = Pooling.MEAN
+
+    @property
+    def table_name(self) -> str:
+        return self.table
+
+    @property
+    def source_column(self) -> str:
+        return self.source or self.name
+
+
+class Label(_Strict):
+    name: Name
+    source: str | None = None
+
+    @property
+    def source_column(self) -> str:
+        return self.source or self.name
+
+
+class Schema(_Strict):
+    """Every column of a prepared data set and every embedding table, in model input order."""
+
+    schema_version: Literal[1] = 1
+    task: Task = Task.CTR
+    dense: list[DenseFeature] = Field(default_factory=list)
+    sparse: list[SparseFeature] = Field(default_factory=list)
+    sequences: list[SequenceFeature] = Field(default_factory=list)
+    tables: list[Table] = Field(default_factory=list)
+    labels: list[Label] = Field(default_factory=list)
+    user_key: Column | None = None
+    item_key: Column | None = None
+    timestamp: Column | None = None
+    default_embedding_dim: int = Field(16, ge=1, le=8192)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Schema:
+        names: dict[str, str] = {}
+        columns = [(f.name, "dense") for f in self.dense]
+        columns += [(f.name, "sparse") for f in self.sparse]
+        columns += [(f.name, "sequences") for f in self.sequences]
+        columns += [(f.name, "labels") for f in self.labels]
+        for key, section in ((self.user_key, "user_key"), (self.item_key, "item_key"), (self.timestamp, "timestamp")):
+            if key is not None:
+                columns.append((key.name, section))
+        for name, section in columns:
+            if name in names:
+                raise ValueError(f"column '{name}' is declared twice ({names[name]} and {section})")
+            names[name] = section
+
+        table_names = [t.name for t in self.tables]
+        duplicate = {n for n in table_names if table_names.count(n) > 1}
+        if duplicate:
+            raise ValueError(f"table '{sorted(duplicate)[0]}' is declared twice")
+        declared = set(table_names)
+        # A sparse feature without a declared table gets its own, with the default dim.
+        for feature in self.sparse:
+            if feature.table_name not in declared:
+                self.tables.append(Table(name=feature.table_name, embedding_dim=self.default_embedding_dim))
+                declared.add(feature.table_name)
+        for feature in self.sequences:
+            if feature.table not in declared:
+                raise ValueError(f"sequence feature '{feature.name}' uses table '{feature.table}', which is not declared")
+        used = {f.table_name for f in self.sparse} | {f.table for f in self.sequences}
+        unused = [t.name for t in self.tables if t.name not in used]
+        if unused:
+            raise ValueError(f"table '{unused[0]}' is used by no feature")
+        if self.task is Task.CTR and not self.labels:
+            raise ValueError("a 'ctr' schema needs at least one label")
+        if self.task is Task.IMPLICIT and (self.user_key is None or self.item_key is None):
+            raise ValueError("an 'implicit' schema needs user_key and item_key")
+        return self
+
+    # ---- lookups -------------------------------------------------------------------------
+    def table(self, name: str) -> Table:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise RecsysError(f"schema: no table named '{name}'")
+
+    @property
+    def sparse_keys(self) -> list[str]:
+        """KeyedJaggedTensor keys, in order: pooled sparse features, then sequences."""
+        return [f.name for f in self.sparse] + [f.name for f in self.sequences]
+
+    def feature_table(self, feature_name: str) -> Table:
+        for feature in [*self.sparse, *self.sequences]:
+            if feature.name == feature_name:
+                return self.table(feature.table_name)
+        raise RecsysError(f"schema: no sparse or sequence feature named '{feature_name}'")
+
+    def features_of(self, entity: Entity) -> list[str]:
+        """Names of the dense, sparse and sequence features that describe ``entity``."""
+        return [f.name for f in [*self.dense, *self.sparse, *self.sequences] if f.entity is entity]
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns of the prepared Parquet files."""
+        cols = [f.name for f in self.dense] + self.sparse_keys + self.label_names
+        cols += [c.name for c in (self.user_key, self.item_key, self.timestamp) if c is not None]
+        return cols
+
+    def unresolved(self) -> list[str]:
+        """What prepare has yet to measure: tables without cardinality, dense features without stats."""
+        missing = [f"table '{t.name}' has no cardinality" for t in self.tables if t.cardinality is None]
+        missing += [
+            f"dense feature '{f.name}' has no mean/std"
+            for f in self.dense
+            if f.transform.standardizes and (f.mean is None or f.std is None)
+        ]
+        return missing
+
+    def require_resolved(self, where: str = "schema") -> None:
+        missing = self.unresolved()
+        if missing:
+            raise RecsysError(f"{where}: {missing[0]} (run `recsys data prepare` to measure it)")
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=True)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``schema.json`` (or the given file) atomically."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SCHEMA_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "schema") -> Schema:
+        if not isinstance(data, dict):
+            raise RecsysError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecsysError(f"{where}: {describe_validation_error(exc, data)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        """Read a schema from JSON or YAML (a directory means its ``schema.json``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SCHEMA_FILE
+        if not path.is_file():
+            raise RecsysError(f"{path}: schema file not found")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            first = str(exc).splitlines()[0]
+            raise RecsysError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+        return cls.from_dict(data, where=str(path))
+
+
+def describe_validation_error(exc: ValidationError, data: Any) -> str:
+    """One line naming each bad field by path and, where it has one, by feature name."""
+    parts = []
+    for error in exc.errors()[:3]:
+        loc = error["loc"]
+        path = ""
+        node = data
+        for part in loc:
+            if isinstance(part, int):
+                path += f"[{part}]"
+                node = node[part] if isinstance(node, list) and part < len(node) else None
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    path += f"('{node['name']}')"
+            else:
+                path += f".{part}" if path else str(part)
+                node = node.get(part) if isinstance(node, dict) else None
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{path}: {message}" if path else message)
+    more = len(exc.errors()) - 3
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -1,0 +1,1 @@
+"""Deployable apps built on the recsys library: ranking API, feature store, retrieval."""
