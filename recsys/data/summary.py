@@ -56,7 +56,7 @@ def print_summary(data_dir: str | Path, brief: bool = False) -> None:
     for column in ("name", "kind", "entity", "table", "encoding", "rows", "dim", "detail"):
         features.add_column(column, justify="right" if column in ("rows", "dim") else "left")
     for f in schema.dense:
-        features.add_row(f.name, "dense", f.entity.value, "", "", "", "", f"{f.transform.value} mean={_fmt(f.mean, 3)} std={_fmt(f.std, 3)}")
+        features.add_row(f.name, "dense", f.entity.value, "", "", "", "", f"{f.transform.value} μ={_fmt(f.mean, 2)} σ={_fmt(f.std, 2)}")
     for f in schema.sparse:
         t = schema.table(f.table_name)
         detail = f"multi-valued ({f.pooling.value})" if f.separator else ""

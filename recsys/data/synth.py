@@ -326,7 +326,9 @@ def write_criteo_tsv(config: CtrConfig, out: Path, overwrite: bool) -> Path:
                 for values in sample["dense"]:
                     columns.append(pl.Series(values).fill_nan(None).cast(pl.Int64).cast(pl.String).fill_null(""))
                 for k, values in enumerate(sample["fields"]):
-                    hashed = (values.astype(np.uint64) * np.uint64(2654435761) + np.uint64(k)) & np.uint64(0xFFFFFFFF)
+                    # A bijection of the id per field (odd multiplier mod 2^32), so ids stay distinct.
+                    mixed = (values.astype(np.uint64) ^ np.uint64(k << 24)) * np.uint64(0x9E3779B1) + np.uint64(0x7F4A7C15)
+                    hashed = mixed & np.uint64(0xFFFFFFFF)
                     hex_text = hashed.astype(">u4").tobytes().hex().encode("ascii")
                     columns.append(pl.Series(np.frombuffer(hex_text, dtype="S8").astype(str)))
                 frame = pl.DataFrame({f"f{i}": c for i, c in enumerate(columns)})
