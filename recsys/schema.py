@@ -282,7 +282,7 @@ class Schema(_Strict):
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2, exclude_none=True)
+        return self.model_dump_json(indent=2)
 
     def save(self, path: str | Path) -> Path:
         """Write ``schema.json`` (or the given file) atomically."""

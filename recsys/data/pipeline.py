@@ -46,10 +46,15 @@ _SPLIT = "_split"
 
 @dataclass
 class RawPart:
-    """Good rows (raw typed columns named as in the schema) and the bad rows found beside them."""
+    """Good rows (raw typed columns named as in the schema) and the bad rows found beside them.
+
+    ``filtered`` counts well-formed rows the source dropped on purpose (e.g. negatives
+    in an implicit form), so ``rows_read`` stays the number of input rows.
+    """
 
     rows: pl.DataFrame
     bad: pl.DataFrame | None = None
+    filtered: int = 0
 
 
 class Source(Protocol):
@@ -126,10 +131,10 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
         spool.mkdir()
         quarantine = _Quarantine(tmp / layout.QUARANTINE_FILE)
         try:
-            good = _spool_parts(source, spool, quarantine, options)
+            good, filtered = _spool_parts(source, spool, quarantine, options)
         finally:
             quarantine.close()
-        rows_read = good + quarantine.count
+        rows_read = good + quarantine.count + filtered
         _check_bad_fraction(rows_read, good, quarantine, options, Path(out))
         split_of = _split_expr(schema, spool, options)
         vocabs, schema = _fit(schema, spool, split_of)
@@ -144,6 +149,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
             "rows_read": rows_read,
             "rows_written": sum(c["rows"] for c in split_counts.values()),
             "bad_rows": quarantine.count,
+            "rows_filtered": filtered,
             "bad_fraction": quarantine.count / rows_read if rows_read else 0.0,
             "split": options.split,
             "seed": options.seed,
@@ -161,9 +167,9 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
     return PrepareResult(out=Path(out), schema=schema, stats=stats)
 
 
-def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: PrepareOptions) -> int:
+def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: PrepareOptions) -> tuple[int, int]:
     wanted = [c for c in source.schema.columns] + list(options.passthrough)
-    good = 0
+    good = filtered = 0
     with row_progress("parsing") as advance:
         for index, part in enumerate(source.parts()):
             if part.bad is not None:
@@ -177,8 +183,9 @@ def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: 
                 )
                 rows.write_parquet(spool / f"part-{index:05d}.parquet")
                 good += rows.height
-            advance(rows.height + (part.bad.height if part.bad is not None else 0))
-    return good
+            filtered += part.filtered
+            advance(rows.height + part.filtered + (part.bad.height if part.bad is not None else 0))
+    return good, filtered
 
 
 def _check_bad_fraction(rows_read: int, good: int, quarantine: _Quarantine, options: PrepareOptions, out: Path) -> None:

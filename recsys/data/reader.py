@@ -40,6 +40,7 @@ column: every row is an observed positive interaction, so its labels are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,7 @@ class _Layout:
     keys: tuple[str, ...]
     is_list: tuple[bool, ...]  # per key: a list column (jagged) or a scalar one (length 1)
     labels: tuple[str, ...]
+    arrow_schema: pa.Schema  # of the columns as the first file stores them; other files are cast to it
 
     @property
     def columns(self) -> list[str]:
@@ -123,65 +125,146 @@ class _Columns(NamedTuple):
     row_ids: torch.Tensor  # (B,) int64
 
 
+_HEADER = 16  # bytes: B and the number of ids, as int64
+
+
+def _pack(columns: _Columns) -> torch.Tensor:
+    """The batch as one uint8 tensor, each part 8-byte aligned. Every tensor that crosses from a worker
+    costs a shared-memory file and a socket round trip; five per batch made the transfer the bottleneck."""
+    parts = [t.reshape(-1).view(torch.uint8) for t in columns]
+    # Allocated in shared memory, so that sending it moves no bytes.
+    packed = torch.empty(_HEADER + sum(-(-p.numel() // 8) * 8 for p in parts), dtype=torch.uint8).share_memory_()
+    packed[:_HEADER].view(torch.int64)[:] = torch.tensor([len(columns.row_ids), len(columns.values)])
+    offset = _HEADER
+    for part in parts:
+        packed[offset:offset + part.numel()] = part
+        offset += -(-part.numel() // 8) * 8
+    return packed
+
+
+def _unpack(packed: torch.Tensor, dense_dim: int, num_keys: int, num_labels: int) -> _Columns:
+    """Views into the packed bytes, shaped as ``_Columns`` (no copy)."""
+    batch, ids = packed[:_HEADER].view(torch.int64).tolist()
+    shapes = [
+        (torch.float32, (batch, dense_dim)),
+        (torch.int64, (ids,)),
+        (torch.int32, (num_keys * batch,)),
+        (torch.float32, (batch, num_labels) if num_labels > 1 else (batch,)),
+        (torch.int64, (batch,)),
+    ]
+    parts, offset = [], _HEADER
+    for dtype, shape in shapes:
+        size = math.prod(shape) * dtype.itemsize
+        parts.append(packed[offset:offset + size].view(dtype).view(shape))
+        offset += -(-size // 8) * 8
+    return _Columns(*parts)
+
+
 # ---- worker side: Arrow → numpy windows → batches --------------------------------------------------
 
+def _is_list(dtype: pa.DataType) -> bool:
+    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype)
+
+
 class _Window:
-    """A window of rows as numpy arrays, sliced into batches without touching rows one by one."""
+    """A window of rows as numpy arrays, cut into batches without touching rows one by one."""
 
     def __init__(self, table: pa.Table, row_ids: np.ndarray, layout: _Layout) -> None:
         n = table.num_rows
         self.rows = n
-        self.row_ids = row_ids
+        self.row_ids = row_ids  # (n,)
         self.dense = np.empty((n, len(layout.dense)), dtype=np.float32)  # (n, D)
         for j, name in enumerate(layout.dense):
             self.dense[:, j] = table.column(name).to_numpy()
-        self.lengths = np.ones((len(layout.keys), n), dtype=np.int32)  # (K, n): scalar keys keep 1
-        self.values: list[np.ndarray] = []  # per key: (n,) for scalar keys, flat ids for list keys
-        self.offsets: list[np.ndarray | None] = []  # per key: (n + 1,) into values for list keys
-        for k, (name, is_list) in enumerate(zip(layout.keys, layout.is_list)):
-            column = table.column(name)
+        scalar_keys = [name for name, is_list in zip(layout.keys, layout.is_list) if not is_list]
+        self.scalars = np.empty((len(scalar_keys), n), dtype=np.int64)  # (S, n), one row per scalar key
+        for i, name in enumerate(scalar_keys):
+            self.scalars[i] = table.column(name).to_numpy()
+        self.flat: list[np.ndarray] = []  # per list key: its ids, row after row
+        self.offsets: list[np.ndarray] = []  # per list key: (n + 1,) row bounds into flat
+        self.slots: list[tuple[bool, int]] = []  # per key: (is_list, index into scalars or flat)
+        for name, is_list in zip(layout.keys, layout.is_list):
             if not is_list:
-                self.values.append(column.to_numpy().astype(np.int64, copy=False))
-                self.offsets.append(None)
+                self.slots.append((False, scalar_keys.index(name)))
                 continue
+            column = table.column(name)
             array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
             if array.null_count == 0:
-                # Offsets of a sliced list array point into its unsliced child: read them as they are.
+                # Offsets of a sliced list array point into its unsliced child: use them as they are.
                 offsets = array.offsets.to_numpy().astype(np.int64, copy=False)
                 values = array.values.to_numpy()
             else:  # a null list is an empty list; flatten() skips nulls backed by non-empty ranges
-                lengths = array.value_lengths().fill_null(0).to_numpy().astype(np.int64)
+                lengths = array.value_lengths().fill_null(0).to_numpy()
                 offsets = np.zeros(n + 1, dtype=np.int64)
                 np.cumsum(lengths, out=offsets[1:])
                 values = array.flatten().to_numpy()
-            self.values.append(values.astype(np.int64, copy=False))
+            self.slots.append((True, len(self.flat)))
+            self.flat.append(values.astype(np.int64, copy=False))
             self.offsets.append(offsets)
-            self.lengths[k] = np.diff(offsets)
         if layout.labels:
             labels = np.column_stack([table.column(name).to_numpy() for name in layout.labels]).astype(np.float32)
             self.labels = labels[:, 0] if len(layout.labels) == 1 else labels  # (n,) or (n, L)
         else:
             self.labels = np.ones(n, dtype=np.float32)  # implicit feedback: every row is a positive
 
-    def take(self, a: int, b: int) -> _Columns:
-        """Rows [a, b) as a batch. Every array is a fresh copy: a view would drag the whole window
-        into shared memory when the batch crosses to the main process."""
+    def take(self, rows: slice | np.ndarray) -> _Columns:
+        """The given rows (a contiguous slice, or row indices when shuffling) as a batch of fresh arrays.
+
+        Shuffled rows are gathered here, batch by batch, rather than by permuting the whole window:
+        the same gathers, without a second copy of the window. Never a view: it would drag the whole
+        window into shared memory when the batch crosses to the main process.
+        """
+        contiguous = isinstance(rows, slice)
+        if contiguous:
+            a, b, _ = rows.indices(self.rows)
+            size = b - a
+            dense, scalars = self.dense[a:b].copy(), self.scalars[:, a:b]  # (B, D), (S, B)
+            labels, row_ids = self.labels[a:b].copy(), self.row_ids[a:b].copy()
+        else:  # np.take: several times faster than fancy indexing along axis 1
+            size = len(rows)
+            dense, scalars = np.take(self.dense, rows, axis=0), np.take(self.scalars, rows, axis=1)
+            labels, row_ids = np.take(self.labels, rows, axis=0), self.row_ids[rows]
         parts = []
-        for values, offsets in zip(self.values, self.offsets):
-            parts.append(values[a:b] if offsets is None else values[offsets[a]:offsets[b]])
+        lengths = np.ones((len(self.slots), size), dtype=np.int32)  # (K, B): 1 for scalar keys
+        for k, (is_list, index) in enumerate(self.slots):
+            if not is_list:
+                parts.append(scalars[index])
+                continue
+            flat, offsets = self.flat[index], self.offsets[index]
+            if contiguous:
+                bounds = offsets[a:b + 1]  # (B + 1,)
+                parts.append(flat[bounds[0]:bounds[-1]])
+                lengths[k] = np.diff(bounds)
+                continue
+            starts = offsets[:-1][rows]  # (B,) where each picked row's ids begin in flat
+            counts = offsets[1:][rows] - starts
+            lengths[k] = counts
+            out_starts = np.cumsum(counts) - counts  # where they go in the batch's ids
+            # Output position p inside picked row i reads flat[starts[i] + (p - out_starts[i])].
+            gather = np.repeat(starts - out_starts, counts) + np.arange(counts.sum())
+            parts.append(np.take(flat, gather))
         values = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)  # key-major
         return _Columns(
-            dense=torch.from_numpy(self.dense[a:b].copy()),
+            dense=torch.from_numpy(dense),
             values=torch.from_numpy(values),
-            lengths=torch.from_numpy(self.lengths[:, a:b].reshape(-1)),  # (K, B) → (K * B,), key-major
-            labels=torch.from_numpy(self.labels[a:b].copy()),
-            row_ids=torch.from_numpy(self.row_ids[a:b].copy()),
+            lengths=torch.from_numpy(lengths.reshape(-1)),  # (K, B) → (K * B,), key-major
+            labels=torch.from_numpy(labels),
+            row_ids=torch.from_numpy(row_ids),
         )
 
 
 def _read(layout: _Layout, segments: list[_Segment]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Stream the segments' rows (schema columns only) with their row ids."""
     handles: dict[int, pq.ParquetFile] = {}
+    try:
+        yield from _read_segments(layout, segments, handles)
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def _read_segments(layout: _Layout, segments: list[_Segment],
+                   handles: dict[int, pq.ParquetFile]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     columns = layout.columns
     for segment in segments:
         if segment.file not in handles:
@@ -194,6 +277,10 @@ def _read(layout: _Layout, segments: list[_Segment]) -> Iterator[tuple[pa.Record
             if lo < hi:
                 piece = record_batch.slice(lo, hi - lo)
                 _check_nulls(piece, layout, segment)
+                if not piece.schema.equals(layout.arrow_schema):  # e.g. list here, large_list in the first file
+                    target = layout.arrow_schema
+                    piece = pa.RecordBatch.from_arrays(
+                        [piece.column(f.name).cast(f.type) for f in target], schema=target)
                 first = segment.first_row + position + lo
                 yield piece, np.arange(first, first + hi - lo, dtype=np.int64)
             position += record_batch.num_rows
@@ -203,7 +290,7 @@ def _read(layout: _Layout, segments: list[_Segment]) -> Iterator[tuple[pa.Record
 
 def _check_nulls(piece: pa.RecordBatch, layout: _Layout, segment: _Segment) -> None:
     for name, column in zip(piece.schema.names, piece.columns):
-        is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        is_list = _is_list(column.type)
         if (column.null_count and not is_list) or (is_list and column.values.null_count):
             raise RecsysError(f"{layout.files[segment.file]}: column '{name}' has null values")
 
@@ -215,35 +302,36 @@ def _iter_worker(layout: _Layout, segments: list[_Segment], batch_size: int, dro
     pending_ids: list[np.ndarray] = []
     pending_rows = 0
 
-    def flush() -> tuple[_Window, int]:
+    def flush() -> tuple[Iterator[_Columns], int, list[pa.RecordBatch], list[np.ndarray]]:
+        """Convert the pending rows; return the full batches to yield, how many rows they leave, and
+        those rows in Arrow form, to join the next window (and be shuffled again with it)."""
         table = pa.Table.from_batches(pending)
-        row_ids = np.concatenate(pending_ids)
-        if rng is not None:
-            order = rng.permutation(table.num_rows)
-            table, row_ids = table.take(order), row_ids[order]
-        window = _Window(table, row_ids, layout)
-        return window, (window.rows // batch_size) * batch_size
+        window = _Window(table, np.concatenate(pending_ids), layout)
+        full = (window.rows // batch_size) * batch_size
+        starts = range(0, full, batch_size)
+        if rng is None:
+            batches = (window.take(slice(a, a + batch_size)) for a in starts)
+            rest = table.slice(full).to_batches() if full < window.rows else []
+            rest_ids = [window.row_ids[full:]] if rest else []
+        else:
+            order = rng.permutation(window.rows)
+            batches = (window.take(order[a:a + batch_size]) for a in starts)
+            rest = table.take(order[full:]).to_batches() if full < window.rows else []
+            rest_ids = [window.row_ids[order[full:]]] if rest else []
+        return batches, window.rows - full, rest, rest_ids
 
     for piece, ids in _read(layout, segments):
         pending.append(piece)
         pending_ids.append(ids)
         pending_rows += piece.num_rows
-        if pending_rows < window_rows:
-            continue
-        window, full = flush()
-        for a in range(0, full, batch_size):
-            yield window.take(a, a + batch_size)
-        # The remainder (< batch_size rows) joins the next window and is shuffled again with it.
-        rest = pa.Table.from_batches(pending).slice(full) if full < window.rows else None
-        pending = rest.combine_chunks().to_batches() if rest is not None else []
-        pending_ids = [np.concatenate(pending_ids)[full:]] if rest is not None else []
-        pending_rows = window.rows - full
+        if pending_rows >= window_rows:
+            batches, pending_rows, pending, pending_ids = flush()
+            yield from batches
     if pending_rows:
-        window, full = flush()
-        for a in range(0, full, batch_size):
-            yield window.take(a, a + batch_size)
-        if full < window.rows and not drop_last:
-            yield window.take(full, window.rows)
+        batches, _, rest, rest_ids = flush()
+        yield from batches
+        if rest and not drop_last:  # the rank's last, partial batch (only the last worker has one)
+            yield _Window(pa.Table.from_batches(rest), rest_ids[0], layout).take(slice(0, len(rest_ids[0])))
 
 
 @dataclass(frozen=True)
@@ -261,20 +349,18 @@ class _RankDataset(IterableDataset):
         self.layout, self.plans, self.batch_size = layout, plans, batch_size
         self.drop_last, self.shuffle, self.shuffle_buffer = drop_last, shuffle, shuffle_buffer
 
-    def __iter__(self) -> Iterator[_Columns]:
+    def __iter__(self) -> Iterator[_Columns | torch.Tensor]:
+        """``_Columns`` in the calling process; packed into one tensor each in a worker process."""
         info = get_worker_info()
         plan = self.plans[info.id if info is not None else 0]
         rng = np.random.default_rng(list(plan.seed)) if self.shuffle else None
         # Without shuffling a window only needs to hold a batch; conversion still runs per record batch.
         window_rows = max(self.shuffle_buffer, self.batch_size) if self.shuffle else self.batch_size
-        return _iter_worker(self.layout, plan.segments, self.batch_size, self.drop_last, window_rows, rng)
+        batches = _iter_worker(self.layout, plan.segments, self.batch_size, self.drop_last, window_rows, rng)
+        return batches if info is None else map(_pack, batches)
 
 
 # ---- the reader ------------------------------------------------------------------------------------
-
-def _is_list(dtype: pa.DataType) -> bool:
-    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype)
-
 
 class ParquetReader:
     """Iterates one split of a prepared data set as ``Batch``es for one rank of a data-parallel job.
@@ -331,7 +417,9 @@ class ParquetReader:
         if not files:
             raise RecsysError(f"{self.data_dir / split}: no Parquet files")
         self.batch_size, self.shuffle, self.shuffle_buffer = batch_size, shuffle, shuffle_buffer
-        self.drop_last, self.num_workers, self.pin_memory = drop_last, num_workers, pin_memory
+        self.drop_last, self.num_workers = drop_last, num_workers
+        # Pinning needs an accelerator; without one it would fail (in process) or warn (DataLoader).
+        self.pin_memory = pin_memory and torch.accelerator.is_available()
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch = 0
         self._layout, self._units = self._scan(files)
@@ -352,6 +440,7 @@ class ParquetReader:
         is_list: dict[str, bool] = {}
         units: list[_Unit] = []
         first_row = 0
+        first_schema = pa.schema([])
         for index, path in enumerate(files):
             try:
                 parquet = pq.ParquetFile(path)
@@ -380,13 +469,17 @@ class ParquetReader:
                 if rows:
                     units.append(_Unit(index, row_group, rows, first_row))
                     first_row += rows
+            if index == 0:
+                first_schema = arrow_schema
         keys = tuple(schema.sparse_keys)
+        dense, labels = tuple(f.name for f in schema.dense), tuple(schema.label_names)
         layout = _Layout(
             files=tuple(str(p) for p in files),
-            dense=tuple(f.name for f in schema.dense),
+            dense=dense,
             keys=keys,
             is_list=tuple(is_list[k] for k in keys),
-            labels=tuple(schema.label_names),
+            labels=labels,
+            arrow_schema=pa.schema([first_schema.field(name) for name in [*dense, *keys, *labels]]),
         )
         return layout, units
 
@@ -438,11 +531,13 @@ class ParquetReader:
         dataset = _RankDataset(self._layout, self._plans(), self.batch_size, self.drop_last, self.shuffle,
                                self.shuffle_buffer)
         if self.num_workers == 0:
-            for columns in dataset:
+            for columns in dataset:  # type: ignore[assignment]  # _Columns in the calling process
                 yield _Columns(*(t.pin_memory() for t in columns)) if self.pin_memory else columns
             return
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
-        yield from loader
+        dims = (len(self._layout.dense), len(self._layout.keys), len(self._layout.labels))
+        for packed in loader:
+            yield _unpack(packed, *dims)
 
     def _batch(self, columns: _Columns) -> Batch:
         sparse = KeyedJaggedTensor(keys=list(self._layout.keys), values=columns.values, lengths=columns.lengths)

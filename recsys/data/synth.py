@@ -46,7 +46,7 @@ CARDINALITIES = [int(round(10 ** (1 + 5 * k / (len(SPARSE_NAMES) - 1)))) for k i
 # Interleave entities so each has small and large fields: C1 user, C2 item, C3 context, C4 user, ...
 SPARSE_ENTITIES = [(Entity.USER, Entity.ITEM, Entity.CONTEXT)[k % 3] for k in range(len(SPARSE_NAMES))]
 DENSE_ENTITIES = [Entity.USER] * 4 + [Entity.ITEM] * 4 + [Entity.CONTEXT] * 5
-HEAD_IDS = 2000  # ids past this popularity rank carry no first-order or pairwise signal
+HEAD_IDS = 100  # ids past this popularity rank carry no first-order or pairwise signal: learnable by design
 INTERACTING_PAIRS = [(0, 1), (3, 4), (6, 7), (9, 2), (12, 13), (15, 5)]  # (user/item, item/context) field pairs
 LATENT_DIM = 8
 
@@ -105,7 +105,7 @@ class CtrWorld:
         self.item_category = rng.integers(0, config.categories, n_items)
         centres = rng.normal(size=(config.categories, LATENT_DIM))
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        latent = centres[self.item_category] + 0.2 * rng.normal(size=(n_items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+        latent = centres[self.item_category] + 0.1 * rng.normal(size=(n_items, LATENT_DIM)) / np.sqrt(LATENT_DIM)
         self.item_latent = latent / np.linalg.norm(latent, axis=1, keepdims=True)
         self.items_by_category = [np.flatnonzero(self.item_category == c) for c in range(config.categories)]
 
@@ -118,9 +118,9 @@ class CtrWorld:
 
         # Ground truth.
         self.dense_weights = rng.normal(0.0, 0.15, len(DENSE_NAMES))
-        self.first_order = [rng.normal(0.0, 0.12, min(HEAD_IDS, c)) for c in CARDINALITIES]
+        self.first_order = [rng.normal(0.0, 0.15, min(HEAD_IDS, c)) for c in CARDINALITIES]
         self.pair_factors = {
-            k: rng.normal(0.0, 0.45, (min(HEAD_IDS, CARDINALITIES[k]), 4)) for pair in INTERACTING_PAIRS for k in pair
+            k: rng.normal(0.0, 0.35, (min(HEAD_IDS, CARDINALITIES[k]), 4)) for pair in INTERACTING_PAIRS for k in pair
         }
         self.affinity_weight = 2.0
         history_mean = np.zeros((n_users, LATENT_DIM))

@@ -37,7 +37,8 @@ def default_schema(embedding_dim: int = 16, min_count: int = 2) -> Schema:
 
 def input_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        # Hidden and _-prefixed files (.crc, _SUCCESS) are bookkeeping, not data.
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
         if not files:
             raise RecsysError(f"{path}: directory has no input files")
         return files

@@ -1,0 +1,153 @@
+"""Data throughput: raw Criteo TSV → prepared Parquet, the synthetic generator, and the Parquet → Batch reader.
+
+The reader must not be what a training step waits for; ``prepare`` and
+``synth`` set how long a user waits before training can start. Writes every
+figure, with the machine it ran on, to a JSON file and prints a short table.
+
+    .venv/bin/python benchmarks/bench_data.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+import torchrec
+
+from recsys.data.formats.criteo import CriteoSource
+from recsys.data.pipeline import PrepareOptions, run
+from recsys.data.reader import ParquetReader
+from recsys.data.synth import CtrConfig, synth_ctr, write_criteo_tsv
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on; the load average says whether the machine was shared."""
+    cpu = "unknown"
+    memory_gib = None
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+        memory_gib = round(kib / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)),
+        "memory_gib": memory_gib,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchrec": getattr(torchrec, "__version__", "unknown"),
+        "polars": pl.__version__,
+        "pyarrow": pa.__version__,
+        "numpy": np.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def timed(label: str, fn: Any) -> tuple[Any, float]:
+    print(f"… {label}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def bench_reader(data_dir: Path, batch_size: int, num_workers: int, shuffle: bool, epochs: int) -> dict[str, Any]:
+    """One full epoch per repeat; start-up (worker fork and the first shuffle window) is reported apart."""
+    reader = ParquetReader(data_dir, "train", batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+    runs = []
+    for epoch in range(epochs):
+        reader.set_epoch(epoch)
+        rows = batches = 0
+        cpu0, start = time.process_time(), time.perf_counter()
+        first_at, first_rows = start, 0
+        for batch in reader:
+            if batches == 0:
+                first_at, first_rows = time.perf_counter(), batch.batch_size
+            rows += batch.batch_size
+            batches += 1
+        end, cpu1 = time.perf_counter(), time.process_time()
+        runs.append({
+            "epoch_s": end - start,
+            "startup_s": first_at - start,
+            "rows_per_s": rows / (end - start),
+            "batches_per_s": batches / (end - start),
+            "steady_rows_per_s": (rows - first_rows) / (end - first_at),
+            "steady_batches_per_s": (batches - 1) / (end - first_at),
+            "main_cpu_ms_per_batch": 1000 * (cpu1 - cpu0) / batches,
+        })
+    summary = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    return {"num_workers": num_workers, "shuffle": shuffle, "batch_size": batch_size, "rows": rows,
+            "batches": batches, "epochs": epochs, **summary, "per_epoch": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "data.json")
+    parser.add_argument("--workdir", type=Path, default=HERE / "work")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3, help="reader epochs per setting; the median is reported")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"benchmark": "data", "rows": args.rows, "machine": machine()}
+
+    config = CtrConfig(rows=args.rows, seed=0)
+    tsv, seconds = timed("write raw Criteo TSV", lambda: write_criteo_tsv(config, work / "raw", overwrite=True))
+    results["write_criteo_tsv"] = {"seconds": seconds, "rows_per_s": args.rows / seconds,
+                                   "bytes": tsv.stat().st_size}
+    prepared, seconds = timed("prepare --format criteo", lambda: run(
+        CriteoSource(work / "raw"), work / "criteo", PrepareOptions(overwrite=True)))
+    results["prepare_criteo"] = {"seconds": seconds, "rows_per_s": args.rows / seconds,
+                                 "rows_written": prepared.stats.get("rows_written")}
+    _, seconds = timed("synth ctr", lambda: synth_ctr(config, work / "ctr", PrepareOptions(overwrite=True)))
+    results["synth_ctr"] = {"seconds": seconds, "rows_per_s": args.rows / seconds}
+
+    results["reader"] = []
+    for num_workers in args.workers:
+        print(f"… reader, {num_workers} workers", file=sys.stderr, flush=True)
+        results["reader"].append(bench_reader(work / "ctr", args.batch_size, num_workers, True, args.epochs))
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+    m = results["machine"]
+    print(f"\n{m['cpu']} · {m['nproc']} cpus · {m['memory_gib']} GiB · torch {m['torch']} · "
+          f"polars {m['polars']} · pyarrow {m['pyarrow']} · load {m['load_average']}")
+    print(f"{'stage':<36}{'seconds':>10}{'rows/s':>14}")
+    for key, label in (("write_criteo_tsv", "write raw Criteo TSV"), ("prepare_criteo", "prepare --format criteo"),
+                       ("synth_ctr", "synth --kind ctr")):
+        print(f"{label:<36}{results[key]['seconds']:>10.2f}{results[key]['rows_per_s']:>14,.0f}")
+    print(f"\nreader, train split ({results['reader'][0]['rows']:,} rows), batch {args.batch_size}, shuffled, "
+          f"median of {args.epochs} epochs")
+    print(f"{'workers':<9}{'start-up s':>11}{'rows/s':>12}{'batches/s':>11}{'steady rows/s':>15}"
+          f"{'steady b/s':>12}{'main cpu ms/b':>15}")
+    for r in results["reader"]:
+        print(f"{r['num_workers']:<9}{r['startup_s']:>11.3f}{r['rows_per_s']:>12,.0f}{r['batches_per_s']:>11.1f}"
+              f"{r['steady_rows_per_s']:>15,.0f}{r['steady_batches_per_s']:>12.1f}{r['main_cpu_ms_per_batch']:>15.2f}")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

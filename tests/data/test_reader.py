@@ -1,0 +1,279 @@
+"""The Parquet → Batch reader: contents match the files, every row once per epoch over ranks and workers."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from recsys.data.layout import split_files
+from recsys.data.pipeline import PrepareOptions
+from recsys.data.reader import ParquetReader
+from recsys.data.synth import CtrConfig, ImplicitConfig, synth_ctr, synth_implicit
+from recsys.errors import RecsysError
+from recsys.schema import Column, DenseFeature, Entity, Label, Schema, SequenceFeature, SparseFeature, Table, Task
+
+
+@pytest.fixture(scope="session")
+def ctr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Small row groups, so rank and worker boundaries fall inside and across row groups.
+    out = tmp_path_factory.mktemp("reader") / "ctr"
+    synth_ctr(CtrConfig(rows=20_000, seed=1), out, PrepareOptions(row_group_size=1000))
+    return out
+
+
+@pytest.fixture(scope="session")
+def train(ctr_dir: Path) -> pl.DataFrame:
+    """The train split as polars reads it: files in name order, rows in file order (= row ids)."""
+    return pl.concat([pl.read_parquet(p) for p in split_files(ctr_dir, "train")])
+
+
+def _read_all(reader: ParquetReader) -> tuple[list[int], np.ndarray]:
+    """Batch sizes and the concatenated row ids of one epoch."""
+    sizes, ids = [], []
+    for batch, row_ids in reader.iter_with_row_ids():
+        sizes.append(batch.batch_size)
+        ids.append(row_ids.numpy())
+    return sizes, np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+
+
+def _check_contents(batch, row_ids: torch.Tensor, frame: pl.DataFrame, schema: Schema) -> None:
+    """Every part of the batch equals the Parquet rows its row ids name."""
+    rows = frame[row_ids.numpy()]
+    dense = rows.select([f.name for f in schema.dense]).to_numpy().astype(np.float32)
+    np.testing.assert_array_equal(batch.dense.numpy(), dense)
+    np.testing.assert_array_equal(batch.labels.numpy(), rows["label"].to_numpy())
+    jagged = batch.sparse.to_dict()
+    for feature in schema.sparse:
+        assert jagged[feature.name].lengths().tolist() == [1] * len(rows)
+        assert jagged[feature.name].values().tolist() == rows[feature.name].to_list()
+    for feature in schema.sequences:
+        assert jagged[feature.name].lengths().tolist() == rows[feature.name].list.len().to_list()
+        assert jagged[feature.name].values().tolist() == rows[feature.name].explode().drop_nulls().to_list()
+
+
+def test_batches_have_the_contracted_shapes_and_dtypes(ctr_dir: Path) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=512)
+    schema = reader.schema
+    batch = next(iter(reader))
+    keys = schema.sparse_keys
+    assert batch.dense.shape == (512, len(schema.dense)) and batch.dense.dtype == torch.float32
+    assert batch.labels.shape == (512,) and batch.labels.dtype == torch.float32
+    assert batch.sparse.keys() == keys == reader.keys
+    assert batch.sparse.stride() == 512
+    assert batch.sparse.lengths().shape == (len(keys) * 512,) and batch.sparse.lengths().dtype == torch.int32
+    assert batch.sparse.values().dtype == torch.int64
+    assert batch.sparse.values().numel() == int(batch.sparse.lengths().sum())
+
+
+def test_pin_memory_is_ignored_without_an_accelerator(ctr_dir: Path) -> None:
+    for num_workers in (0, 1):
+        batch = next(iter(ParquetReader(ctr_dir, "valid", batch_size=64, pin_memory=True, num_workers=num_workers)))
+        assert batch.batch_size == 64
+        assert batch.dense.is_pinned() == torch.accelerator.is_available()
+
+
+def test_unshuffled_batches_equal_the_parquet_rows_in_file_order(ctr_dir: Path, train: pl.DataFrame) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=700)  # batches straddle the 1000-row groups
+    seen = 0
+    for batch, row_ids in reader.iter_with_row_ids():
+        assert row_ids.tolist() == list(range(seen, seen + batch.batch_size))
+        if seen < 3000 or seen + batch.batch_size >= len(train):  # the first row groups and the tail
+            _check_contents(batch, row_ids, train, reader.schema)
+        seen += batch.batch_size
+    assert seen == reader.rows == len(train)
+
+
+def test_sequences_keep_their_lengths_including_empty_histories(ctr_dir: Path, train: pl.DataFrame) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=4096)
+    lengths = {name: [] for name in ("hist_item_id", "hist_category")}
+    for batch in reader:
+        jagged = batch.sparse.to_dict()
+        for name in lengths:
+            lengths[name] += jagged[name].lengths().tolist()
+    for name, got in lengths.items():
+        expected = train[name].list.len().to_list()
+        assert got == expected
+        assert 0 in expected, "the fixture should contain users without history"
+
+
+@pytest.mark.parametrize(("world_size", "num_workers"), [(2, 0), (3, 0), (2, 2), (3, 2)])
+def test_ranks_and_workers_read_every_row_exactly_once(
+    ctr_dir: Path, train: pl.DataFrame, world_size: int, num_workers: int
+) -> None:
+    counts, everything = [], []
+    for rank in range(world_size):
+        reader = ParquetReader(ctr_dir, "train", batch_size=300, shuffle=True, shuffle_buffer=2500, seed=3,
+                               num_workers=num_workers, rank=rank, world_size=world_size)
+        reader.set_epoch(1)
+        sizes, ids = _read_all(reader)
+        assert sum(sizes) == reader.rows and len(sizes) == reader.num_batches == len(reader)
+        assert sum(size < 300 for size in sizes) <= 1, "only the rank's last batch may be partial"
+        counts.append(len(ids))
+        everything.append(ids)
+    assert max(counts) - min(counts) <= 1
+    assert np.array_equal(np.sort(np.concatenate(everything)), np.arange(len(train)))
+
+
+def test_shuffled_batches_carry_the_rows_their_ids_name(ctr_dir: Path, train: pl.DataFrame) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=256, shuffle=True, shuffle_buffer=3000, num_workers=2,
+                           rank=1, world_size=2)
+    batches = list(reader.iter_with_row_ids())
+    for batch, row_ids in batches[:3] + batches[-2:]:
+        _check_contents(batch, row_ids, train, reader.schema)
+
+
+def test_shuffle_reorders_per_epoch_and_is_reproducible(ctr_dir: Path) -> None:
+    def epoch_ids(epoch: int, seed: int = 0, num_workers: int = 0) -> np.ndarray:
+        reader = ParquetReader(ctr_dir, "train", batch_size=512, shuffle=True, shuffle_buffer=4000, seed=seed,
+                               num_workers=num_workers)
+        reader.set_epoch(epoch)
+        return _read_all(reader)[1]
+
+    first, second = epoch_ids(0), epoch_ids(1)
+    assert not np.array_equal(first, second)
+    assert np.array_equal(np.sort(first), np.sort(second))
+    assert not np.array_equal(first, np.sort(first)), "rows should move within and across row groups"
+    assert np.array_equal(first, epoch_ids(0))
+    assert not np.array_equal(first, epoch_ids(0, seed=1))
+    assert np.array_equal(epoch_ids(2, num_workers=2), epoch_ids(2, num_workers=2))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_drop_last_drops_only_the_final_partial_batch(ctr_dir: Path, train: pl.DataFrame, num_workers: int) -> None:
+    batch_size = 1000 + 7  # never divides the split
+    reader = ParquetReader(ctr_dir, "train", batch_size=batch_size, shuffle=True, drop_last=True,
+                           num_workers=num_workers)
+    sizes, ids = _read_all(reader)
+    assert sizes == [batch_size] * (len(train) // batch_size) and len(sizes) == reader.num_batches
+    assert len(set(ids.tolist())) == len(ids)
+    kept = ParquetReader(ctr_dir, "train", batch_size=batch_size, num_workers=num_workers)
+    assert _read_all(kept)[0][-1] == len(train) % batch_size
+
+
+def test_drop_last_gives_every_rank_the_same_step_count(ctr_dir: Path, train: pl.DataFrame) -> None:
+    # A world size and batch size for which ranks of N // W and N // W + 1 rows would differ by a step.
+    world_size, batch_size = next(
+        (w, b) for w in range(3, 12) if len(train) % w for b in range(16, len(train) // w) if (len(train) // w + 1) % b == 0)
+    untrimmed = [ParquetReader(ctr_dir, "train", batch_size=batch_size, rank=r, world_size=world_size).rows // batch_size
+                 for r in range(world_size)]
+    assert len(set(untrimmed)) == 2, "without trimming, the ranks would take different step counts"
+    steps = []
+    for rank in range(world_size):
+        reader = ParquetReader(ctr_dir, "train", batch_size=batch_size, drop_last=True, rank=rank,
+                               world_size=world_size)
+        steps.append(len(list(reader)))
+        assert reader.rows == len(train) // world_size
+    assert len(set(steps)) == 1 and steps[0] == reader.num_batches
+
+
+def test_valid_split_reads_unshuffled_and_complete(ctr_dir: Path) -> None:
+    reader = ParquetReader(ctr_dir, "valid", batch_size=333, num_workers=2)
+    sizes, ids = _read_all(reader)
+    rows = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in split_files(ctr_dir, "valid"))
+    assert sum(sizes) == rows and np.array_equal(np.sort(ids), np.arange(rows))
+
+
+# ---- other schemas ------------------------------------------------------------------------------
+
+def test_implicit_data_yields_all_positive_labels(tmp_path: Path) -> None:
+    out = tmp_path / "implicit"
+    synth_implicit(ImplicitConfig(rows=6000, seed=0), out, PrepareOptions())
+    reader = ParquetReader(out, "train", batch_size=128)
+    batch = next(iter(reader))
+    assert batch.dense.shape == (128, 0)
+    assert torch.equal(batch.labels, torch.ones(128))
+    assert batch.sparse.keys() == ["user_id", "item_id", "item_community"]
+    assert batch.sparse.lengths().tolist() == [1] * (3 * 128)
+
+
+def _tiny_schema() -> Schema:
+    return Schema(
+        task=Task.CTR,
+        dense=[DenseFeature(name="x", entity=Entity.CONTEXT)],
+        sparse=[SparseFeature(name="a", entity=Entity.USER), SparseFeature(name="tags", entity=Entity.ITEM, separator="|")],
+        sequences=[SequenceFeature(name="hist", table="a", max_length=5)],
+        tables=[Table(name="a", cardinality=10), Table(name="tags", cardinality=10)],
+        labels=[Label(name="click"), Label(name="buy")],
+        user_key=Column(name="user"),
+    )
+
+
+def _write_tiny(out: Path, frames: list[pl.DataFrame]) -> Path:
+    (out / "train").mkdir(parents=True)
+    _tiny_schema().save(out)
+    for index, frame in enumerate(frames):
+        frame.write_parquet(out / "train" / f"part-{index:05d}.parquet", row_group_size=2)
+    return out
+
+
+def test_multi_valued_features_null_lists_and_several_labels(tmp_path: Path) -> None:
+    first = pl.DataFrame({
+        "x": [0.5, 1.5, 2.5],
+        "a": [1, 2, 3],
+        "tags": [[1, 2], [], None],  # a null list reads as an empty one
+        "hist": [[4], None, [5, 6, 7]],
+        "click": [1.0, 0.0, 1.0],
+        "buy": [0.0, 0.0, 1.0],
+        "user": ["u1", "u2", "u3"],
+    }, schema_overrides={"x": pl.Float32, "click": pl.Float32, "buy": pl.Float32})
+    # A second file with wider types must read the same way as the first.
+    second = pl.DataFrame({"x": [3.5], "a": [4], "tags": [[9]], "hist": [[]], "click": [0.0], "buy": [1.0],
+                           "user": ["u4"]}, schema_overrides={"a": pl.Int32, "hist": pl.List(pl.Int64)})
+    reader = ParquetReader(_write_tiny(tmp_path / "tiny", [first, second]), "train", batch_size=4)
+    (batch,) = list(reader)
+    assert batch.labels.shape == (4, 2) and batch.labels[:, 1].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert batch.dense[:, 0].tolist() == [0.5, 1.5, 2.5, 3.5]
+    jagged = batch.sparse.to_dict()
+    assert jagged["a"].values().tolist() == [1, 2, 3, 4]
+    assert jagged["tags"].lengths().tolist() == [2, 0, 0, 1] and jagged["tags"].values().tolist() == [1, 2, 9]
+    assert jagged["hist"].lengths().tolist() == [1, 0, 3, 0] and jagged["hist"].values().tolist() == [4, 5, 6, 7]
+
+
+def test_null_in_a_scalar_column_names_file_and_column(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"x": [0.5, None], "a": [1, 2], "tags": [[1], [2]], "hist": [[1], [2]],
+                          "click": [1.0, 0.0], "buy": [0.0, 0.0], "user": ["u1", "u2"]})
+    reader = ParquetReader(_write_tiny(tmp_path / "tiny", [frame]), "train", batch_size=4)
+    with pytest.raises(RecsysError, match=r"part-00000\.parquet: column 'x' has null values"):
+        list(reader)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+def test_errors_name_what_is_wrong(ctr_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(RecsysError, match="batch_size must be at least 1"):
+        ParquetReader(ctr_dir, "train", batch_size=0)
+    with pytest.raises(RecsysError, match="rank 2 is out of range for world_size 2"):
+        ParquetReader(ctr_dir, "train", batch_size=8, rank=2, world_size=2)
+    with pytest.raises(RecsysError, match="unknown split 'dev'"):
+        ParquetReader(ctr_dir, "dev", batch_size=8)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(ctr_dir / "schema.json", broken / "schema.json")
+    with pytest.raises(RecsysError, match=r"broken/train: split directory missing"):
+        ParquetReader(broken, "train", batch_size=8)
+    (broken / "train").mkdir()
+    with pytest.raises(RecsysError, match=r"broken/train: no Parquet files"):
+        ParquetReader(broken, "train", batch_size=8)
+    source = split_files(ctr_dir, "train")[0]
+    pl.read_parquet(source).drop("hist_category").write_parquet(broken / "train" / source.name)
+    with pytest.raises(RecsysError, match=r"part-00000\.parquet: sequence feature column 'hist_category' is missing"):
+        ParquetReader(broken, "train", batch_size=8)
+    pl.read_parquet(source).with_columns(pl.col("C3").cast(pl.String)).write_parquet(broken / "train" / source.name)
+    with pytest.raises(RecsysError, match=r"sparse feature column 'C3' has type large_string"):
+        ParquetReader(broken, "train", batch_size=8)
+
+
+def test_row_ids_count_each_row_once_per_epoch_over_epochs(ctr_dir: Path, train: pl.DataFrame) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=1024, shuffle=True, num_workers=1)
+    seen: Counter[int] = Counter()
+    for epoch in range(2):
+        reader.set_epoch(epoch)
+        seen.update(_read_all(reader)[1].tolist())
+    assert set(seen.values()) == {2} and len(seen) == len(train)
