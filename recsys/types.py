@@ -16,7 +16,9 @@ class Batch(Pipelineable):
     dense:  (B, D) float32, the schema's dense features after their transforms.
     sparse: KeyedJaggedTensor over the pooled sparse features then the sequence
             features; a sequence is a jagged feature of at most max_length ids, newest first.
-    labels: (B,) float32, or (B, L) when the schema has L > 1 labels.
+            Values are int64 row indices of each feature's table, lengths int32.
+    labels: (B,) float32, or (B, L) when the schema has L > 1 labels; all ones for an
+            ``implicit`` schema (every row is an observed interaction).
     """
 
     dense: torch.Tensor

@@ -56,9 +56,10 @@ def synth(
     out: Path = typer.Option(..., "--out", help="Output directory (created atomically)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical data."),
     output_format: SynthFormat = typer.Option(SynthFormat.PREPARED, "--format", help="prepared: train/valid/test Parquet like `prepare`; criteo-tsv: a raw Criteo day file to feed `prepare --format criteo` (ctr only)."),
-    users: int | None = typer.Option(None, "--users", min=1, help="Number of users (default: rows/20 for ctr, rows/30 for implicit)."),
-    items: int | None = typer.Option(None, "--items", min=1, help="Number of items (default: rows/40 for ctr, rows/60 for implicit)."),
+    users: int | None = typer.Option(None, "--users", min=1, help="Number of users (default: rows/50 for ctr, rows/30 for implicit)."),
+    items: int | None = typer.Option(None, "--items", min=1, help="Number of items (default: rows/100 for ctr, rows/60 for implicit)."),
     embedding_dim: int | None = typer.Option(None, "--embedding-dim", min=1, help="Embedding dim written into the schema (default 16 for ctr, 32 for implicit)."),
+    min_count: int = typer.Option(3, "--min-count", min=1, help="ctr: ids seen fewer times in train share the out-of-vocabulary row."),
     split: SplitMode = typer.Option(SplitMode.RANDOM, "--split", help=_SPLIT_HELP),
     valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="Share of rows for validation."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test."),
@@ -69,7 +70,7 @@ def synth(
     from recsys.data.summary import print_summary
 
     if kind is SynthKind.CTR:
-        config = generator.CtrConfig(rows=rows, seed=seed, users=users, items=items,
+        config = generator.CtrConfig(rows=rows, seed=seed, users=users, items=items, min_count=min_count,
                                      **({"embedding_dim": embedding_dim} if embedding_dim else {}))
         if output_format is SynthFormat.CRITEO_TSV:
             path = generator.write_criteo_tsv(config, out, overwrite)

@@ -13,6 +13,10 @@ logistic model whose logit is a function of the observable features only:
               + γ · mean_h <e_h, e_target>        history / target-item affinity
 
 so the Bayes-optimal AUC is that of the true probabilities, recorded in stats.json.
+Only the 100 most popular ids of a field carry signal and raw ids go through a
+thresholded vocabulary (``min_count``), as real logs do: the signal is learnable
+by design, and the gap a model leaves shrinks with more rows (a plain PyTorch
+DLRM-shaped model, one epoch, is ~0.01 below Bayes at 3M rows, ~0.02 at 1M).
 
 ``implicit``: users and items in communities; a user mostly interacts with
 popular items of their own community (for retrieval models).
@@ -23,6 +27,7 @@ data is reproducible and memory stays bounded whatever --rows is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +52,9 @@ CARDINALITIES = [int(round(10 ** (1 + 5 * k / (len(SPARSE_NAMES) - 1)))) for k i
 SPARSE_ENTITIES = [(Entity.USER, Entity.ITEM, Entity.CONTEXT)[k % 3] for k in range(len(SPARSE_NAMES))]
 DENSE_ENTITIES = [Entity.USER] * 4 + [Entity.ITEM] * 4 + [Entity.CONTEXT] * 5
 HEAD_IDS = 100  # ids past this popularity rank carry no first-order or pairwise signal: learnable by design
-INTERACTING_PAIRS = [(0, 1), (3, 4), (6, 7), (9, 2), (12, 13), (15, 5)]  # (user/item, item/context) field pairs
+# Field pairs (0-based) with a pairwise effect: user×item (C1×C2, C4×C5, C7×C8), user×context
+# (C10×C3, C13×C9) and item×context (C11×C6).
+INTERACTING_PAIRS = [(0, 1), (3, 4), (6, 7), (9, 2), (12, 8), (10, 5)]
 LATENT_DIM = 8
 
 
@@ -61,14 +68,15 @@ class CtrConfig:
     max_history: int = 20
     positive_rate: float = 0.25
     embedding_dim: int = 16
+    min_count: int = 3  # ids seen fewer times in train share the OOV row, as in Criteo preprocessing
 
     @property
     def n_users(self) -> int:
-        return self.users or max(100, self.rows // 20)
+        return self.users or max(100, self.rows // 50)
 
     @property
     def n_items(self) -> int:
-        return self.items or max(50, self.rows // 40)
+        return self.items or max(50, self.rows // 100)
 
 
 def _zipf_sampler(size: int, exponent: float) -> np.ndarray:
@@ -148,9 +156,8 @@ class CtrWorld:
         return items
 
     def standardised(self, j: int, raw: np.ndarray) -> np.ndarray:
-        """The observable dense signal: log1p-standardised value, 0 when missing."""
-        z = (np.log1p(np.maximum(raw, 0.0)) - self.dense_mu[j]) / self.dense_sigma[j]
-        return np.where(np.isnan(raw), 0.0, z)
+        """The observable dense signal: log1p-standardised value, a missing one read as 0 (prepare's fill)."""
+        return (np.log1p(np.maximum(np.nan_to_num(raw, nan=0.0), 0.0)) - self.dense_mu[j]) / self.dense_sigma[j]
 
     def logit(self, users: np.ndarray, items: np.ndarray, fields: list[np.ndarray], dense: list[np.ndarray]) -> np.ndarray:
         out = np.full(len(users), self.bias)
@@ -203,12 +210,10 @@ class CtrWorld:
 
 def ctr_schema(config: CtrConfig) -> Schema:
     dim = config.embedding_dim
-    tables = [Table(name=n, encoding=Encoding.IDENTITY, cardinality=c, embedding_dim=dim) for n, c in zip(SPARSE_NAMES, CARDINALITIES)]
-    tables += [
-        Table(name="user_id", encoding=Encoding.IDENTITY, cardinality=config.n_users, embedding_dim=dim),
-        Table(name="item_id", encoding=Encoding.IDENTITY, cardinality=config.n_items, embedding_dim=dim),
-        Table(name="item_category", encoding=Encoding.IDENTITY, cardinality=config.categories, embedding_dim=dim),
-    ]
+    # Raw ids go through a thresholded vocabulary like real logs: the long tail, which carries no
+    # signal here, shares the OOV row instead of growing a 10^6-row table of noise.
+    tables = [Table(name=n, embedding_dim=dim, min_count=config.min_count)
+              for n in [*SPARSE_NAMES, "user_id", "item_id", "item_category"]]
     return Schema(
         task=Task.CTR,
         dense=[DenseFeature(name=n, entity=e) for n, e in zip(DENSE_NAMES, DENSE_ENTITIES)],
@@ -306,11 +311,13 @@ def synth_ctr(config: CtrConfig, out: Path, options: PrepareOptions) -> PrepareR
     source = CtrSource(config)
 
     def extra(data_dir: Path, schema: Schema) -> dict[str, Any]:
-        return {"generator": {"kind": "ctr", **config.__dict__, "users": config.n_users, "items": config.n_items},
+        raw_cardinalities = dict(zip(SPARSE_NAMES, CARDINALITIES)) | {
+            "user_id": config.n_users, "item_id": config.n_items, "item_category": config.categories}
+        return {"generator": {"kind": "ctr", **config.__dict__, "users": config.n_users, "items": config.n_items,
+                              "raw_cardinalities": raw_cardinalities},
                 **bayes_stats(data_dir, schema)}
 
-    options.passthrough = (TRUE_PROBABILITY,)
-    return run(source, out, options, extra_stats=extra)
+    return run(source, out, dataclasses.replace(options, passthrough=(TRUE_PROBABILITY,)), extra_stats=extra)
 
 
 # ---- raw Criteo TSV, for exercising `prepare --format criteo` --------------------------------
@@ -351,11 +358,11 @@ class ImplicitConfig:
 
     @property
     def n_users(self) -> int:
-        return self.users or max(50, self.rows // 30)
+        return self.users or max(100, self.rows // 30)
 
     @property
     def n_items(self) -> int:
-        return self.items or max(50, self.rows // 60)
+        return self.items or max(100, self.rows // 60)
 
 
 def implicit_schema(config: ImplicitConfig) -> Schema:
