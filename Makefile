@@ -32,11 +32,10 @@ $(STAMP): pyproject.toml requirements/common.txt requirements/$(ACCEL).txt
 	@echo "installed the $(ACCEL) stack into $(VENV)"
 
 demo: install
-	$(RECSYS) data synth --kind ctr --rows $(DEMO_ROWS) --out $(DEMO_DIR)/ctr --overwrite
-	$(RECSYS) data summary $(DEMO_DIR)/ctr
 	$(RECSYS) data synth --kind ctr --format criteo-tsv --rows 20000 --out $(DEMO_DIR)/criteo-raw --overwrite
 	$(RECSYS) data prepare --format criteo --input $(DEMO_DIR)/criteo-raw --out $(DEMO_DIR)/criteo --overwrite
-	$(RECSYS) data summary $(DEMO_DIR)/criteo
+	$(RECSYS) data synth --kind ctr --rows $(DEMO_ROWS) --out $(DEMO_DIR)/ctr --overwrite
+	$(RECSYS) data summary $(DEMO_DIR)/ctr
 
 test: install
 	$(PY) -m pytest

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,7 @@ import pyarrow as pa
 import torch
 import torchrec
 
-from recsys.data.formats.criteo import CriteoSource
-from recsys.data.pipeline import PrepareOptions, run
+from recsys.data.pipeline import PrepareOptions
 from recsys.data.reader import ParquetReader
 from recsys.data.synth import CtrConfig, synth_ctr, write_criteo_tsv
 
@@ -61,6 +61,19 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+_PREPARE_CHILD = """
+import json, sys
+from pathlib import Path
+from recsys.data.formats.criteo import CriteoSource
+from recsys.data.pipeline import PrepareOptions, run
+result = run(CriteoSource(Path(sys.argv[1])), Path(sys.argv[2]), PrepareOptions(overwrite=True))
+status = Path("/proc/self/status").read_text()
+peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+print(json.dumps({"rows_written": result.stats["rows_written"], "pipeline_seconds": result.stats["seconds"],
+                  "peak_rss_mib": round(peak_kib / 1024, 1)}))
+"""
 
 
 def timed(label: str, fn: Any) -> tuple[Any, float]:
@@ -116,10 +129,14 @@ def main() -> None:
     tsv, seconds = timed("write raw Criteo TSV", lambda: write_criteo_tsv(config, work / "raw", overwrite=True))
     results["write_criteo_tsv"] = {"seconds": seconds, "rows_per_s": args.rows / seconds,
                                    "bytes": tsv.stat().st_size}
-    prepared, seconds = timed("prepare --format criteo", lambda: run(
-        CriteoSource(work / "raw"), work / "criteo", PrepareOptions(overwrite=True)))
-    results["prepare_criteo"] = {"seconds": seconds, "rows_per_s": args.rows / seconds,
-                                 "rows_written": prepared.stats.get("rows_written")}
+    # In a fresh interpreter, so the peak memory (VmHWM) is prepare's own, not this process's.
+    completed, seconds = timed("prepare --format criteo", lambda: subprocess.run(
+        [sys.executable, "-c", _PREPARE_CHILD, str(work / "raw"), str(work / "criteo")],
+        check=True, capture_output=True, text=True))
+    child = json.loads(completed.stdout.strip().splitlines()[-1])
+    results["prepare_criteo"] = {"seconds": seconds, "pipeline_seconds": child["pipeline_seconds"],
+                                 "rows_per_s": args.rows / seconds, "rows_written": child["rows_written"],
+                                 "peak_rss_mib": child["peak_rss_mib"], "input_mib": round(tsv.stat().st_size / 2**20, 1)}
     _, seconds = timed("synth ctr", lambda: synth_ctr(config, work / "ctr", PrepareOptions(overwrite=True)))
     results["synth_ctr"] = {"seconds": seconds, "rows_per_s": args.rows / seconds}
 
@@ -139,6 +156,8 @@ def main() -> None:
     for key, label in (("write_criteo_tsv", "write raw Criteo TSV"), ("prepare_criteo", "prepare --format criteo"),
                        ("synth_ctr", "synth --kind ctr")):
         print(f"{label:<36}{results[key]['seconds']:>10.2f}{results[key]['rows_per_s']:>14,.0f}")
+    prepared = results["prepare_criteo"]
+    print(f"prepare peak memory {prepared['peak_rss_mib']:,.0f} MiB for a {prepared['input_mib']:,.0f} MiB input")
     print(f"\nreader, train split ({results['reader'][0]['rows']:,} rows), batch {args.batch_size}, shuffled, "
           f"median of {args.epochs} epochs")
     print(f"{'workers':<9}{'start-up s':>11}{'rows/s':>12}{'batches/s':>11}{'steady rows/s':>15}"
