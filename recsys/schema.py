@@ -46,7 +46,7 @@ class Encoding(StrEnum):
     """How raw values of a table become embedding row indices."""
 
     VOCAB = "vocab"  # frequency-thresholded vocabulary; index 0 is missing/out-of-vocabulary
-    HASH = "hash"  # hash of the value's text modulo hash_buckets
+    HASH = "hash"  # polars' 64-bit hash of the value's text (stable per polars version), into 1..hash_buckets-1
     IDENTITY = "identity"  # values already are indices in [0, cardinality)
 
 
@@ -94,7 +94,7 @@ class Table(_Strict):
     encoding: Encoding = Encoding.VOCAB
     embedding_dim: int = Field(16, ge=1, le=8192)
     min_count: int = Field(1, ge=1, description="vocab: values seen fewer times in train map to index 0")
-    hash_buckets: int | None = Field(None, ge=1)
+    hash_buckets: int | None = Field(None, ge=2, description="hash: row 0 is missing, values hash into 1..hash_buckets-1")
     cardinality: int | None = Field(None, ge=1, description="rows of the table; set by prepare for vocab")
     vocab_file: str | None = None  # relative to the data directory or artifact
 

@@ -62,6 +62,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         if not out.is_dir() or any(out.iterdir()):
             raise RecsysError(f"{out}: already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -78,6 +79,24 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(trash, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Delete temporary folders left by runs that were killed (their process is gone)."""
+    for leftover in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_schema(data_dir: str | Path) -> Schema:

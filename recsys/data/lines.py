@@ -8,6 +8,7 @@ bytes are not UTF-8 so they can be quarantined instead of crashing a job.
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ class LineChunk:
     @property
     def height(self) -> int:
         return self.frame.height
+
+
+def data_files(folder: Path) -> list[Path]:
+    """A folder's data files in natural order (day_2 before day_10: time order for day files).
+
+    Hidden and _-prefixed files (.crc, _SUCCESS) are bookkeeping, not data.
+    """
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_"))]
+    return sorted(files, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
 
 
 def open_binary(path: Path) -> BinaryIO:

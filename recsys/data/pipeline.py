@@ -157,6 +157,8 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
             "cardinalities": {t.name: t.cardinality for t in schema.tables},
             "vocab_sizes": {name: vocab.height for name, vocab in vocabs.items()},
             "dense": {f.name: {"mean": f.mean, "std": f.std} for f in schema.dense},
+            # Hash encoding uses polars' hash, stable for one polars version: serve with the same one.
+            "polars_version": pl.__version__,
             "seconds": round(elapsed, 3),
             "rows_per_s": round(rows_read / elapsed, 1) if elapsed > 0 else None,
         }

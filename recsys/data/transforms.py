@@ -41,7 +41,7 @@ def encode_expr(column: str, table: Table, vocab: pl.DataFrame | None, is_list: 
         )
     elif table.encoding is Encoding.HASH:
         assert table.hash_buckets is not None
-        buckets = max(table.hash_buckets - 1, 1)
+        buckets = table.hash_buckets - 1
         encoded = pl.when(element.is_null()).then(pl.lit(OOV_INDEX, pl.Int64)).otherwise(
             (element.cast(pl.String).hash(seed=_HASH_SEED) % buckets).cast(pl.Int64) + 1
         )

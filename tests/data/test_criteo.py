@@ -78,6 +78,21 @@ def test_gzip_input_gives_the_same_output(tmp_path: Path) -> None:
         assert pl.read_parquet(tmp_path / "a" / split).equals(pl.read_parquet(tmp_path / "b" / split))
 
 
+def test_day_files_are_read_in_time_order(tmp_path: Path) -> None:
+    days = tmp_path / "days"
+    days.mkdir()
+    lines = good_lines(30)
+    for day in (0, 2, 10):  # name order would put day_10 before day_2; only day_10 has clicks
+        rows = [str(int(day == 10)) + line[1:] for line in lines[day:day + 10]]
+        (days / f"day_{day}").write_text("\n".join(rows) + "\n")
+    (days / "_SUCCESS").write_text("")
+    assert [p.name for p in CriteoSource(days).files] == ["day_0", "day_2", "day_10"]
+    out = tmp_path / "out"
+    run(CriteoSource(days), out, PrepareOptions(split="time", valid_fraction=0.0, test_fraction=1 / 3))
+    assert pl.read_parquet(out / "test")["label"].to_list() == [1.0] * 10
+    assert pl.read_parquet(out / "train")["label"].sum() == 0
+
+
 def test_vocabulary_threshold_and_transforms(tmp_path: Path) -> None:
     path = tmp_path / "day_0"
     path.write_text("\n".join(good_lines(600)) + "\n")
@@ -142,6 +157,16 @@ def test_an_aborted_run_leaves_no_partial_output(tmp_path: Path) -> None:
     assert (out / "stats.json").read_text() == before
     with pytest.raises(RecsysError, match="already exists"):
         run(CriteoSource(path), out, PrepareOptions())
+
+
+def test_folders_of_killed_runs_are_cleaned_up(tmp_path: Path) -> None:
+    path = tmp_path / "day_0"
+    path.write_text("\n".join(good_lines(50)) + "\n")
+    abandoned = tmp_path / ".out.tmp-999999999"  # no such process
+    (abandoned / "_spool").mkdir(parents=True)
+    run(CriteoSource(path), tmp_path / "out", PrepareOptions())
+    assert not abandoned.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day_0", "out"]
 
 
 def test_schema_column_that_criteo_lacks_is_named(tmp_path: Path) -> None:

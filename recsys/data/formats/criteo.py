@@ -3,7 +3,7 @@
 Reads the Kaggle ``train.txt`` and Terabyte ``day_N`` files (tab-separated, no
 header, optionally gzip) and the comma-separated variant with a
 ``label,I1..I13,C1..C26`` header that many tutorials ship. A directory input
-means every regular file in it, in name order (day_0, day_1, ... is time order).
+means every data file in it, in natural name order (day_0, day_1, ..., day_23 is time order).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys.data.lines import iter_line_chunks
+from recsys.data.lines import data_files, iter_line_chunks
 from recsys.data.pipeline import RawPart, bad_rows
 from recsys.errors import RecsysError
 from recsys.schema import DenseFeature, Entity, Label, Schema, SparseFeature, Table
@@ -37,8 +37,7 @@ def default_schema(embedding_dim: int = 16, min_count: int = 2) -> Schema:
 
 def input_files(path: Path) -> list[Path]:
     if path.is_dir():
-        # Hidden and _-prefixed files (.crc, _SUCCESS) are bookkeeping, not data.
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+        files = data_files(path)
         if not files:
             raise RecsysError(f"{path}: directory has no input files")
         return files

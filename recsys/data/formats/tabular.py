@@ -59,7 +59,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data.lines import CHUNK_BYTES, iter_line_chunks, open_binary
+from recsys.data.lines import CHUNK_BYTES, data_files, iter_line_chunks, open_binary
 from recsys.data.pipeline import RawPart, bad_rows
 from recsys.errors import RecsysError
 from recsys.schema import Encoding, Schema
@@ -127,10 +127,10 @@ class _Plan:
 
 
 def input_files(path: Path, file_format: FileFormat) -> list[Path]:
-    """The file itself, or the directory's files with this format's suffixes in name order."""
+    """The file itself, or the directory's files with this format's suffixes in natural name order."""
     if path.is_dir():
         suffixes = CSV_SUFFIXES if file_format == "csv" else PARQUET_SUFFIXES
-        candidates = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+        candidates = data_files(path)
         files = [p for p in candidates if p.name.lower().endswith(suffixes)]
         skipped = [p.name for p in candidates if p not in files]
         if skipped:
