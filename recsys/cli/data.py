@@ -10,6 +10,7 @@ import typer
 
 from recsys.data.pipeline import PrepareOptions
 from recsys.errors import RecsysError
+from recsys.schema import Task
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +18,6 @@ app = typer.Typer(
     help="Synthesise, prepare and summarise data sets (Parquet splits + schema.json + stats.json).",
     no_args_is_help=True,
 )
-
-
-class SynthKind(StrEnum):
-    CTR = "ctr"
-    IMPLICIT = "implicit"
 
 
 class SynthFormat(StrEnum):
@@ -41,17 +37,12 @@ class SplitMode(StrEnum):
     TIME = "time"
 
 
-class MovieLensTask(StrEnum):
-    CTR = "ctr"
-    IMPLICIT = "implicit"
-
-
 _SPLIT_HELP = "random: by seeded hash of the row; time: by timestamp (file order when there is none)."
 
 
 @app.command()
 def synth(
-    kind: SynthKind = typer.Option(..., "--kind", help="ctr: Criteo-shaped CTR logs with a known ground truth; implicit: user×item interactions with communities."),
+    kind: Task = typer.Option(..., "--kind", help="ctr: Criteo-shaped CTR logs with a known ground truth; implicit: user×item interactions with communities."),
     rows: int = typer.Option(..., "--rows", min=1, help="Number of rows (interactions) to generate."),
     out: Path = typer.Option(..., "--out", help="Output directory (created atomically)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical data."),
@@ -69,7 +60,7 @@ def synth(
     from recsys.data import synth as generator
     from recsys.data.summary import print_summary
 
-    if kind is SynthKind.CTR:
+    if kind is Task.CTR:
         config = generator.CtrConfig(rows=rows, seed=seed, users=users, items=items, min_count=min_count,
                                      **({"embedding_dim": embedding_dim} if embedding_dim else {}))
         if output_format is SynthFormat.CRITEO_TSV:
@@ -101,7 +92,7 @@ def prepare(
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
     max_bad_fraction: float = typer.Option(0.01, "--max-bad-fraction", help="Fail (writing nothing) when more than this share of rows is malformed."),
-    task: MovieLensTask = typer.Option(MovieLensTask.CTR, "--task", help="movielens: ctr (rating >= --positive-rating is a click) or implicit (positive interactions only)."),
+    task: Task = typer.Option(Task.CTR, "--task", help="movielens: ctr (rating >= --positive-rating is a click) or implicit (positive interactions only)."),
     positive_rating: float = typer.Option(4.0, "--positive-rating", help="movielens: lowest rating that counts as positive."),
     history_length: int = typer.Option(50, "--history-length", min=1, help="movielens: max length of the per-user history sequence."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
