@@ -135,7 +135,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
         finally:
             quarantine.close()
         rows_read = good + quarantine.count + filtered
-        _check_bad_fraction(rows_read, good, quarantine, options, Path(out))
+        _check_bad_fraction(rows_read, good, filtered, quarantine, options, Path(out))
         split_of = _split_expr(schema, spool, options)
         vocabs, schema = _fit(schema, spool, split_of)
         split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options)
@@ -143,7 +143,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
         (tmp / layout.VOCAB_DIR).mkdir()
         for table_name, vocab in vocabs.items():
             vocab.write_parquet(tmp / layout.VOCAB_DIR / f"{table_name}.parquet")
-        schema.save(tmp / "schema.json")
+        schema.save(tmp)
         elapsed = time.perf_counter() - started
         stats: dict[str, Any] = {
             "rows_read": rows_read,
@@ -170,7 +170,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
 
 
 def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: PrepareOptions) -> tuple[int, int]:
-    wanted = [c for c in source.schema.columns] + list(options.passthrough)
+    wanted = [*source.schema.columns, *options.passthrough]
     good = filtered = 0
     with row_progress("parsing") as advance:
         for index, part in enumerate(source.parts()):
@@ -190,25 +190,29 @@ def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: 
     return good, filtered
 
 
-def _check_bad_fraction(rows_read: int, good: int, quarantine: _Quarantine, options: PrepareOptions, out: Path) -> None:
-    if quarantine.count == 0 and good > 0:
-        return
+def _check_bad_fraction(rows_read: int, good: int, filtered: int, quarantine: _Quarantine, options: PrepareOptions,
+                        out: Path) -> None:
+    """Warn about any bad rows; fail (keeping them beside OUT) past the limit or with nothing usable left."""
     fraction = quarantine.count / rows_read if rows_read else 0.0
+    first = quarantine.examples[0] if quarantine.examples else None
+    where = f"first at {first['source']}:{first['line']}: {first['reason']}" if first else ""
+    if first:
+        log.warning("%d malformed rows (%.3f%%); %s", quarantine.count, 100 * fraction, where)
+    too_many = fraction > options.max_bad_fraction
+    if good > 0 and not too_many:
+        return
+    kept = ""
     if quarantine.count:
-        first = quarantine.examples[0]
-        log.warning("%d malformed rows (%.3f%%); first: %s:%d: %s",
-                    quarantine.count, 100 * fraction, first["source"], first["line"], first["reason"])
-    if good == 0 or fraction > options.max_bad_fraction:
-        kept = out.resolve().with_name(out.name + ".bad_rows.jsonl")
-        shutil.copyfile(quarantine.path, kept)
-        if good == 0 and quarantine.count == 0:
-            raise BadDataError("the input has no rows")
-        first = quarantine.examples[0]
+        path = out.resolve().with_name(out.name + ".bad_rows.jsonl")
+        shutil.copyfile(quarantine.path, path)
+        kept = f"; all bad rows kept in {path}"
+    if too_many:
         raise BadDataError(
             f"{quarantine.count} of {rows_read} rows are malformed ({100 * fraction:.2f}%, above "
-            f"--max-bad-fraction {options.max_bad_fraction:g}); first at {first['source']}:{first['line']}: "
-            f"{first['reason']}; all bad rows kept in {kept}; nothing written to {out}"
+            f"--max-bad-fraction {options.max_bad_fraction:g}); {where}{kept}; nothing written to {out}"
         )
+    raise BadDataError(f"no usable rows: {rows_read} read, {quarantine.count} malformed, {filtered} filtered out"
+                       f"{kept}; nothing written to {out}")
 
 
 def _split_expr(schema: Schema, spool: Path, options: PrepareOptions) -> pl.Expr:

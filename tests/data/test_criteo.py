@@ -129,6 +129,14 @@ def test_over_the_bad_fraction_fails_and_writes_nothing(tmp_path: Path) -> None:
     assert len(kept.read_text().splitlines()) == 5
 
 
+def test_an_empty_input_is_an_error_not_an_empty_data_set(tmp_path: Path) -> None:
+    path = tmp_path / "day_0"
+    path.write_text("")
+    with pytest.raises(BadDataError, match="no usable rows: 0 read, 0 malformed"):
+        run(CriteoSource(path), tmp_path / "out", PrepareOptions())
+    assert not (tmp_path / "out").exists()
+
+
 class _FailingSource:
     """A real Criteo source that dies after its first part, like a job killed half way."""
 

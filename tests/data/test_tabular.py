@@ -351,7 +351,7 @@ def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
     path.write_text(SMALL_HEADER + "\n")
     schema = _schema(tmp_path, SMALL_YAML)
     assert list(TabularSource(path, schema, file_format="csv").parts()) == []
-    with pytest.raises(BadDataError, match="no rows"):
+    with pytest.raises(BadDataError, match="no usable rows: 0 read"):
         _prepare(path, schema, tmp_path / "out")
 
 
