@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from sklearn.metrics import log_loss, roc_auc_score
 
 from recsys.data import layout
@@ -259,10 +260,7 @@ class CtrSource:
         world = self.world
         for sample in self.chunks():
             users, items = sample["users"], sample["items"]
-            starts, ends = world.history_offsets[users], world.history_offsets[users + 1]
-            history = pl.Series(
-                "hist_item_id", [world.history[s:e] for s, e in zip(starts, ends)], dtype=pl.List(pl.Int64)
-            )
+            history_items = self._histories(users, world.history)
             columns: dict[str, Any] = {
                 "label": sample["label"],
                 TRUE_PROBABILITY: sample["probability"],
@@ -272,18 +270,25 @@ class CtrSource:
                 "user_id": users,
                 "item_id": items,
                 "item_category": world.item_category[items],
-                "hist_item_id": history,
+                "hist_item_id": history_items,
+                "hist_category": self._histories(users, world.item_category[world.history]),
             }
             for name, values in zip(DENSE_NAMES, sample["dense"]):
                 columns[name] = pl.Series(name, values).fill_nan(None)
             for name, values in zip(SPARSE_NAMES, sample["fields"]):
                 columns[name] = values
-            frame = pl.DataFrame(columns).with_columns(
-                pl.col("hist_item_id").list.eval(pl.element().replace_strict(
-                    np.arange(len(world.item_category)), world.item_category, return_dtype=pl.Int64)
-                ).alias("hist_category")
-            )
+            frame = pl.DataFrame(columns)
             yield RawPart(rows=frame)
+
+
+    def _histories(self, users: np.ndarray, flat: np.ndarray) -> pl.Series:
+        """Each row's user history as a list column, gathered from the flat per-user array without a row loop."""
+        offsets = self.world.history_offsets
+        lengths = offsets[users + 1] - offsets[users]
+        row_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        gather = np.repeat(offsets[users] - row_offsets[:-1], lengths) + np.arange(row_offsets[-1])
+        lists = pa.ListArray.from_arrays(pa.array(row_offsets, pa.int32()), pa.array(flat[gather], pa.int64()))
+        return pl.Series(pl.from_arrow(lists))
 
 
 def bayes_stats(data_dir: Path, schema: Schema) -> dict[str, Any]:
