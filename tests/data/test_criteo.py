@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import pytest
 
 from recsys.data.formats.criteo import CriteoSource
@@ -217,3 +219,23 @@ def test_cli_prepare_then_summary(tmp_path: Path) -> None:
     assert prepared.returncode == 0, prepared.stderr
     summary = run_cli("data", "summary", str(tmp_path / "p"))
     assert summary.returncode == 0 and "train" in summary.stdout and "C26" in summary.stdout
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.text(alphabet=st.sampled_from("01\t -x.eé\x00ab"), max_size=60), max_size=25),
+       positions=st.lists(st.integers(min_value=0, max_value=40), max_size=25))
+def test_any_line_is_either_parsed_or_quarantined(tmp_path_factory, garbage: list[str], positions: list[int]) -> None:
+    """Whatever the lines hold, parsing never crashes and every line is accounted for exactly once."""
+    lines = good_lines(40)
+    for text, at in zip(garbage, positions):
+        lines.insert(at, text.replace("\n", ""))
+    path = tmp_path_factory.mktemp("fuzz") / "day_0"
+    path.write_text("\n".join(lines) + "\n")
+    parts = list(CriteoSource(path).parts())
+    good = sum(p.rows.height for p in parts)
+    bad = pl.concat([p.bad for p in parts if p.bad is not None])
+    assert good + bad.height == len(lines)
+    assert good >= 40, "every well-formed line is kept"
+    assert bad["line"].is_unique().all() and bad["reason"].null_count() == 0
+    for row in bad.iter_rows(named=True):
+        assert lines[row["line"] - 1] == row["raw"]

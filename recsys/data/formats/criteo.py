@@ -63,11 +63,18 @@ class CriteoSource:
             for chunk in iter_line_chunks(path):
                 lines = chunk.frame
                 if separator is None:
+                    separator = _detect_separator(lines["text"].head(1000))
                     first = lines["text"][0] if lines.height else ""
-                    separator = "\t" if "\t" in first else ","
                     if first.split(separator, 1)[0].strip().lower() == "label":
                         lines = lines.slice(1)  # a header line, not a row
                 yield _parse(lines, separator, chunk.source)
+
+
+def _detect_separator(sample: pl.Series) -> str:
+    """Tab (Criteo's own files) unless the sample has more commas (the CSV variant); stray lines don't decide it."""
+    tabs = sample.str.count_matches("\t", literal=True).sum()
+    commas = sample.str.count_matches(",", literal=True).sum()
+    return "," if commas > tabs else "\t"
 
 
 def _parse(lines: pl.DataFrame, separator: str, source: str) -> RawPart:
