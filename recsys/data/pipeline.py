@@ -255,12 +255,6 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.D
                 train.select(column.cast(pl.String).alias("value")).drop_nulls().group_by("value").agg(pl.len().alias("count"))
             )
         queries.append(pl.concat(per_feature).group_by("value").agg(pl.col("count").sum()))
-    stats_exprs = []
-    for feature in schema.dense:
-        pre = dense_expr(feature, standardize=False).cast(pl.Float64)
-        stats_exprs += [pre.mean().alias(f"{feature.name}/mean"), pre.std().alias(f"{feature.name}/std")]
-    if stats_exprs:
-        queries.append(train.select(stats_exprs))
     results = pl.collect_all(queries, engine="streaming") if queries else []
 
     vocabs = {table.name: build_vocab(counts, table.min_count) for table, counts in zip(vocab_tables, results)}
@@ -270,17 +264,40 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.D
         for t in schema.tables
     ]
     dense = list(schema.dense)
-    if stats_exprs:
-        row = results[-1].row(0, named=True)
-        if row[f"{schema.dense[0].name}/mean"] is None:
+    if dense:
+        count, mean, std = _dense_moments(schema, spool, split_of)
+        if count == 0:
             raise BadDataError("no rows fall in the train split; lower --valid-fraction/--test-fraction")
         dense = [
-            f.model_copy(update={"mean": float(row[f"{f.name}/mean"]), "std": float(row[f"{f.name}/std"] or 1.0)})
+            f.model_copy(update={"mean": float(mean[j]), "std": float(std[j]) if std[j] > 0 else 1.0})
             if f.transform.standardizes else f
-            for f in schema.dense
+            for j, f in enumerate(schema.dense)
         ]
     resolved = schema.model_copy(update={"tables": tables, "dense": dense})
     return vocabs, Schema.model_validate(resolved.model_dump())
+
+
+def _dense_moments(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+    """Count, mean and sample std of each dense feature (before standardising) over the train rows.
+
+    Merged part by part in file order (Chan et al.'s pairwise update), so the same data
+    always gives bit-identical statistics, which a parallel streaming sum does not.
+    """
+    pre = [dense_expr(f, standardize=False).cast(pl.Float64) for f in schema.dense]
+    count, mean, m2 = 0, np.zeros(len(pre)), np.zeros(len(pre))
+    for part in sorted(spool.glob("*.parquet")):
+        values = pl.read_parquet(part).filter(split_of == 0).select(pre).to_numpy()  # (rows, D)
+        if len(values) == 0:
+            continue
+        part_mean = values.mean(axis=0)
+        part_m2 = ((values - part_mean) ** 2).sum(axis=0)
+        total = count + len(values)
+        delta = part_mean - mean
+        mean = mean + delta * (len(values) / total)
+        m2 = m2 + part_m2 + delta**2 * (count * len(values) / total)
+        count = total
+    std = np.sqrt(m2 / (count - 1)) if count > 1 else np.ones(len(pre))
+    return count, mean, std
 
 
 def _write_splits(schema: Schema, spool: Path, out: Path, vocabs: dict[str, pl.DataFrame], split_of: pl.Expr,

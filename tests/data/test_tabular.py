@@ -138,7 +138,13 @@ def test_csv_and_parquet_prepare_identically(tmp_path: Path) -> None:
 
     assert a.stats["rows_written"] == b.stats["rows_written"] == frame.height
     assert a.stats["bad_rows"] == b.stats["bad_rows"] == 0
-    assert a.schema == b.schema
+    # Dense statistics are merged part by part, and the two inputs are cut into different parts:
+    # equal up to the last bits of a float sum; everything else is equal exactly.
+    for fa, fb in zip(a.schema.dense, b.schema.dense, strict=True):
+        assert fa.mean == pytest.approx(fb.mean, rel=1e-12) and fa.std == pytest.approx(fb.std, rel=1e-12)
+    unset = {"mean": None, "std": None}
+    assert (a.schema.model_copy(update={"dense": [f.model_copy(update=unset) for f in a.schema.dense]})
+            == b.schema.model_copy(update={"dense": [f.model_copy(update=unset) for f in b.schema.dense]}))
     for split in ("train", "valid", "test"):
         assert_frame_equal(_split(tmp_path / "a", split), _split(tmp_path / "b", split))
     for table in ("items", "tags"):
