@@ -168,7 +168,7 @@ def decode(indices: list[int] | int, table: dict[int, str]) -> list[str | None] 
 def brute_force_histories(cap: int) -> dict[tuple[int, int], list[str]]:
     """(user, movie) → movies the user rated strictly earlier, newest first (ties: later in file first)."""
     histories = {}
-    for position, (user, movie, _, timestamp) in enumerate(RATINGS):
+    for user, movie, _, timestamp in RATINGS:
         earlier = [(t, p, m) for p, (u, m, _, t) in enumerate(RATINGS) if u == user and t < timestamp]
         histories[(user, movie)] = [str(m) for _, _, m in sorted(earlier, reverse=True)[:cap]]
     return histories

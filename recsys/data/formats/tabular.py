@@ -161,15 +161,15 @@ class TabularSource:
         # Every file is checked here, so a missing column fails before any row is processed.
         self._plans: list[_Plan] = []
         logged_extra: list[str] | None = None
-        for path in input_files(Path(path), self.file_format):
+        for file in input_files(Path(path), self.file_format):
             if self.file_format == "csv":
-                plan, extra = _csv_plan(path, self._fields, delimiter)
+                plan, extra = _csv_plan(file, self._fields, delimiter)
             else:
-                plan, extra = _parquet_plan(path, self._fields)
+                plan, extra = _parquet_plan(file, self._fields)
             if self._plans:
                 _check_same_types(self._plans[0], plan)
             if extra and extra != logged_extra:
-                log.info("%s: ignoring columns not in the schema: %s", path, ", ".join(extra))
+                log.info("%s: ignoring columns not in the schema: %s", file, ", ".join(extra))
                 logged_extra = extra
             self._plans.append(plan)
 
