@@ -286,7 +286,8 @@ def _dense_moments(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[int,
     pre = [dense_expr(f, standardize=False).cast(pl.Float64) for f in schema.dense]
     count, mean, m2 = 0, np.zeros(len(pre)), np.zeros(len(pre))
     for part in sorted(spool.glob("*.parquet")):
-        values = pl.read_parquet(part).filter(split_of == 0).select(pre).to_numpy()  # (rows, D)
+        # Lazy, so only the dense and split-key columns are read, not the sparse and list ones.
+        values = pl.scan_parquet(part).filter(split_of == 0).select(pre).collect().to_numpy()  # (rows, D)
         if len(values) == 0:
             continue
         part_mean = values.mean(axis=0)
