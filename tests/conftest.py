@@ -26,3 +26,23 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300) -> subproce
     env = {**os.environ, "COLUMNS": "120"}
     return subprocess.run([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def train_cli(data: Path, out: Path, *settings: str, nproc: int = 1, extra: tuple[str, ...] = (),
+              timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``recsys -q train --model dlrm`` with ``--set`` for each of ``settings``."""
+    args = ["-q", "train", "--model", "dlrm", "--data", str(data), "--out", str(out), "--nproc", str(nproc)]
+    for setting in ("trainer.progress=false", *settings):
+        args += ["--set", setting]
+    return run_cli(*args, *extra, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def small_ctr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12k-row synthetic CTR data set (9.6k train rows), shared by the training tests."""
+    from recsys.data.pipeline import PrepareOptions
+    from recsys.data.synth import CtrConfig, synth_ctr
+
+    out = tmp_path_factory.mktemp("small_ctr") / "ctr"
+    synth_ctr(CtrConfig(rows=12_000, seed=3), out, PrepareOptions(seed=3))
+    return out

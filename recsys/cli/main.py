@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.logging import RichHandler
 
 from recsys import __version__
 from recsys.cli.data import app as data_app
+from recsys.cli.train import train
 from recsys.errors import RecsysError
 
 app = typer.Typer(
@@ -22,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.command()(train)
 
 err_console = Console(stderr=True)
 
@@ -40,10 +43,23 @@ def _root(
 ) -> None:
     """Recommender-systems platform: prepare data, train sharded models, serve and report."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    setup_logging(level)
+
+
+def setup_logging(level: int) -> None:
+    """Rich log lines on stderr; also called in spawned training workers (``RECSYS_LOG_LEVEL``)."""
+    os.environ["RECSYS_LOG_LEVEL"] = str(level)
+    # Our loggers at the chosen level; libraries (torchrec's planner, fbgemm's kernels) only when verbose,
+    # else they print dry-run and kernel-construction notes on every run.
     logging.basicConfig(
-        level=level, format="%(message)s", datefmt="[%X]",
+        level=level if level <= logging.DEBUG else logging.ERROR, format="%(message)s", datefmt="[%X]",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)], force=True,
     )
+    logging.getLogger("recsys").setLevel(level)
+    if level > logging.DEBUG:  # deprecation notes of torch/torchrec internals, not actionable by users
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
+        logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Streaming Parquet → Batch reader: every row once per epoch, split evenly over ranks and workers.
+"""Streaming Parquet → Batch reader: every row once per epoch, split over ranks and workers.
 
 Why it is built this way:
 
@@ -7,19 +7,41 @@ Why it is built this way:
   holds at most one shuffle window of rows per worker.
 - Data-parallel ranks must take the same number of steps or a collective hangs.
   Every rank computes the same global row order from (seed, epoch) alone — no
-  communication — and takes a contiguous slice of it: ranks differ by at most
-  one row, and by none with ``drop_last`` (each rank then keeps ``N // W`` rows
-  and drops its final partial batch, so all ranks run ``(N // W) // B`` steps).
+  communication — and ``partition`` says how the ranks share it:
+
+  - ``"rank"`` (default): each rank takes a contiguous slice of the global order
+    and reads only that. Ranks differ by at most one row, and by none with
+    ``drop_last`` (each rank then keeps ``N // W`` rows and drops its final
+    partial batch, so all ranks run ``(N // W) // B`` steps). The mode for data
+    too large to read W times; but which rows meet in a batch depends on W.
+  - ``"global"``: every rank reads the whole epoch, cuts it into global batches
+    of ``G = B * W`` rows and keeps rows ``[r * B, (r + 1) * B)`` of each, so
+    global batch k holds the same rows whatever W is, as long as G is the same:
+    a job trains the same on 1 process with ``batch_size=G`` as on 8 with
+    ``G / 8``. The price is W times the decoding work of ``"rank"``, fine on one
+    host. The final partial global batch of n rows is split as evenly as
+    possible (rank r keeps rows ``[r * n // W, (r + 1) * n // W)``); it is
+    dropped with ``drop_last``, and also when n < W, as a rank without rows
+    could not take the step.
 - Shuffling is two-level, the usual streaming stand-in for a full shuffle: the
   order of the (file, row group) units is permuted per epoch, identically on
-  every rank, and each worker permutes rows within windows of
-  ``shuffle_buffer`` rows, seeded by (seed, epoch, rank, worker).
+  every rank, and each worker permutes rows within windows of exactly
+  ``shuffle_buffer`` rows (at least a batch), seeded by (seed, epoch, rank,
+  worker). Under ``"global"`` every rank seeds as rank 0, so that all draw the
+  same permutations (and one process reads the same under either partition).
 - Worker processes (a ``DataLoader`` over an ``IterableDataset``) turn Arrow
   columns into flat tensors with numpy — list offsets and flattened values, no
   per-row Python — and send plain tensors; the main process wraps them into a
   ``KeyedJaggedTensor`` and a ``Batch``, so no torchrec object is pickled.
-  A rank's rows are cut into whole batches before they are dealt to workers, so
-  only the rank's last batch can be partial however many workers there are.
+  Whole batches (global batches under ``"global"``) are dealt to workers, so
+  only the last one can be partial however many workers there are, and a
+  worker gathers only its rank's rows of each.
+- Exact mid-epoch resume: ``set_start(k)`` makes the next iteration yield what an
+  uninterrupted one yields after its first k batches. It stays cheap: a shuffle
+  window's permutation depends on its row count alone, so workers draw the
+  skipped windows on row positions, read only the rows still to come (plus the
+  few carried into the first window that yields), and build and send no skipped
+  batch.
 
 What a Batch holds (see ``recsys.types.Batch``): ``dense`` (B, D) float32 in
 ``schema.dense`` order; ``sparse`` a KeyedJaggedTensor with keys
@@ -30,10 +52,12 @@ behaviour sequence) its list length (0 for an empty or null list); ``labels``
 column: every row is an observed positive interaction, so its labels are
 ``torch.ones(B)``. Any other null value is an error naming the file and column.
 
-    reader = ParquetReader("data/ctr", "train", batch_size=2048, shuffle=True,
-                           num_workers=2, rank=rank, world_size=world_size)
-    for epoch in range(epochs):
+    reader = ParquetReader("data/ctr", "train", batch_size=2048, shuffle=True, num_workers=2,
+                           rank=rank, world_size=world_size, partition="global")
+    for epoch in range(first_epoch, epochs):
         reader.set_epoch(epoch)
+        if epoch == first_epoch:
+            reader.set_start(first_step)  # resuming: the batches the checkpoint has trained on
         for batch in reader:
             ...
 """
@@ -42,7 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -97,6 +121,57 @@ def _segments(units: list[_Unit], lo: int, hi: int) -> list[_Segment]:
         if position >= hi:
             break
     return out
+
+
+def _tail(segments: list[_Segment], start: int) -> list[_Segment]:
+    """The segments (concatenated: a worker's stream) from stream position start on."""
+    out = []
+    for segment in segments:
+        rows = segment.stop - segment.start
+        if start < rows:
+            out.append(replace(segment, start=segment.start + start))
+        start = max(start - rows, 0)
+    return out
+
+
+@dataclass(frozen=True)
+class _Cutting:
+    """How a worker cuts its stream into batches, and which rows of each are this rank's."""
+
+    batch_size: int  # rows per batch cut from the stream: B, or G = B * world_size under "global"
+    window_rows: int  # rows a window fills before it is cut (and permuted, when shuffling); at least batch_size
+    rank: int  # this rank keeps rows [rank * m // ranks, (rank + 1) * m // ranks) of each batch of m rows
+    ranks: int  # world_size under "global"; 1 (keep whole batches) under "rank"
+    keep_partial: bool  # yield the final partial batch (not drop_last), if it has a row for every rank
+
+    def share(self, rows: int) -> tuple[int, int]:
+        return self.rank * rows // self.ranks, (self.rank + 1) * rows // self.ranks
+
+    def batches(self, rows: int) -> int:
+        """Batches a stream of this many rows yields."""
+        full, rest = divmod(rows, self.batch_size)
+        return full + (1 if self.keep_partial and rest >= self.ranks else 0)
+
+
+def _resume(counts: list[int], start: int) -> tuple[list[int], int]:
+    """How many of its first batches each worker skips so that the rank starts at its batch ``start``, and
+    which worker to put first. A DataLoader takes one batch from each worker in turn, dropping a worker
+    that has run out; starting the turns at the worker that holds the next batch keeps the rest in order."""
+    skips = [0] * len(counts)
+    done = 0  # full turns taken
+    while True:
+        active = [worker for worker, count in enumerate(counts) if count > done]
+        if not active:  # start is the whole epoch
+            return skips, 0
+        turns = min(min(counts[worker] for worker in active) - done, start // len(active))
+        if turns == 0:  # start ends inside this turn
+            for worker in active[:start]:
+                skips[worker] += 1
+            return skips, active[start]
+        for worker in active:
+            skips[worker] += turns
+        start -= turns * len(active)
+        done += turns
 
 
 @dataclass(frozen=True)
@@ -295,68 +370,130 @@ def _check_nulls(piece: pa.RecordBatch, layout: _Layout, segment: _Segment) -> N
             raise RecsysError(f"{layout.files[segment.file]}: column '{name}' has null values")
 
 
-def _iter_worker(layout: _Layout, segments: list[_Segment], batch_size: int, drop_last: bool,
-                 window_rows: int, rng: np.random.Generator | None) -> Iterator[_Columns]:
-    """One worker's batches: fill a window, permute it (when shuffling), cut full batches, carry the rest."""
+def _pass_over(total: int, cutting: _Cutting, rng: np.random.Generator | None,
+               skip: int) -> tuple[np.ndarray, int, int]:
+    """Where a worker whose stream has ``total`` rows starts reading to skip its first ``skip`` batches:
+    the stream positions carried into the first window that yields a batch, where that window's new rows
+    begin, and how many of its batches are still to skip.
+
+    A shuffled window's size, hence its permutation, follows from row counts alone, so the windows before
+    are drawn on row positions instead of rows: the RNG ends where a full pass leaves it, and of their rows
+    only those carried on are ever read.
+    """
+    size = cutting.batch_size
+    carry = np.empty(0, dtype=np.int64)  # stream positions of the rows carried into the next window
+    if rng is None:  # unshuffled batches are consecutive runs of the stream
+        return carry, skip * size, 0
+    start = 0  # stream position of the next window's first new row
+    while True:
+        rows = min(cutting.window_rows, len(carry) + total - start)
+        full, new = rows // size, rows - len(carry)
+        if full > skip or start + new == total:  # it yields a batch, or is the last window
+            return carry, start, skip
+        window = np.concatenate([carry, np.arange(start, start + new)])  # (rows,) stream positions
+        carry = window[rng.permutation(rows)[full * size:]]
+        start, skip = start + new, skip - full
+
+
+def _gather(layout: _Layout, segments: list[_Segment], positions: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """The rows at the given stream positions, in that order, with their row ids; reads only their row groups."""
+    bounds = np.cumsum([0] + [segment.stop - segment.start for segment in segments])  # (S + 1,)
+    owner = np.searchsorted(bounds, positions, side="right") - 1  # the segment holding each position
+    wanted = np.empty(len(positions), dtype=np.int64)  # their row ids
+    parts = []
+    for index in np.unique(owner):
+        segment, mine = segments[index], owner == index
+        rows = positions[mine] - bounds[index] + segment.start  # rows of the row group
+        wanted[mine] = segment.first_row + rows
+        parts.append(replace(segment, start=int(rows.min()), stop=int(rows.max()) + 1))
+    pieces = list(_read(layout, parts))
+    ids = np.concatenate([piece_ids for _, piece_ids in pieces])
+    sorter = np.argsort(ids)
+    index = sorter[np.searchsorted(ids, wanted, sorter=sorter)]
+    return pa.Table.from_batches([piece for piece, _ in pieces]).take(index), wanted
+
+
+def _iter_worker(layout: _Layout, segments: list[_Segment], cutting: _Cutting, rng: np.random.Generator | None,
+                 skip: int) -> Iterator[_Columns]:
+    """One worker's batches after its first ``skip``: fill a window, permute it (when shuffling), cut full
+    batches and keep this rank's rows of each, carry the rest; the rows left at the end make the partial batch."""
+    size, window_rows = cutting.batch_size, cutting.window_rows
+    total = sum(segment.stop - segment.start for segment in segments)
+    if skip >= cutting.batches(total):
+        return
+    carry, start, skip = _pass_over(total, cutting, rng, skip)
     pending: list[pa.RecordBatch] = []
     pending_ids: list[np.ndarray] = []
-    pending_rows = 0
+    if len(carry):
+        table, ids = _gather(layout, segments, carry)
+        pending, pending_ids = table.to_batches(), [ids]
+    pending_rows = len(carry)
 
-    def flush() -> tuple[Iterator[_Columns], int, list[pa.RecordBatch], list[np.ndarray]]:
-        """Convert the pending rows; return the full batches to yield, how many rows they leave, and
-        those rows in Arrow form, to join the next window (and be shuffled again with it)."""
+    def cut() -> Iterator[_Columns]:
+        """Permute the pending rows; keep the rest after the full batches pending, to join the next window
+        (and be shuffled again with it); return the full batches that are not skipped."""
+        nonlocal pending, pending_ids, pending_rows, skip
         table = pa.Table.from_batches(pending)
-        window = _Window(table, np.concatenate(pending_ids), layout)
-        full = (window.rows // batch_size) * batch_size
-        starts = range(0, full, batch_size)
-        if rng is None:
-            batches = (window.take(slice(a, a + batch_size)) for a in starts)
-            rest = table.slice(full).to_batches() if full < window.rows else []
-            rest_ids = [window.row_ids[full:]] if rest else []
+        ids = np.concatenate(pending_ids)
+        rows = table.num_rows
+        full = (rows // size) * size
+        order = rng.permutation(rows) if rng is not None else None
+        if full < rows:
+            rest = table.slice(full) if order is None else table.take(order[full:])
+            pending, pending_ids = rest.to_batches(), [ids[full:] if order is None else ids[order[full:]]]
         else:
-            order = rng.permutation(window.rows)
-            batches = (window.take(order[a:a + batch_size]) for a in starts)
-            rest = table.take(order[full:]).to_batches() if full < window.rows else []
-            rest_ids = [window.row_ids[order[full:]]] if rest else []
-        return batches, window.rows - full, rest, rest_ids
+            pending, pending_ids = [], []
+        pending_rows = rows - full
+        skipped = min(skip, full // size)
+        skip -= skipped
+        starts = range(skipped * size, full, size)
+        if not starts:  # every batch skipped: no need to convert the window
+            return iter(())
+        window = _Window(table, ids, layout)
+        lo, hi = cutting.share(size)
+        if order is None:
+            return (window.take(slice(a + lo, a + hi)) for a in starts)
+        return (window.take(order[a + lo:a + hi]) for a in starts)
 
-    for piece, ids in _read(layout, segments):
-        pending.append(piece)
-        pending_ids.append(ids)
-        pending_rows += piece.num_rows
-        if pending_rows >= window_rows:
-            batches, pending_rows, pending, pending_ids = flush()
-            yield from batches
+    for piece, piece_ids in _read(layout, _tail(segments, start)):
+        while piece.num_rows:
+            # Shuffled windows are cut at exactly window_rows, the sizes _pass_over draws; unshuffled batches are
+            # runs of the stream whatever the windows, so they take whole pieces (no copy to join two).
+            take = piece.num_rows if rng is None else min(piece.num_rows, window_rows - pending_rows)
+            pending.append(piece.slice(0, take))
+            pending_ids.append(piece_ids[:take])
+            pending_rows += take
+            piece, piece_ids = piece.slice(take), piece_ids[take:]
+            if pending_rows >= window_rows:
+                yield from cut()
     if pending_rows:
-        batches, _, rest, rest_ids = flush()
-        yield from batches
-        if rest and not drop_last:  # the rank's last, partial batch (only the last worker has one)
-            yield _Window(pa.Table.from_batches(rest), rest_ids[0], layout).take(slice(0, len(rest_ids[0])))
+        yield from cut()
+        if cutting.keep_partial and pending_rows >= cutting.ranks:  # the last partial batch (one worker has it)
+            lo, hi = cutting.share(pending_rows)
+            rest = pa.Table.from_batches(pending).slice(lo, hi - lo)
+            yield _Window(rest, np.concatenate(pending_ids)[lo:hi], layout).take(slice(0, hi - lo))
 
 
 @dataclass(frozen=True)
 class _WorkerPlan:
     segments: list[_Segment]
-    seed: tuple[int, int, int, int]  # (seed, epoch, rank, worker)
+    seed: tuple[int, int, int, int]  # (seed, epoch, rank, worker); rank 0 on every rank under "global"
+    skip: int  # its first batches to pass over, when resuming mid-epoch
 
 
 class _RankDataset(IterableDataset):
     """A rank's share of the epoch; each DataLoader worker takes its own plan by worker id."""
 
-    def __init__(self, layout: _Layout, plans: list[_WorkerPlan], batch_size: int, drop_last: bool,
-                 shuffle: bool, shuffle_buffer: int) -> None:
+    def __init__(self, layout: _Layout, plans: list[_WorkerPlan], cutting: _Cutting, shuffle: bool) -> None:
         super().__init__()
-        self.layout, self.plans, self.batch_size = layout, plans, batch_size
-        self.drop_last, self.shuffle, self.shuffle_buffer = drop_last, shuffle, shuffle_buffer
+        self.layout, self.plans, self.cutting, self.shuffle = layout, plans, cutting, shuffle
 
     def __iter__(self) -> Iterator[_Columns | torch.Tensor]:
         """``_Columns`` in the calling process; packed into one tensor each in a worker process."""
         info = get_worker_info()
         plan = self.plans[info.id if info is not None else 0]
         rng = np.random.default_rng(list(plan.seed)) if self.shuffle else None
-        # Without shuffling a window only needs to hold a batch; conversion still runs per record batch.
-        window_rows = max(self.shuffle_buffer, self.batch_size) if self.shuffle else self.batch_size
-        batches = _iter_worker(self.layout, plan.segments, self.batch_size, self.drop_last, window_rows, rng)
+        batches = _iter_worker(self.layout, plan.segments, self.cutting, rng, plan.skip)
         return batches if info is None else map(_pack, batches)
 
 
@@ -365,21 +502,27 @@ class _RankDataset(IterableDataset):
 class ParquetReader:
     """Iterates one split of a prepared data set as ``Batch``es for one rank of a data-parallel job.
 
-    Every row of the split is read exactly once per epoch across the ``world_size``
-    ranks; ranks get equal row counts up to one (exactly equal with ``drop_last``).
-    The same (seed, epoch, rank, world_size, num_workers) gives the same batches.
-    Call ``set_epoch`` before each epoch to reshuffle.
+    Every row of the split is yielded once per epoch across the ``world_size``
+    ranks (but for dropped partial batches), and every rank takes the same number of
+    steps. The same (seed, epoch, rank, world_size, num_workers) gives the same
+    batches; under ``partition="global"`` the global batches depend on (seed, epoch,
+    num_workers, B * world_size) only. Call ``set_epoch`` before each epoch to
+    reshuffle, and ``set_start`` to resume one mid-way.
 
     data_dir:       a prepared data directory (``schema.json``, ``train/``, ...).
     split:          ``train``, ``valid`` or ``test``.
-    batch_size:     rows per batch B; only the rank's last batch may be smaller.
+    batch_size:     rows per batch B on this rank; only the last batch may be smaller.
     shuffle:        permute row groups per epoch and rows within windows of ``shuffle_buffer`` rows.
-    drop_last:      drop the rank's final partial batch (and trim ranks to ``N // world_size`` rows).
+    drop_last:      drop the final partial batch ("rank": the rank's, after trimming ranks to
+                    ``N // world_size`` rows; "global": the final partial global batch).
     num_workers:    reader processes per rank (0: read in the calling process).
     rank, world_size: this process's place in the data-parallel group.
     seed:           base seed of both shuffles.
     pin_memory:     pin batches (for asynchronous host-to-GPU copies).
     schema:         the schema to read by (default: the data directory's ``schema.json``).
+    partition:      "rank": each rank reads its own slice of the epoch; "global": every rank reads
+                    the epoch and keeps its B rows of each global batch of ``B * world_size`` rows,
+                    so that training does not depend on the world size (see the module docstring).
     """
 
     def __init__(
@@ -397,6 +540,7 @@ class ParquetReader:
         seed: int = 0,
         pin_memory: bool = False,
         schema: Schema | None = None,
+        partition: str = "rank",
     ) -> None:
         if batch_size < 1:
             raise RecsysError(f"batch_size must be at least 1, got {batch_size}")
@@ -410,6 +554,8 @@ class ParquetReader:
             raise RecsysError(f"shuffle_buffer must be 0 or more, got {shuffle_buffer}")
         if seed < 0:
             raise RecsysError(f"seed must be 0 or more, got {seed}")
+        if partition not in ("rank", "global"):
+            raise RecsysError(f"partition must be 'rank' or 'global', got {partition!r}")
         self.data_dir = Path(data_dir)
         self.split = split
         self.schema = schema if schema is not None else load_schema(self.data_dir)
@@ -420,14 +566,23 @@ class ParquetReader:
         self.drop_last, self.num_workers = drop_last, num_workers
         # Pinning needs an accelerator; without one it would fail (in process) or warn (DataLoader).
         self.pin_memory = pin_memory and torch.accelerator.is_available()
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.rank, self.world_size, self.seed, self.partition = rank, world_size, seed, partition
         self.epoch = 0
+        self._start = 0  # batches the next iteration skips (set_start)
         self._layout, self._units = self._scan(files)
         total = sum(unit.rows for unit in self._units)
         self.total_rows = total
-        self._lo, self._hi = rank * total // world_size, (rank + 1) * total // world_size
-        if drop_last:  # equal rows on every rank, hence equal step counts
-            self._hi = self._lo + total // world_size
+        if partition == "rank":  # rows [_lo, _hi) of the epoch's global order are this rank's stream
+            self._lo, self._hi = rank * total // world_size, (rank + 1) * total // world_size
+            if drop_last:  # equal rows on every rank, hence equal step counts
+                self._hi = self._lo + total // world_size
+            stride, ranks, share_rank = batch_size, 1, 0
+        else:  # every rank's stream is the whole epoch, cut into global batches
+            self._lo, self._hi = 0, total
+            stride, ranks, share_rank = batch_size * world_size, world_size, rank
+        # Without shuffling a window only needs to hold a batch; conversion still runs per record batch.
+        self._cutting = _Cutting(batch_size=stride, window_rows=max(shuffle_buffer, stride) if shuffle else stride,
+                                 rank=share_rank, ranks=ranks, keep_partial=not drop_last)
 
     def _scan(self, files: list[Path]) -> tuple[_Layout, list[_Unit]]:
         """Check every file's footer against the schema and list its row groups."""
@@ -491,45 +646,68 @@ class ParquetReader:
 
     @property
     def rows(self) -> int:
-        """Rows this rank reads per epoch (before dropping a partial batch)."""
-        return self._hi - self._lo
+        """This rank's rows per epoch. "rank": its slice of the epoch (before ``drop_last`` drops a partial
+        batch); "global": the rows it yields, B per global batch and its share of a kept partial one."""
+        if self.partition == "rank":
+            return self._hi - self._lo
+        full, rest = divmod(self.total_rows, self._cutting.batch_size)
+        lo, hi = self._cutting.share(rest) if self._cutting.batches(rest) else (0, 0)
+        return full * self.batch_size + hi - lo
 
     @property
     def num_batches(self) -> int:
-        """Batches this rank yields per epoch."""
-        full, rest = divmod(self.rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        """Batches this rank yields per epoch: the same on every rank (under "global", the global batches)."""
+        return self._cutting.batches(self._hi - self._lo)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shuffle; call with the same value on every rank."""
+        """Select the epoch's shuffle; call with the same value on every rank. Clears ``set_start``."""
         if epoch < 0:
             raise RecsysError(f"epoch must be 0 or more, got {epoch}")
-        self.epoch = epoch
+        self.epoch, self._start = epoch, 0
+
+    def set_start(self, batches: int) -> None:
+        """Resume the epoch mid-way: the next iteration skips this rank's first ``batches`` batches (the first
+        global batches under "global") and yields exactly what an uninterrupted one yields after them.
+
+        For one iteration only: the one after starts the epoch again. Skipped batches are neither built nor
+        sent, and rows that no later batch needs are not read. ``len()`` stays the whole epoch's count.
+        """
+        if not 0 <= batches <= self.num_batches:
+            raise RecsysError(f"start must be between 0 and {self.num_batches} batches, got {batches}")
+        self._start = batches
 
     # ---- iteration -----------------------------------------------------------------------------
-    def _plans(self) -> list[_WorkerPlan]:
+    def _plans(self, start: int) -> list[_WorkerPlan]:
+        """The workers' plans, in the order to hand them to DataLoader workers, for an iteration that starts
+        at the rank's batch ``start``."""
         units = self._units
         if self.shuffle:  # the same permutation on every rank: it depends on (seed, epoch) only
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
             units = [units[i] for i in order]
-        workers = max(self.num_workers, 1)
-        # Deal whole batches to workers, so that only the rank's last batch can be partial.
-        batches = -(-self.rows // self.batch_size)
-        plans = []
+        workers, size = max(self.num_workers, 1), self._cutting.batch_size
+        # Deal whole batches (global ones under "global") to workers, so that only the last can be partial.
+        batches = -(-(self._hi - self._lo) // size)
+        segments, counts = [], []
         for worker in range(workers):
             first, last = worker * batches // workers, (worker + 1) * batches // workers
-            lo = self._lo + first * self.batch_size
-            hi = min(self._lo + last * self.batch_size, self._hi)
-            segments = _segments(units, lo, hi) if lo < hi else []
-            plans.append(_WorkerPlan(segments, (self.seed, self.epoch, self.rank, worker)))
-        return plans
+            lo = self._lo + first * size
+            hi = min(self._lo + last * size, self._hi)
+            segments.append(_segments(units, lo, hi) if lo < hi else [])
+            counts.append(self._cutting.batches(max(hi - lo, 0)))
+        skips, first_worker = _resume(counts, start)
+        # Under "global" every rank draws rank 0's window permutations, so all cut the same global batches.
+        rank = self.rank if self.partition == "rank" else 0
+        plans = [_WorkerPlan(segments[w], (self.seed, self.epoch, rank, w), skips[w]) for w in range(workers)]
+        return plans[first_worker:] + plans[:first_worker]
 
     def _iter_columns(self) -> Iterator[_Columns]:
-        dataset = _RankDataset(self._layout, self._plans(), self.batch_size, self.drop_last, self.shuffle,
-                               self.shuffle_buffer)
+        start, self._start = self._start, 0  # a start applies to one iteration
+        if start == self.num_batches:  # nothing left of the epoch: no workers to start
+            return
+        dataset = _RankDataset(self._layout, self._plans(start), self._cutting, self.shuffle)
         if self.num_workers == 0:
             for columns in dataset:  # type: ignore[assignment]  # _Columns in the calling process
                 yield _Columns(*(t.pin_memory() for t in columns)) if self.pin_memory else columns

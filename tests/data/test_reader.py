@@ -1,16 +1,19 @@
-"""The Parquet → Batch reader: contents match the files, every row once per epoch over ranks and workers."""
+"""The Parquet → Batch reader: contents match the files, every row once per epoch over ranks and workers,
+global batches that do not depend on the world size, and exact mid-epoch resume."""
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
+from recsys.data import reader as reader_module
 from recsys.data.layout import split_files
 from recsys.data.pipeline import PrepareOptions
 from recsys.data.reader import ParquetReader
@@ -177,6 +180,151 @@ def test_valid_split_reads_unshuffled_and_complete(ctr_dir: Path) -> None:
     sizes, ids = _read_all(reader)
     rows = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in split_files(ctr_dir, "valid"))
     assert sum(sizes) == rows and np.array_equal(np.sort(ids), np.arange(rows))
+
+
+# ---- the global partition -----------------------------------------------------------------------
+
+def _global_steps(ctr_dir: Path, global_batch: int, world_size: int, **options: Any) -> list[list[np.ndarray]]:
+    """Per step, the row ids each rank yields under the global partition; checks the counts every rank reports."""
+    per_rank = []
+    for rank in range(world_size):
+        reader = ParquetReader(ctr_dir, "train", batch_size=global_batch // world_size, rank=rank,
+                               world_size=world_size, partition="global", **options)
+        reader.set_epoch(1)
+        sizes, ids = _read_all(reader)
+        assert len(sizes) == reader.num_batches == len(reader) and sum(sizes) == reader.rows
+        per_rank.append(np.split(ids, np.cumsum(sizes)[:-1]))
+    assert len({len(batches) for batches in per_rank}) == 1, "every rank must take the same number of steps"
+    return [list(step) for step in zip(*per_rank)]
+
+
+@pytest.mark.parametrize(("shuffle", "num_workers"), [(False, 0), (True, 0), (False, 2), (True, 2)])
+def test_global_batches_do_not_depend_on_the_world_size(
+    ctr_dir: Path, train: pl.DataFrame, shuffle: bool, num_workers: int
+) -> None:
+    global_batch = 1200
+    assert len(train) % global_batch >= 4, "the final partial global batch should be split over 4 ranks"
+    options = dict(shuffle=shuffle, shuffle_buffer=2500, seed=3, num_workers=num_workers)
+    one = [parts[0] for parts in _global_steps(ctr_dir, global_batch, 1, **options)]
+    assert len(one) == -(-len(train) // global_batch)
+    assert np.array_equal(np.sort(np.concatenate(one)), np.arange(len(train)))
+    assert not shuffle or not np.array_equal(np.concatenate(one), np.arange(len(train))), "rows should move"
+    for world_size in (2, 4):
+        steps = _global_steps(ctr_dir, global_batch, world_size, **options)
+        assert len(steps) == len(one)
+        for whole, parts in zip(one, steps):
+            assert np.array_equal(np.concatenate(parts), whole)  # rank order is row order within the global batch
+        assert [len(part) for part in steps[0]] == [global_batch // world_size] * world_size
+
+
+def test_global_batches_carry_the_rows_their_ids_name(ctr_dir: Path, train: pl.DataFrame) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=256, shuffle=True, shuffle_buffer=3000, num_workers=2,
+                           rank=2, world_size=3, partition="global")
+    batches = list(reader.iter_with_row_ids())
+    for batch, row_ids in batches[:2] + batches[-1:]:
+        _check_contents(batch, row_ids, train, reader.schema)
+
+
+def test_global_partition_of_one_rank_reads_as_the_rank_partition(ctr_dir: Path) -> None:
+    def epoch(partition: str) -> list[int]:
+        reader = ParquetReader(ctr_dir, "train", batch_size=700, shuffle=True, shuffle_buffer=2000, seed=4,
+                               num_workers=2, partition=partition)
+        reader.set_epoch(3)
+        sizes, ids = _read_all(reader)
+        return [*sizes, *ids.tolist()]
+
+    assert epoch("global") == epoch("rank")
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_global_final_partial_batch_is_split_over_ranks_or_dropped(
+    ctr_dir: Path, train: pl.DataFrame, drop_last: bool
+) -> None:
+    world_size = 4
+    # 1200: the final global batch has enough rows to give each rank some; the other: fewer rows than ranks.
+    too_few = next(b for b in range(100, 1000) if 0 < len(train) % (world_size * b) < world_size)
+    for batch_size in (300, too_few):
+        global_batch = batch_size * world_size
+        full, rest = divmod(len(train), global_batch)
+        kept = not drop_last and rest >= world_size
+        steps = _global_steps(ctr_dir, global_batch, world_size, drop_last=drop_last)
+        assert len(steps) == full + kept
+        assert all(len(part) == batch_size for step in steps[:full] for part in step)
+        if kept:
+            assert [len(part) for part in steps[-1]] == [
+                (r + 1) * rest // world_size - r * rest // world_size for r in range(world_size)]
+        yielded = np.concatenate([part for step in steps for part in step])
+        assert len(yielded) == full * global_batch + (rest if kept else 0) == len(np.unique(yielded))
+
+
+# ---- mid-epoch resume ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("partition", ["rank", "global"])
+@pytest.mark.parametrize(("shuffle", "num_workers"), [(False, 0), (True, 0), (False, 2), (True, 2)])
+def test_set_start_resumes_with_the_tail_of_an_uninterrupted_iteration(
+    ctr_dir: Path, partition: str, shuffle: bool, num_workers: int
+) -> None:
+    # Windows of 2000 rows hold several batches, so starts fall inside and between windows.
+    reader = ParquetReader(ctr_dir, "train", batch_size=300, shuffle=shuffle, shuffle_buffer=2000, seed=5,
+                           num_workers=num_workers, rank=1, world_size=2, partition=partition)
+    reader.set_epoch(2)
+    full = list(reader.iter_with_row_ids())
+    n = reader.num_batches
+    assert len(full) == n and full[-1][0].batch_size < 300, "the epoch should end with a partial batch"
+    assert n == 27, "two workers hold 13 and 14 batches"
+    # From 1 and n // 2 (odd), and from n - 1 (worker 0 has run out), the next batch is worker 1's.
+    for start in sorted({0, 1, n // 2, n - 1, n}):
+        reader.set_start(start)
+        tail = list(reader.iter_with_row_ids())
+        assert len(tail) == n - start
+        for (batch, row_ids), (expected, expected_ids) in zip(tail, full[start:]):
+            assert torch.equal(row_ids, expected_ids)
+            assert torch.equal(batch.dense, expected.dense) and torch.equal(batch.labels, expected.labels)
+            assert torch.equal(batch.sparse.lengths(), expected.sparse.lengths())
+            assert torch.equal(batch.sparse.values(), expected.sparse.values())
+    assert len(list(reader)) == n, "a start applies to one iteration only"
+
+
+@pytest.mark.parametrize("partition", ["rank", "global"])
+def test_set_start_neither_builds_skipped_batches_nor_reads_rows_they_alone_need(
+    ctr_dir: Path, monkeypatch: pytest.MonkeyPatch, partition: str
+) -> None:
+    reader = ParquetReader(ctr_dir, "train", batch_size=200, shuffle=True, shuffle_buffer=2000, rank=1,
+                           world_size=2, partition=partition)
+    takes, rows_read = [], []
+    take, read = reader_module._Window.take, reader_module._read_segments
+
+    def counting_take(window: reader_module._Window, rows: slice | np.ndarray) -> Any:
+        takes.append(1)
+        return take(window, rows)
+
+    def counting_read(*args: Any) -> Any:
+        for piece, ids in read(*args):
+            rows_read.append(len(ids))
+            yield piece, ids
+
+    monkeypatch.setattr(reader_module._Window, "take", counting_take)
+    monkeypatch.setattr(reader_module, "_read_segments", counting_read)
+    list(reader)
+    epoch_rows = sum(rows_read)
+    takes.clear()
+    rows_read.clear()
+    reader.set_start(reader.num_batches - 2)
+    list(reader)
+    assert len(takes) == 2
+    assert sum(rows_read) < epoch_rows / 3
+
+
+def test_partition_and_start_are_checked_and_set_epoch_clears_the_start(ctr_dir: Path) -> None:
+    with pytest.raises(RecsysError, match="partition must be 'rank' or 'global', got 'ranks'"):
+        ParquetReader(ctr_dir, "valid", batch_size=100, partition="ranks")
+    reader = ParquetReader(ctr_dir, "valid", batch_size=100)
+    for start in (-1, reader.num_batches + 1):
+        with pytest.raises(RecsysError, match=f"start must be between 0 and {reader.num_batches} batches, got {start}"):
+            reader.set_start(start)
+    reader.set_start(reader.num_batches)
+    reader.set_epoch(1)
+    assert len(list(reader)) == reader.num_batches
 
 
 # ---- other schemas ------------------------------------------------------------------------------

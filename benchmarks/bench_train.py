@@ -1,0 +1,583 @@
+"""Training throughput: DLRM on a Criteo-shaped config, our engine in 1 and 2 processes against plain PyTorch.
+
+Issue #4. Shapes: 13 dense and 26 sparse features, 26 tables of 100,000 rows of
+dim 64, bottom MLP 13-512-256-64, top MLP 415-512-512-256-1, global batch 2048,
+SGD everywhere. Everything below is measured in one run on one machine:
+
+- plain: the yardstick, as the original DLRM does it: 26 ``nn.EmbeddingBag(sum,
+  sparse=True)``, the two MLPs, the dot interaction through ``bmm`` and a
+  triangle gather, BCE loss, ``torch.optim.SGD`` on every parameter (sparse
+  gradients for the tables); 1 process, all threads.
+- engine: ``build_model('dlrm')`` sharded by ``recsys.distributed`` (table-wise,
+  fbgemm's fused kernel with SGD in the backward, dense SGD), stepped by
+  ``recsys.train.step.train_step``; 1 process with all threads, and 2 processes
+  (torchrun, gloo, 1 thread each, 1024 rows each). In the 1-process run the
+  engine is also stepped with the earlier interaction kernels (the spec, and the
+  torch path with its one-bmm backward) to show what each bought, and with no
+  DDP wrapper (an experiment for ``recsys/distributed/sharding.py``).
+- the fp32 GEMM peak: a 4096³ ``torch.mm`` on the same threads.
+- FLOPs per sample: forward = 2·Σ(in·out) over the MLP layers + 2·P·D for the
+  P = F(F-1)/2 pairs of the interaction; a training step counts 3× forward
+  (backward: one GEMM for the input gradient, one for the weights). Embedding
+  lookups and element-wise ops are memory traffic, not counted.
+- a torch.profiler breakdown of the engine step (and of the plain step) by part.
+
+Batches are synthetic and generated in memory before any timing, so data loading
+is not in the figures (``bench_data.py`` measures the reader; its figure is quoted
+from results/data.json when present). One id per sparse feature per row, drawn
+uniformly from [0, 100,000) (``--ids zipf`` draws them from a Zipf(1.1)-like law
+instead, many repeats of hot rows, as in real click logs).
+
+Timing: variants run in interleaved rounds (each round steps every variant
+``--steps`` times, in rotating order), so a load change on a shared machine hits
+them alike; the first step of each round and ``--warmup`` steps before the first
+round are not counted; figures are medians over the counted steps. The load
+average before and after is saved with the results: above ~0.5 the machine was
+shared and the absolute figures are low.
+
+    .venv/bin/python benchmarks/bench_train.py            # ~4 min
+    .venv/bin/python benchmarks/bench_train.py --quick    # ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import machine  # noqa: E402
+
+import recsys.models.dlrm as dlrm_module  # noqa: E402
+from kernels.interaction import (  # noqa: E402
+    dot_interaction,
+    native_available,
+    reference_dot_interaction,
+    torch_dot_interaction,
+)
+from recsys.config import TrainConfig  # noqa: E402
+from recsys.distributed import sharding  # noqa: E402
+from recsys.distributed.env import DistEnv, init_distributed, shutdown  # noqa: E402
+from recsys.models import build_model  # noqa: E402
+from recsys.schema import Schema  # noqa: E402
+from recsys.train.step import train_step  # noqa: E402
+from recsys.types import Batch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+LEARNING_RATE = 0.01
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The Criteo-shaped DLRM of issue #4."""
+
+    batch_size: int = 2048
+    rows: int = 100_000
+    dim: int = 64
+    dense: int = 13
+    sparse: int = 26
+    bottom_mlp: tuple[int, ...] = (512, 256, 64)
+    top_mlp: tuple[int, ...] = (512, 512, 256, 1)
+
+    @property
+    def vectors(self) -> int:
+        """Feature vectors in the interaction: the bottom MLP's output and one per sparse feature."""
+        return self.sparse + 1
+
+    @property
+    def pairs(self) -> int:
+        return self.vectors * (self.vectors - 1) // 2
+
+    @property
+    def top_input(self) -> int:
+        return self.dim + self.pairs
+
+
+def criteo_schema(shape: Shape) -> Schema:
+    return Schema.from_dict({
+        "dense": [{"name": f"int_{i}", "entity": "context", "transform": "none"} for i in range(shape.dense)],
+        "sparse": [{"name": f"cat_{i}", "entity": "context"} for i in range(shape.sparse)],
+        "tables": [{"name": f"cat_{i}", "encoding": "identity", "cardinality": shape.rows, "embedding_dim": shape.dim}
+                   for i in range(shape.sparse)],
+        "labels": [{"name": "label"}],
+    })
+
+
+def make_batches(shape: Shape, count: int, batch_size: int, ids: str, seed: int) -> list[Batch]:
+    """``count`` batches of ``batch_size`` rows, one id per sparse feature per row."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        if ids == "zipf":
+            # Inverse-CDF draw of a power law with exponent 1.1 over the rows, hot rows spread by a fixed permutation.
+            u = torch.rand(shape.sparse, batch_size, generator=generator, dtype=torch.float64)
+            rank = (shape.rows ** (1 - 1.1 * u)).long().clamp(max=shape.rows) - 1  # skewed toward 0
+            values = (rank * 7919 + torch.arange(shape.sparse).unsqueeze(1) * 104_729) % shape.rows  # (S, B)
+        else:
+            values = torch.randint(0, shape.rows, (shape.sparse, batch_size), generator=generator)  # (S, B)
+        sparse = KeyedJaggedTensor(keys=[f"cat_{i}" for i in range(shape.sparse)], values=values.flatten(),
+                                   lengths=torch.ones(shape.sparse * batch_size, dtype=torch.int32))
+        batches.append(Batch(dense=torch.randn(batch_size, shape.dense, generator=generator), sparse=sparse,
+                             labels=torch.randint(0, 2, (batch_size,), generator=generator).float()))
+    return batches
+
+
+# ---- the yardstick ---------------------------------------------------------------------------------
+
+def mlp(sizes: list[int], last_relu: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if last_relu or index < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class PlainInteraction(nn.Module):
+    """The original DLRM's dot interaction: the full gram by bmm, its strict lower triangle gathered."""
+
+    def __init__(self, vectors: int) -> None:
+        super().__init__()
+        rows, cols = torch.tril_indices(vectors, vectors, offset=-1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, F, F)
+        return gram[:, self.rows, self.cols]  # (B, P)
+
+
+class PlainDLRM(nn.Module):
+    """The same shapes in plain PyTorch, parts named as in ``recsys.models.dlrm`` so one profile split fits both."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.sparse_arch = nn.ModuleList(nn.EmbeddingBag(shape.rows, shape.dim, mode="sum", sparse=True)
+                                         for _ in range(shape.sparse))
+        self.dense_arch = mlp([shape.dense, *shape.bottom_mlp], last_relu=True)
+        self.interaction = PlainInteraction(shape.vectors)
+        self.over_arch = mlp([shape.top_input, *shape.top_mlp], last_relu=False)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        rows = batch.dense.shape[0]
+        ids = batch.sparse.values().view(self.shape.sparse, rows)  # (S, B): one id per feature per row
+        offsets = torch.arange(rows)
+        pooled = [table(ids[k], offsets) for k, table in enumerate(self.sparse_arch)]  # S × (B, D)
+        dense = self.dense_arch(batch.dense)  # (B, D)
+        vectors = torch.stack([dense, *pooled], dim=1)  # (B, F, D)
+        pairs = self.interaction(vectors)  # (B, P)
+        return self.over_arch(torch.cat([dense, pairs], dim=1)).squeeze(1)  # (B,)
+
+
+def plain_stepper(shape: Shape) -> tuple[PlainDLRM, Callable[[Batch], None]]:
+    torch.manual_seed(0)
+    model = PlainDLRM(shape)
+    # Two SGDs with one rate are one SGD; apart, the profile can tell the table update from the dense one.
+    tables = torch.optim.SGD(model.sparse_arch.parameters(), lr=LEARNING_RATE)
+    dense = torch.optim.SGD([p for name, p in model.named_parameters() if not name.startswith("sparse_arch")],
+                            lr=LEARNING_RATE)
+
+    def step(batch: Batch) -> None:
+        with record_function("bench::dense_optimizer"):
+            dense.zero_grad()
+        with record_function("bench::embedding_bwd_optimizer"):
+            tables.zero_grad()
+        logits = model(batch)
+        with record_function("bench::loss"):
+            loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss.backward()
+        with record_function("bench::embedding_bwd_optimizer"):
+            tables.step()
+        with record_function("bench::dense_optimizer"):
+            dense.step()
+    return model, step
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+
+def engine_config(shape: Shape, global_batch: int) -> TrainConfig:
+    return TrainConfig.from_dict({
+        "model": {"bottom_mlp": list(shape.bottom_mlp), "top_mlp": list(shape.top_mlp)},
+        "embedding": {"dim": shape.dim},
+        "optimizer": {"sparse": {"name": "sgd", "lr": LEARNING_RATE}, "dense": {"name": "sgd", "lr": LEARNING_RATE}},
+        "sharding": {"sharding_types": ["table_wise"], "compute_kernels": ["fused"]},
+        "trainer": {"batch_size": global_batch},
+    }, where="bench_train")
+
+
+@contextmanager
+def no_ddp_wrapper(enabled: bool) -> Iterator[None]:
+    """While enabled, ``sharding.shard`` leaves the dense part unwrapped (the experiment for world size 1)."""
+    original = sharding.SumDataParallelWrapper.wrap
+    if enabled:
+        sharding.SumDataParallelWrapper.wrap = lambda self, dmp, env, device: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        sharding.SumDataParallelWrapper.wrap = original  # type: ignore[method-assign]
+
+
+def engine_stepper(shape: Shape, env: DistEnv, global_batch: int, ddp: bool = True
+                   ) -> tuple[nn.Module, Callable[[Batch], None]]:
+    config = engine_config(shape, global_batch)
+    torch.manual_seed(0)
+    model = build_model("dlrm", criteo_schema(shape), config.model, config.embedding, "meta")
+    group = dist.group.WORLD
+    plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, group)
+    with no_ddp_wrapper(not ddp):
+        dmp = sharding.shard(model, config, env, plan)
+    optimizer = sharding.optimizer(dmp, config)
+    return dmp, lambda batch: train_step(dmp, optimizer, batch, env.world_size)
+
+
+@contextmanager
+def interaction_kernel(kernel: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """The DLRM module calls ``kernel`` for its dot interaction while inside."""
+    original = dlrm_module.dot_interaction
+    dlrm_module.dot_interaction = kernel
+    try:
+        yield
+    finally:
+        dlrm_module.dot_interaction = original
+
+
+# ---- timing ----------------------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    name: str
+    step: Callable[[Batch], None]
+    batches: list[Batch]
+    kernel: Callable[[torch.Tensor], torch.Tensor] = dot_interaction
+
+
+def interleaved(variants: list[Variant], rounds: int, steps: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per counted step of each variant, stepped round-robin (see the module docstring)."""
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for variant in variants:
+        with interaction_kernel(variant.kernel):
+            for k in range(warmup):
+                variant.step(variant.batches[k % len(variant.batches)])
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for variant in order:
+            with interaction_kernel(variant.kernel):
+                for k in range(steps + 1):
+                    batch = variant.batches[(r * steps + k) % len(variant.batches)]
+                    start = time.perf_counter()
+                    variant.step(batch)
+                    if k:  # the first step after switching variants refills the caches
+                        times[variant.name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(step_times: list[float], global_batch: int) -> dict[str, Any]:
+    median = statistics.median(step_times)
+    quartiles = statistics.quantiles(step_times, n=4) if len(step_times) > 1 else [median] * 3
+    return {"step_ms": 1e3 * median, "step_ms_q1": 1e3 * quartiles[0], "step_ms_q3": 1e3 * quartiles[2],
+            "samples_per_s": global_batch / median, "steps": len(step_times)}
+
+
+def gemm_peak(threads: int, size: int, repeats: int) -> dict[str, Any]:
+    """fp32 GFLOP/s of a size³ torch.mm on ``threads`` threads: median and best of ``repeats``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        seconds.append(time.perf_counter() - start)
+    torch.set_num_threads(previous)
+    flops = 2 * size ** 3
+    return {"size": size, "threads": threads, "gflops": flops / statistics.median(seconds) / 1e9,
+            "gflops_best": flops / min(seconds) / 1e9, "repeats": repeats}
+
+
+def flops_per_sample(shape: Shape) -> dict[str, float]:
+    """Forward and training FLOPs of one sample; the formula is in the module docstring."""
+    def layers(sizes: list[int]) -> int:
+        return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    bottom = layers([shape.dense, *shape.bottom_mlp])
+    top = layers([shape.top_input, *shape.top_mlp])
+    interaction = 2 * shape.pairs * shape.dim
+    forward = bottom + top + interaction
+    return {"bottom_mlp_forward": bottom, "top_mlp_forward": top, "interaction_forward": interaction,
+            "forward": forward, "train_step": 3 * forward}
+
+
+# ---- where the time goes ---------------------------------------------------------------------------
+
+CATEGORIES = ["embedding lookup fwd", "embedding bwd + sparse optimizer", "input/output dist",
+              "MLP fwd", "MLP bwd", "interaction fwd", "interaction bwd", "loss", "dense optimizer",
+              "DDP gradient sync", "other (cat/view glue, autograd)"]
+
+# An op's time goes to the nearest enclosing range that names a part: the ranges this script opens
+# around the forward of each part, torchrec's own ranges, and in the backward the autograd node.
+_SCOPES = {"bench::embedding_fwd": "embedding lookup fwd", "bench::mlp_fwd": "MLP fwd",
+           "bench::interaction_fwd": "interaction fwd", "bench::loss": "loss",
+           "aten::binary_cross_entropy_with_logits": "loss", "bench::dense_optimizer": "dense optimizer",
+           "bench::embedding_bwd_optimizer": "embedding bwd + sparse optimizer"}
+_BACKWARD_NODES = [
+    (("SplitLookupFunction", "EmbeddingBag"), "embedding bwd + sparse optimizer"),
+    (("All2All", "AllToAll", "Awaitable"), "input/output dist"),
+    (("Addmm", "MmBackward", "ReluBackward", "Threshold", "TBackward", "AccumulateGrad"), "MLP bwd"),
+    (("DotInteraction", "BmmBackward", "IndexBackward"), "interaction bwd"),
+    (("BinaryCrossEntropy", "MulBackward", "SqueezeBackward"), "loss"),
+]
+
+
+def _category(name: str, own: bool) -> str | None:
+    """The part an op belongs to by its own name (``own``) or by the name of a range around it."""
+    if name in _SCOPES:
+        return _SCOPES[name]
+    if name.startswith("[lookup]"):
+        return "embedding lookup fwd"
+    if name.startswith(("[input_dist]", "[splits_dist]", "[output_dist]", "## ")):
+        return "input/output dist"
+    if name.startswith(("c10d::", "torch::distributed::reducer")) or (own and name.startswith("DistributedDataPar")):
+        return "DDP gradient sync"  # DDP's forward range encloses the whole model: only its own time is DDP's
+    if name.startswith(("Optimizer.step#CombinedOptimizer", "Optimizer.zero_grad#CombinedOptimizer")):
+        return "dense optimizer"  # the engine's; the fused sparse optimizer has no step of its own
+    if name.startswith(("autograd::engine::evaluate_function:", "torch::autograd::")):
+        for needles, category in _BACKWARD_NODES:
+            if any(needle in name for needle in needles):
+                return category
+    return None
+
+
+@contextmanager
+def profiled_parts(model: nn.Module) -> Iterator[None]:
+    """Profiler ranges around the forward of the model's named parts and of its interaction kernel."""
+    inner = getattr(model, "module", model)  # DMP keeps the model at .module
+    parts = {"sparse_arch": "bench::embedding_fwd", "dense_arch": "bench::mlp_fwd", "over_arch": "bench::mlp_fwd",
+             "interaction": "bench::interaction_fwd"}
+    handles, open_ranges = [], []
+    for attribute, label in parts.items():
+        part = getattr(inner, attribute, None)
+        if isinstance(part, nn.Module):
+            def enter(module: nn.Module, args: Any, label: str = label) -> None:
+                open_ranges.append(record_function(label).__enter__())
+            def leave(module: nn.Module, args: Any, output: Any) -> None:
+                open_ranges.pop().__exit__(None, None, None)
+            handles += [part.register_forward_pre_hook(enter), part.register_forward_hook(leave)]
+    original = dlrm_module.dot_interaction
+
+    def kernel(x: torch.Tensor) -> torch.Tensor:
+        with record_function("bench::interaction_fwd"):
+            return original(x)
+    dlrm_module.dot_interaction = kernel
+    try:
+        yield
+    finally:
+        dlrm_module.dot_interaction = original
+        for handle in handles:
+            handle.remove()
+
+
+def breakdown(model: nn.Module, step: Callable[[Batch], None], batches: list[Batch], steps: int) -> dict[str, Any]:
+    """Milliseconds per step by part (self CPU time of each op, charged to its nearest categorised range)."""
+    for batch in batches[:2]:
+        step(batch)
+    with profiled_parts(model), profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for batch in batches[2:2 + steps]:
+            step(batch)
+        wall = time.perf_counter() - start
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        category, node = _category(event.name, own=True), event.cpu_parent
+        while node is not None and category is None:
+            category = _category(node.name, own=False)
+            node = node.cpu_parent
+        totals[category or CATEGORIES[-1]] += event.self_cpu_time_total / 1e3 / steps
+    profiled = sum(totals.values())
+    return {"ms_per_step": {c: totals.get(c, 0.0) for c in CATEGORIES},
+            "share": {c: totals.get(c, 0.0) / profiled for c in CATEGORIES},
+            "profiled_ms_per_step": profiled, "wall_ms_per_step_under_profiler": 1e3 * wall / steps, "steps": steps}
+
+
+# ---- the 2-process run -----------------------------------------------------------------------------
+
+def worker(args: argparse.Namespace) -> None:
+    """One torchrun process: the engine on its share of the global batch; rank 0 writes the step times."""
+    env = init_distributed()
+    shape = Shape(batch_size=args.batch_size)
+    local = shape.batch_size // env.world_size
+    _, step = engine_stepper(shape, env, shape.batch_size)
+    batches = make_batches(shape, args.batch_count, local, args.ids, seed=1 + env.rank)
+    for k in range(args.warmup):
+        step(batches[k % len(batches)])
+    seconds = []
+    dist.barrier()
+    for k in range(args.rounds * args.steps):
+        start = time.perf_counter()
+        step(batches[k % len(batches)])
+        seconds.append(time.perf_counter() - start)
+    if env.is_main:
+        Path(args.worker_out).write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads(),
+                                                     "world_size": env.world_size, "rows_per_process": local}))
+    shutdown()
+
+
+def two_processes(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as work:
+        out = Path(work) / "worker.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                   str(Path(__file__).resolve()), "--worker", "--worker-out", str(out),
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--rounds", str(args.rounds),
+                   "--warmup", str(args.warmup), "--ids", args.ids, "--batch-count", str(args.batch_count)]
+        completed = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if completed.returncode != 0 or not out.exists():
+            raise RuntimeError(f"2-process run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+        result = json.loads(out.read_text())
+    return {**summary(result["seconds"], args.batch_size), "threads_per_process": result["threads"],
+            "rows_per_process": result["rows_per_process"], "processes": result["world_size"]}
+
+
+def data_loading_figure() -> dict[str, Any] | None:
+    """The reader's throughput as ``bench_data.py`` last measured it (not remeasured here)."""
+    path = HERE / "results" / "data.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    reader = min(data.get("reader", []), key=lambda r: r["num_workers"], default=None)
+    if reader is None:
+        return None
+    return {"source": "results/data.json (bench_data.py)", "date": data["machine"]["date"],
+            "num_workers": reader["num_workers"], "batch_size": reader["batch_size"],
+            "steady_rows_per_s": reader["steady_rows_per_s"],
+            "main_cpu_ms_per_batch": reader["main_cpu_ms_per_batch"]}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def print_report(results: dict[str, Any]) -> None:
+    m = results["machine"]
+    print(f"\n{m['cpu']} · {m['nproc']} cpus · {m['memory_gib']} GiB · torch {m['torch']} · torchrec {m['torchrec']}"
+          f" · load {m['load_average']} → {m['load_average_end']}")
+    peak = results["gemm_peak"]
+    print(f"fp32 GEMM peak: {peak['gflops']:.0f} GFLOP/s ({peak['size']}³ mm, {peak['threads']} threads; "
+          f"best {peak['gflops_best']:.0f}) · {results['flops']['train_step'] / 1e6:.2f} MFLOP per sample per step")
+    print(f"\n{'run':<48}{'step ms':>9}{'samples/s':>11}{'× plain':>9}{'GFLOP/s':>9}{'of peak':>9}")
+    for name, row in results["runs"].items():
+        print(f"{name:<48}{row['step_ms']:>9.1f}{row['samples_per_s']:>11,.0f}{row['vs_plain']:>9.2f}"
+              f"{row['gflops']:>9.1f}{row['fraction_of_peak']:>9.0%}")
+    print("\nwhere a step's time goes, ms (torch.profiler, self time of each op by part)")
+    columns = list(results["profile"])
+    print(f"{'part':<36}" + "".join(f"{c:>14}" for c in columns))
+    for category in CATEGORIES:
+        print(f"{category:<36}" + "".join(f"{results['profile'][c]['ms_per_step'][category]:>14.1f}" for c in columns))
+    print(f"{'total profiled':<36}" + "".join(f"{results['profile'][c]['profiled_ms_per_step']:>14.1f}"
+                                             for c in columns))
+    if results.get("data_loading"):
+        d = results["data_loading"]
+        print(f"\ndata loading (not in the figures): the reader gives {d['steady_rows_per_s']:,.0f} rows/s, "
+              f"{d['main_cpu_ms_per_batch']:.1f} ms of main-process CPU per batch of {d['batch_size']} "
+              f"({d['source']}, {d['date']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
+    parser.add_argument("--batch-size", type=int, default=2048, help="global batch")
+    parser.add_argument("--steps", type=int, default=10, help="counted steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=5, help="steps per variant before the first round")
+    parser.add_argument("--profile-steps", type=int, default=5)
+    parser.add_argument("--ids", choices=["uniform", "zipf"], default="uniform")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~1 min), for a smoke check")
+    parser.add_argument("--no-two-processes", action="store_true", help="skip the torchrun run")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-count", type=int, default=16, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.warmup, args.profile_steps = 4, 3, 3, 3
+    if args.worker:
+        worker(args)
+        return
+
+    results: dict[str, Any] = {"benchmark": "train", "machine": machine()}
+    shape = Shape(batch_size=args.batch_size)
+    results["config"] = {**asdict(shape), "ids": args.ids, "optimizer": "SGD lr 0.01 (tables and dense)",
+                         "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
+                         "native_interaction_kernel": native_available()}
+    print("… fp32 GEMM peak", file=sys.stderr, flush=True)
+    results["gemm_peak"] = gemm_peak(torch.get_num_threads(), 4096, 3 if args.quick else 7)
+    results["flops"] = flops_per_sample(shape)
+
+    print("… building the plain model and the engine", file=sys.stderr, flush=True)
+    env = init_distributed()  # one process: a gloo group of 1, all threads
+    plain, plain_step = plain_stepper(shape)
+    engine, engine_step = engine_stepper(shape, env, shape.batch_size)
+    bare, bare_step = engine_stepper(shape, env, shape.batch_size, ddp=False)
+    batches = make_batches(shape, args.batch_count, shape.batch_size, args.ids, seed=0)
+    labels = {
+        "plain": "plain PyTorch (EmbeddingBag sparse + SGD)",
+        "engine": "engine, 1 process",
+        "engine_torch_interaction": "engine, 1 process, torch-path interaction",
+        "engine_reference_interaction": "engine, 1 process, reference interaction",
+        "engine_no_ddp": "engine, 1 process, no DDP wrapper",
+    }
+    variants = [Variant("plain", plain_step, batches), Variant("engine", engine_step, batches),
+                Variant("engine_torch_interaction", engine_step, batches, torch_dot_interaction),
+                Variant("engine_reference_interaction", engine_step, batches, reference_dot_interaction),
+                Variant("engine_no_ddp", bare_step, batches)]
+    print(f"… {len(variants)} variants × {args.rounds} rounds × {args.steps} steps", file=sys.stderr, flush=True)
+    times = interleaved(variants, args.rounds, args.steps, args.warmup)
+    runs = {labels[name]: summary(seconds, shape.batch_size) for name, seconds in times.items()}
+    results["per_round_ratio_engine_vs_plain"] = [
+        statistics.median(times["plain"][r * args.steps:(r + 1) * args.steps])
+        / statistics.median(times["engine"][r * args.steps:(r + 1) * args.steps]) for r in range(args.rounds)]
+
+    print("… profiling", file=sys.stderr, flush=True)
+    results["profile"] = {"engine": breakdown(engine, engine_step, batches, args.profile_steps),
+                          "plain": breakdown(plain, plain_step, batches, args.profile_steps)}
+    del plain, engine, bare
+    shutdown()
+
+    if not args.no_two_processes:
+        print("… engine, 2 processes (torchrun)", file=sys.stderr, flush=True)
+        runs["engine, 2 processes × 1 thread"] = two_processes(args)
+
+    plain_ms = runs[labels["plain"]]["step_ms"]
+    for row in runs.values():
+        row["vs_plain"] = plain_ms / row["step_ms"]
+        row["gflops"] = results["flops"]["train_step"] * row["samples_per_s"] / 1e9
+        row["fraction_of_peak"] = row["gflops"] / results["gemm_peak"]["gflops"]
+    results["runs"] = runs
+    results["data_loading"] = data_loading_figure()
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print_report(results)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

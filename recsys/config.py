@@ -1,0 +1,207 @@
+"""The training configuration: typed sections with defaults, read from YAML and ``--set key=value``.
+
+Every key has a typed default and an unknown key is an error naming it (RecBole's
+config returns ``None`` for a typo; ours refuses it). The ``model`` section is
+checked by the chosen model's own config class (``recsys.models``), so each model
+declares its knobs beside its code.
+
+    config = TrainConfig.load("cfg.yaml", overrides=["optimizer.dense.lr=0.002", "trainer.epochs=2"])
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recsys.errors import RecsysError
+from recsys.schema import describe_validation_error
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SparseOptimizer(StrEnum):
+    """fbgemm's fused optimizers, applied inside the embedding backward (no gradient is materialised)."""
+
+    ROWWISE_ADAGRAD = "rowwise_adagrad"
+    ADAGRAD = "adagrad"
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class DenseOptimizer(StrEnum):
+    ADAM = "adam"
+    ADAGRAD = "adagrad"
+    SGD = "sgd"
+
+
+class SparseOptimizerConfig(_Section):
+    name: SparseOptimizer = SparseOptimizer.ROWWISE_ADAGRAD
+    lr: float = Field(0.05, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class DenseOptimizerConfig(_Section):
+    name: DenseOptimizer = DenseOptimizer.ADAM
+    lr: float = Field(1e-3, gt=0)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class Decay(StrEnum):
+    NONE = "none"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate factor for both optimizers: linear warm-up, then decay to ``min_factor`` at the last step."""
+
+    warmup_steps: int = Field(0, ge=0)
+    decay: Decay = Decay.NONE
+    min_factor: float = Field(0.0, ge=0, le=1)
+
+
+class OptimizerConfig(_Section):
+    sparse: SparseOptimizerConfig = SparseOptimizerConfig()
+    dense: DenseOptimizerConfig = DenseOptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class EmbeddingConfig(_Section):
+    """How the schema's tables become embedding modules."""
+
+    scheme: str = "standard"  # a name in recsys.embeddings' registry
+    dim: int | None = Field(None, ge=1, le=8192, description="one dim for every table (default: the schema's)")
+
+
+class ShardingType(StrEnum):
+    TABLE_WISE = "table_wise"
+    COLUMN_WISE = "column_wise"
+    TABLE_COLUMN_WISE = "table_column_wise"
+    ROW_WISE = "row_wise"
+    TABLE_ROW_WISE = "table_row_wise"
+    DATA_PARALLEL = "data_parallel"
+
+
+class ComputeKernel(StrEnum):
+    FUSED = "fused"  # fbgemm table-batched embedding with the optimizer fused into backward
+    DENSE = "dense"  # plain tensors (what data-parallel tables use)
+    QUANT = "quant"
+
+
+class TableConstraints(_Section):
+    sharding_types: list[ShardingType] | None = None
+    compute_kernels: list[ComputeKernel] | None = None
+    min_partition: int | None = Field(None, ge=1, description="narrowest column shard (column-wise)")
+
+
+class TopologyConfig(_Section):
+    """What the planner may assume per device; unset values take torchrec's defaults."""
+
+    hbm_cap_gib: float | None = Field(None, gt=0, description="accelerator memory per device")
+    ddr_cap_gib: float | None = Field(None, gt=0, description="host memory per device")
+    local_world_size: int | None = Field(None, ge=1, description="processes per host (default: torchrun's)")
+
+
+class ShardingConfig(_Section):
+    """Planner inputs: the sharding types and kernels every table may use, per-table overrides, topology."""
+
+    # Data-parallel tables are left out by default: they take the "dense" kernel, whose backward builds a
+    # full-table gradient and runs a torch optimizer over it (about 10x slower per step on a CPU).
+    sharding_types: list[ShardingType] = [ShardingType.TABLE_WISE, ShardingType.COLUMN_WISE,
+                                          ShardingType.TABLE_COLUMN_WISE]
+    compute_kernels: list[ComputeKernel] = [ComputeKernel.FUSED, ComputeKernel.DENSE]
+    min_partition: int | None = Field(None, ge=1, description="narrowest column shard; lets column-wise "
+                                      "split a table into dim / min_partition shards")
+    tables: dict[str, TableConstraints] = {}
+    topology: TopologyConfig = TopologyConfig()
+
+
+class Partition(StrEnum):
+    GLOBAL = "global"  # every rank reads the global stream: the same batches for any process count
+    RANK = "rank"  # disjoint rows per rank: scales reading, but results depend on the process count
+
+
+class TrainerConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(1024, ge=1, description="global batch: split evenly over the processes")
+    eval_batch_size: int = Field(8192, ge=1, description="per process")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (for smoke runs)")
+    log_every: int = Field(50, ge=1, description="steps between metrics.jsonl lines")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: at epoch ends only")
+    keep_checkpoints: int = Field(2, ge=1)
+    partition: Partition = Partition.GLOBAL
+    shuffle: bool = True
+    shuffle_buffer: int = Field(100_000, ge=0)
+    num_workers: int = Field(0, ge=0, description="reader processes per training process")
+    progress: bool = True
+
+
+class TrainConfig(_Section):
+    """Everything ``recsys train`` reads besides the data: saved resolved in every run and artifact."""
+
+    model: dict[str, Any] = {}  # checked by the model's config class
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    sharding: ShardingConfig = ShardingConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    seed: int = Field(0, ge=0)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> TrainConfig:
+        try:
+            return cls.model_validate(data if data is not None else {})
+        except ValidationError as exc:
+            raise RecsysError(f"{where}: {describe_validation_error(exc, data)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+        """The file's values (none: all defaults) with ``key.path=value`` overrides applied in order."""
+        data: dict[str, Any] = {}
+        where = "config"
+        if path is not None:
+            path = Path(path)
+            where = str(path)
+            if not path.is_file():
+                raise RecsysError(f"{path}: config file not found")
+            try:
+                loaded = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise RecsysError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise RecsysError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+            data = loaded or {}
+        for override in overrides or []:
+            _apply_override(data, override)
+        if overrides:
+            where += " with --set " + " ".join(overrides)
+        return cls.from_dict(data, where)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    """``a.b.c=value``: value parsed as YAML (numbers, booleans, lists), set at the dotted path."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise RecsysError(f"--set {override!r}: expected key=value, e.g. optimizer.dense.lr=0.001")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecsysError(f"--set {override!r}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,75 @@
+"""Models by name. Each model is one file here that calls ``register_model``; it is imported automatically.
+
+A model is built as ``build_model(name, schema, model_config, embedding_config)``
+and its forward takes a ``Batch`` and returns logits (B,). Models hold no
+sharding or device code: ``recsys.distributed`` shards the torchrec embedding
+modules they contain.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from recsys.config import EmbeddingConfig
+from recsys.embeddings import build_embeddings
+from recsys.errors import RecsysError
+from recsys.schema import Schema, describe_validation_error
+
+ModelBuilder = Callable[[Schema, Any, nn.Module], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config_class: type[BaseModel]  # the ``model:`` section of the training config
+    build: ModelBuilder  # (schema, validated config, embeddings module) → model
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, config_class: type[BaseModel]) -> Callable[[ModelBuilder], ModelBuilder]:
+    def add(build: ModelBuilder) -> ModelBuilder:
+        if name in _MODELS:
+            raise ValueError(f"model '{name}' is registered twice")
+        _MODELS[name] = ModelSpec(name, config_class, build)
+        return build
+    return add
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS:
+        raise RecsysError(f"--model: unknown model '{name}'; known: {', '.join(model_names())}")
+    return _MODELS[name]
+
+
+def model_config(name: str, section: dict[str, Any]) -> BaseModel:
+    """The ``model:`` section checked by the model's config class (unknown keys are errors)."""
+    try:
+        return model_spec(name).config_class.model_validate(section)
+    except ValidationError as exc:
+        raise RecsysError(f"model ({name}): {describe_validation_error(exc, section)}") from None
+
+
+def build_model(name: str, schema: Schema, section: dict[str, Any], embedding: EmbeddingConfig,
+                embedding_device: torch.device | str = "cpu") -> nn.Module:
+    """The model with its embedding tables on ``embedding_device`` ('meta' lets the sharder allocate them)."""
+    spec = model_spec(name)
+    config = model_config(name, section)
+    return spec.build(schema, config, build_embeddings(schema, embedding, embedding_device))
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,0 +1,278 @@
+"""The training job one process runs: shard, train, evaluate, checkpoint, export.
+
+Every process of a job runs ``train(job)``; rank 0 alone writes the run folder's
+files (plan, metrics, artifact). The same code runs with one process (a gloo group
+of one) and under torchrun with many.
+
+Resuming: a checkpoint records the epoch and the number of global batches already
+taken in it. With the default ``global`` partition the batch sequence does not
+depend on the process count, so a run resumes with any number of processes and
+continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from recsys import artifact
+from recsys.config import Partition, TrainConfig
+from recsys.data.layout import load_schema, read_stats
+from recsys.data.reader import ParquetReader
+from recsys.distributed import checkpoint, sharding
+from recsys.distributed.env import DistEnv, init_distributed, shutdown
+from recsys.distributed.export import gather_state_dict
+from recsys.distributed.init import init_embeddings
+from recsys.errors import RecsysError
+from recsys.models import build_model
+from recsys.train.evaluate import evaluate
+from recsys.train.step import train_step
+
+log = logging.getLogger(__name__)
+
+METRICS_LOG, PLAN_FILE, CHECKPOINTS, ARTIFACT, CONFIG_FILE = (
+    "metrics.jsonl", "plan.txt", "checkpoints", "artifact", "config.yaml")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    model: str
+    data: Path
+    out: Path
+    config: TrainConfig
+    resume: bool = False
+
+
+@dataclass
+class _Position:
+    epoch: int = 0
+    step_in_epoch: int = 0  # global batches of this epoch already trained on
+    step: int = 0  # global batches trained on in total
+    samples: int = 0
+    train_seconds: float = 0.0
+
+
+def local_batch_size(config: TrainConfig, world_size: int) -> int:
+    batch = config.trainer.batch_size
+    if batch % world_size:
+        raise RecsysError(f"trainer.batch_size {batch} is not divisible by the {world_size} processes")
+    return batch // world_size
+
+
+def _reader(job: TrainJob, split: str, env: DistEnv, train: bool) -> ParquetReader:
+    trainer = job.config.trainer
+    if train:
+        return ParquetReader(
+            job.data, split, local_batch_size(job.config, env.world_size), shuffle=trainer.shuffle,
+            shuffle_buffer=trainer.shuffle_buffer, drop_last=True, num_workers=trainer.num_workers,
+            rank=env.rank, world_size=env.world_size, seed=job.config.seed, partition=trainer.partition.value,
+            pin_memory=env.device.type == "cuda")
+    # Evaluation reads disjoint rows per process: every row once, the order is irrelevant.
+    return ParquetReader(job.data, split, trainer.eval_batch_size, num_workers=trainer.num_workers,
+                         rank=env.rank, world_size=env.world_size, partition="rank")
+
+
+class _MetricsLog:
+    """``RUN/metrics.jsonl``, one JSON object per line, written by rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            # Lines past the checkpoint were written by the interrupted run and will be written again.
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif enabled and resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return float(tensor.item())
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:>8.0f} samples/s  loss {task.fields[loss]:.4f}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,
+                    transient=False)
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to start over a run that has checkpoints unless resuming it."""
+    if not resume and checkpoint.checkpoints(out / CHECKPOINTS):
+        raise RecsysError(f"{out}: already holds checkpoints; pass --resume to continue that run, "
+                          "or choose another --out")
+
+
+def train(job: TrainJob) -> dict[str, Any]:
+    """Run the job in this process (one of ``world_size``); returns the final metrics (all ranks)."""
+    env = init_distributed()
+    try:
+        return _train(job, env)
+    finally:
+        shutdown()
+
+
+def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
+    config, main = job.config, env.is_main
+    console = Console(stderr=True)
+    schema = load_schema(job.data)
+    if main:
+        job.out.mkdir(parents=True, exist_ok=True)
+        (job.out / CONFIG_FILE).write_text(config.to_yaml())
+    torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
+    model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
+    tables = {f"{name}.embedding_bags.{t}.weight": t for name, module in sharding.embedding_modules(model)
+              for t in sharding.table_names(module)}
+    plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, dist.group.WORLD)
+    text = sharding.plan_text(plan)
+    if main:
+        (job.out / PLAN_FILE).write_text(text)
+        if log.isEnabledFor(logging.INFO):
+            console.print(f"sharding plan for {env.world_size} process(es) (saved to {job.out / PLAN_FILE}):\n"
+                          + text.rstrip(), highlight=False, soft_wrap=True)
+    dmp = sharding.shard(model, config, env, plan)
+    init_embeddings(dmp, tables, config.seed)
+    optimizer = sharding.optimizer(dmp, config)
+    base_rates = sharding.base_learning_rates(optimizer, config)
+
+    train_reader = _reader(job, "train", env, train=True)
+    steps_per_epoch = train_reader.num_batches
+    if steps_per_epoch == 0:
+        raise RecsysError(f"{job.data / 'train'}: {train_reader.total_rows} rows make no full batch of "
+                          f"{config.trainer.batch_size}")
+    total_steps = config.trainer.epochs * steps_per_epoch
+    if config.trainer.max_steps is not None:
+        total_steps = min(total_steps, config.trainer.max_steps)
+
+    position = _Position()
+    latest = checkpoint.latest(job.out / CHECKPOINTS) if job.resume else None
+    if latest is not None:
+        state = checkpoint.load(latest, dmp, optimizer)
+        if config.trainer.partition is Partition.RANK and state["world_size"] != env.world_size \
+                and state["step_in_epoch"]:
+            raise RecsysError(f"{latest}: written by {state['world_size']} processes mid-epoch with "
+                              f"trainer.partition=rank; resume with {state['world_size']} processes or use "
+                              "the global partition")
+        position = _Position(**{k: state[k] for k in _Position.__dataclass_fields__})
+        if main:
+            log.info("resumed from %s (epoch %d, step %d) with %d process(es)", latest, position.epoch + 1,
+                     position.step, env.world_size)
+    elif job.resume and main:
+        log.info("no checkpoint in %s: starting from the beginning", job.out / CHECKPOINTS)
+    metrics_log = _MetricsLog(job.out / METRICS_LOG, main, position.step if latest is not None else None)
+
+    def save_checkpoint() -> None:
+        state = {k: getattr(position, k) for k in _Position.__dataclass_fields__}
+        state["world_size"] = env.world_size
+        path = checkpoint.save(job.out / CHECKPOINTS, position.step, dmp, optimizer, state,
+                               config.trainer.keep_checkpoints)
+        if main:
+            log.debug("checkpoint %s", path)
+
+    valid_metrics: dict[str, float] = {}
+    dmp.train()
+    with _progress(console, main and config.trainer.progress) as progress:
+        task = progress.add_task("train", total=total_steps, completed=position.step, rate=0.0, loss=float("nan"))
+        while position.step < total_steps and position.epoch < config.trainer.epochs:
+            train_reader.set_epoch(position.epoch)
+            train_reader.set_start(position.step_in_epoch)
+            progress.update(task, description=f"epoch {position.epoch + 1}/{config.trainer.epochs}")
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            for batch in train_reader:
+                if position.step >= total_steps:
+                    break
+                factor = sharding.schedule_factor(position.step, total_steps, config)
+                for group, rate in zip(optimizer.param_groups, base_rates):
+                    group["lr"] = rate * factor
+                started = time.perf_counter()
+                loss = train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size)
+                window_loss += float(loss)
+                position.train_seconds += time.perf_counter() - started
+                position.step += 1
+                position.step_in_epoch += 1
+                position.samples += config.trainer.batch_size
+                window_steps += 1
+                if position.step % config.trainer.log_every == 0 or position.step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_steps * config.trainer.batch_size / max(elapsed, 1e-9)
+                    mean_loss = _mean_over_ranks(window_loss / window_steps, env.device)
+                    metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "train",
+                                       "loss": mean_loss, "lr_sparse": config.optimizer.sparse.lr * factor,
+                                       "lr_dense": config.optimizer.dense.lr * factor, "samples_per_s": rate})
+                    progress.update(task, rate=rate, loss=mean_loss)
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                progress.update(task, completed=position.step)
+                every = config.trainer.checkpoint_every
+                if every and position.step % every == 0 and position.step_in_epoch < steps_per_epoch:
+                    save_checkpoint()
+            if position.step_in_epoch >= steps_per_epoch or position.step >= total_steps:
+                valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
+                metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "valid",
+                                   **valid_metrics})
+                if main:
+                    log.info("epoch %d: valid auc %.4f logloss %.4f ne %.4f", position.epoch + 1,
+                             valid_metrics["auc"], valid_metrics["logloss"], valid_metrics["ne"])
+                if position.step_in_epoch >= steps_per_epoch:
+                    position.epoch += 1
+                    position.step_in_epoch = 0
+                save_checkpoint()
+
+    if not valid_metrics:  # resumed from the final checkpoint: nothing left to train
+        valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
+    test_metrics = evaluate(dmp, _reader(job, "test", env, train=False), env.device)
+    metrics_log.write({"step": position.step, "epoch": position.epoch, "split": "test", **test_metrics})
+    metrics = _final_metrics(job, env, position, valid_metrics, test_metrics)
+    state = gather_state_dict(dmp)
+    if main:
+        artifact.save(job.out / ARTIFACT, model_name=job.model, state=state, schema=schema, config=config,
+                      metrics=metrics, data_dir=job.data,
+                      extra={"world_size": env.world_size, "plan": text.splitlines()})
+        console.print(_summary(job, env, metrics), highlight=False, soft_wrap=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return metrics
+
+
+def _final_metrics(job: TrainJob, env: DistEnv, position: _Position, valid: dict[str, float],
+                   test: dict[str, float]) -> dict[str, Any]:
+    # Each process measures its own step time; the job's rate counts every process's samples.
+    seconds = _mean_over_ranks(position.train_seconds, env.device)
+    metrics: dict[str, Any] = {f"valid.{k}": v for k, v in valid.items()}
+    metrics |= {f"test.{k}": v for k, v in test.items()}
+    metrics |= {"train.samples": position.samples, "train.steps": position.step,
+                "train.epochs": position.epoch, "train.seconds": seconds,
+                "train.samples_per_s": position.samples / max(seconds, 1e-9), "train.world_size": env.world_size}
+    stats = read_stats(job.data)
+    bayes = stats.get("splits_bayes", {}).get("test", {}).get("auc") if isinstance(stats, dict) else None
+    if bayes is not None:
+        metrics["test.bayes_auc"] = bayes
+    return metrics
+
+
+def _summary(job: TrainJob, env: DistEnv, metrics: dict[str, Any]) -> str:
+    bayes = f" (Bayes-optimal {metrics['test.bayes_auc']:.4f})" if "test.bayes_auc" in metrics else ""
+    return (f"Trained {job.model} on {job.data} for {metrics['train.steps']} steps "
+            f"({metrics['train.samples']:,} samples) on {env.world_size} process(es) in "
+            f"{metrics['train.seconds']:.1f} s, {metrics['train.samples_per_s']:,.0f} samples/s. "
+            f"Test AUC {metrics['test.auc']:.4f}{bayes}, log loss {metrics['test.logloss']:.4f}, "
+            f"NE {metrics['test.ne']:.4f}, calibration {metrics['test.calibration']:.3f}; "
+            f"valid AUC {metrics['valid.auc']:.4f}. Artifact: {job.out / ARTIFACT}")
