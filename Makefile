@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
 TORCHREC_VERSION := 1.8.0
 DEMO_DIR ?= .demo
-DEMO_ROWS ?= 200000
+DEMO_ROWS ?= 3000000
 
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
@@ -35,13 +35,15 @@ demo: install
 	$(RECSYS) data synth --kind ctr --format criteo-tsv --rows 20000 --out $(DEMO_DIR)/criteo-raw --overwrite
 	$(RECSYS) data prepare --format criteo --input $(DEMO_DIR)/criteo-raw --out $(DEMO_DIR)/criteo --overwrite
 	$(RECSYS) data synth --kind ctr --rows $(DEMO_ROWS) --out $(DEMO_DIR)/ctr --overwrite
-	$(RECSYS) data summary $(DEMO_DIR)/ctr
+	rm -rf $(DEMO_DIR)/runs/dlrm
+	$(RECSYS) train --model dlrm --data $(DEMO_DIR)/ctr --out $(DEMO_DIR)/runs/dlrm --config configs/dlrm.yaml
 
 test: install
 	$(PY) -m pytest
 
 bench: install
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) benchmarks/work

@@ -11,20 +11,21 @@ Three implementations of that one contract:
   its own backward. With S the (B, F, F) matrix holding the incoming gradient at
   the pairs, dX = (S + Sᵀ) X: one batched product where autograd through
   ``bmm(x, xᵀ)`` runs two plus a transpose and a sum.
-- the native CPU kernel below, which ``dot_interaction`` uses for contiguous
-  float32/float64 CPU tensors when it builds. On CPU ``torch.bmm`` runs B tiny
-  (F×D)·(D×F) GEMMs at a quarter of the sgemm peak, and the forward computes the
-  whole F×F gram to keep half of it; in a Criteo-sized DLRM step (F=27, D=64,
-  B=2048, 2 threads) that was ~10 ms of ~87. The kernel computes only the pairs,
-  four at a time from one load of x_i, reduces them with a shuffle tree, and in
-  the backward forms dX = (S + Sᵀ) X one sample at a time from registers, never
-  materialising the gram or S in memory: ~3-4× less time for the pair.
+- a native CPU kernel, which ``dot_interaction`` uses for float32/float64 CPU
+  tensors when it builds. On CPU ``torch.bmm`` runs B tiny (F×D)·(D×F) GEMMs at
+  a quarter of the sgemm peak, the forward computes the whole F×F gram to keep
+  half of it, and the backward writes S to memory and reads it back. The kernel
+  computes only the pairs, four at a time from one load of x_i, sums each with a
+  shuffle tree, and forms dX = (S + Sᵀ) X one sample at a time in registers.
+  At DLRM's Criteo shape (B=2048, F=27, D=64, 2 threads) forward and backward
+  take ~3 ms where the torch path takes ~10 (``benchmarks/bench_train.py``).
 
-The kernel is C compiled at first use with the system compiler
-(``$CC``, default ``cc``; ``-O3 -march=native``) into a cache directory keyed by
-the source, the flags and the CPU's feature flags, then loaded with ctypes. The
-batch is split over ``torch.get_num_threads()`` threads (ctypes releases the GIL).
-No compiler, another architecture or ``RECSYS_NATIVE_KERNELS=0``: the torch path.
+The kernel is C (GCC/Clang vector extensions, OpenMP) compiled at first use with
+``$CC`` (default ``cc``, ``-O3 -march=native``) into a cache directory keyed by
+the source, the flags and the CPU's feature flags, and loaded with ctypes. Its
+OpenMP team is torch's own intra-op pool (the libgomp torch loaded), sized by
+``torch.get_num_threads()``. No compiler, another architecture or
+``RECSYS_NATIVE_KERNELS=0``: the torch path.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -88,9 +87,10 @@ def torch_dot_interaction(x: torch.Tensor) -> torch.Tensor:
 
 # ---- the native CPU kernel ------------------------------------------------------------------------
 
-# One copy per scalar type: {T} the type, {L} lanes in a 64-byte vector (GCC/Clang vector
-# extensions, which the compiler lowers to AVX-512, AVX2 or SSE), {REDUCE4} the shuffle tree.
+# One copy per scalar type: {T} the type, {I} the integer of its width, {L} lanes in a 64-byte
+# vector (the compiler lowers it to AVX-512, AVX2, SSE or NEON), {REDUCE4} the shuffle tree.
 _SOURCE = r"""
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,7 +119,7 @@ static inline {T} dot1_{T}(const {T} *a, const {T} *b, int D) {
 /* out[b, p] = <x[b, i], x[b, j]> over pairs i < j row-major, rows b0 <= b < b1.
    Four pairs (i, j..j+3) share each load of x_i; a row's last group of four overlaps the one
    before it rather than falling back to single pairs. */
-void dot_forward_{T}(const {T} *x, {T} *out, long b0, long b1, int F, int D) {
+static void forward_rows_{T}(const {T} *x, {T} *out, long b0, long b1, int F, int D) {
   const long P = (long)F * (F - 1) / 2;
   for (long b = b0; b < b1; ++b) {
     const {T} *xb = x + b * F * D;
@@ -159,12 +159,10 @@ void dot_forward_{T}(const {T} *x, {T} *out, long b0, long b1, int F, int D) {
 }
 
 /* dx[b] = (S + S^T) x[b] with S holding grad[b] (row b at grad + b * grad_stride) at the pairs,
-   rows b0 <= b < b1: four rows of dx times 4 vectors of D in registers, one pass over x[b] per
-   four rows. Returns 0, or -1 when out of memory. */
-int dot_backward_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, long b0, long b1, int F, int D) {
-  const int rows = (F + 3) / 4 * 4;
-  {T} *S = calloc((size_t)rows * F, sizeof({T}));  /* padding rows stay 0 */
-  if (S == NULL) return -1;
+   rows b0 <= b < b1: four rows of dx times four vectors of D in registers, one pass over x[b]
+   per four rows. S is scratch of F x F with its rows padded to a multiple of 4 by zeros. */
+static void backward_rows_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, long b0, long b1,
+                              int F, int D, {T} *S) {
   for (long b = b0; b < b1; ++b) {
     const {T} *gb = grad + b * grad_stride;
     const {T} *xb = x + b * F * D;
@@ -202,8 +200,34 @@ int dot_backward_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, l
       }
     }
   }
-  free(S);
-  return 0;
+}
+
+/* The entry points split the B rows evenly over an OpenMP team of `threads`. */
+void dot_forward_{T}(const {T} *x, {T} *out, long B, int F, int D, int threads) {
+  #pragma omp parallel num_threads(threads)
+  {
+    const long t = omp_get_thread_num(), n = omp_get_num_threads();
+    forward_rows_{T}(x, out, B * t / n, B * (t + 1) / n, F, D);
+  }
+}
+
+/* Returns 0, or -1 when a thread could not allocate its scratch. */
+int dot_backward_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, long B, int F, int D,
+                     int threads) {
+  int failed = 0;
+  #pragma omp parallel num_threads(threads)
+  {
+    const long t = omp_get_thread_num(), n = omp_get_num_threads();
+    {T} *S = calloc((size_t)((F + 3) / 4 * 4) * F, sizeof({T}));
+    if (S == NULL) {
+      #pragma omp atomic write
+      failed = 1;
+    } else {
+      backward_rows_{T}(grad, grad_stride, x, dx, B * t / n, B * (t + 1) / n, F, D, S);
+      free(S);
+    }
+  }
+  return failed ? -1 : 0;
 }
 """
 
@@ -236,13 +260,13 @@ def _reduce4_body(lanes: int) -> str:
 def _source() -> str:
     parts = []
     for scalar, int_type, size in (("float", "int", 4), ("double", "long long", 8)):
-        lanes = 64 // size
-        text = _SOURCE.replace("{REDUCE4}", _reduce4_body(lanes))
-        parts.append(text.replace("{T}", scalar).replace("{I}", int_type).replace("{L}", str(lanes)))
+        text = _SOURCE.replace("{REDUCE4}", _reduce4_body(64 // size))
+        parts.append(text.replace("{T}", scalar).replace("{I}", int_type).replace("{L}", str(64 // size)))
     return "\n".join(parts)
 
 
-_FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC"]
+# -fopenmp links libgomp.so.1; the loader reuses the one torch loaded, so the team is torch's pool.
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC"]
 _KERNELS: dict[torch.dtype, str] = {torch.float32: "float", torch.float64: "double"}
 
 
@@ -254,7 +278,7 @@ def _cpu_flags() -> str:
 
 
 def _build() -> ctypes.CDLL:
-    """Compile (or reuse the cached) shared library; raises OSError or CalledProcessError on failure."""
+    """Compile (or reuse the cached) shared library; raises OSError or SubprocessError on failure."""
     compiler = os.environ.get("CC", "cc")
     source = _source()
     # -march=native code must never run on another CPU: the key holds the CPU's features.
@@ -269,11 +293,12 @@ def _build() -> ctypes.CDLL:
                            capture_output=True, timeout=120)
             os.replace(Path(work) / "interaction.so", library)  # atomic: concurrent builders all succeed
     lib = ctypes.CDLL(str(library))
+    sizes = [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int]  # B, F, D, threads
     for scalar in _KERNELS.values():
         forward, backward = getattr(lib, f"dot_forward_{scalar}"), getattr(lib, f"dot_backward_{scalar}")
-        forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_int]
+        forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *sizes]
         forward.restype = None
-        backward.argtypes = [ctypes.c_void_p, ctypes.c_long, *forward.argtypes]
+        backward.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, *sizes]
         backward.restype = ctypes.c_int
     return lib
 
@@ -281,8 +306,6 @@ def _build() -> ctypes.CDLL:
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _unavailable = False  # the build failed or is switched off; never retried in this process
-_pool: ThreadPoolExecutor | None = None
-_pool_workers = 0
 
 
 def native_available() -> bool:
@@ -303,31 +326,11 @@ def native_available() -> bool:
         return _library is not None
 
 
-def _forget_pool() -> None:
-    global _pool, _pool_workers
-    _pool, _pool_workers = None, 0  # a forked child has none of the parent's threads
+_MIN_ROWS_PER_THREAD = 64  # below this, waking a thread costs more than it saves
 
 
-os.register_at_fork(after_in_child=_forget_pool)
-
-_MIN_ROWS_PER_THREAD = 64  # below this a thread hand-off costs more than it saves
-
-
-def _parallel_rows(run: Callable[[int, int], object], batch: int) -> list[object]:
-    """``run(b0, b1)`` over contiguous row ranges, one per torch thread; the caller takes the last range."""
-    global _pool, _pool_workers
-    threads = max(1, min(torch.get_num_threads(), batch // _MIN_ROWS_PER_THREAD))
-    cuts = [batch * k // threads for k in range(threads + 1)]
-    if threads == 1:
-        return [run(0, batch)]
-    with _lock:
-        if _pool is None or _pool_workers < threads - 1:
-            _pool_workers = threads - 1
-            _pool = ThreadPoolExecutor(max_workers=_pool_workers, thread_name_prefix="dot_interaction")
-        pool = _pool
-    futures = [pool.submit(run, cuts[k], cuts[k + 1]) for k in range(threads - 1)]
-    last = run(cuts[-2], cuts[-1])
-    return [future.result() for future in futures] + [last]
+def _threads(batch: int) -> int:
+    return max(1, min(torch.get_num_threads(), batch // _MIN_ROWS_PER_THREAD))
 
 
 class _NativeDotInteraction(torch.autograd.Function):
@@ -338,7 +341,7 @@ class _NativeDotInteraction(torch.autograd.Function):
         ctx.save_for_backward(x)
         out = x.new_empty(batch, num_features * (num_features - 1) // 2)  # (B, P)
         kernel = getattr(_library, f"dot_forward_{_KERNELS[x.dtype]}")
-        _parallel_rows(lambda b0, b1: kernel(x.data_ptr(), out.data_ptr(), b0, b1, num_features, dim), batch)
+        kernel(x.data_ptr(), out.data_ptr(), batch, num_features, dim, _threads(batch))
         return out
 
     @staticmethod
@@ -350,9 +353,8 @@ class _NativeDotInteraction(torch.autograd.Function):
             grad = grad.contiguous()  # (B, P); rows may stay apart: DLRM's grad is a slice of the top MLP's input
         dx = torch.empty_like(x)  # (B, F, D)
         kernel = getattr(_library, f"dot_backward_{_KERNELS[x.dtype]}")
-        status = _parallel_rows(lambda b0, b1: kernel(grad.data_ptr(), grad.stride(0), x.data_ptr(), dx.data_ptr(),
-                                                      b0, b1, num_features, dim), batch)
-        if any(status):
+        if kernel(grad.data_ptr(), grad.stride(0), x.data_ptr(), dx.data_ptr(), batch, num_features, dim,
+                  _threads(batch)):
             raise MemoryError("kernels.interaction: out of memory in the backward kernel")
         return dx
 

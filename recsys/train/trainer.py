@@ -148,7 +148,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         (job.out / PLAN_FILE).write_text(text)
         if log.isEnabledFor(logging.INFO):
             console.print(f"sharding plan for {env.world_size} process(es) (saved to {job.out / PLAN_FILE}):\n"
-                          + text.rstrip(), highlight=False, soft_wrap=True)
+                          + text.rstrip(), highlight=False, soft_wrap=True, markup=False)
     dmp = sharding.shard(model, config, env, plan)
     init_embeddings(dmp, tables, config.seed)
     optimizer = sharding.optimizer(dmp, config)
@@ -197,16 +197,18 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             train_reader.set_start(position.step_in_epoch)
             progress.update(task, description=f"epoch {position.epoch + 1}/{config.trainer.epochs}")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            tick = window_start  # train time counts reading and stepping, not evaluation or checkpoints
             for batch in train_reader:
                 if position.step >= total_steps:
                     break
                 factor = sharding.schedule_factor(position.step, total_steps, config)
                 for group, rate in zip(optimizer.param_groups, base_rates):
                     group["lr"] = rate * factor
-                started = time.perf_counter()
                 loss = train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size)
                 window_loss += float(loss)
-                position.train_seconds += time.perf_counter() - started
+                now = time.perf_counter()
+                position.train_seconds += now - tick
+                tick = now
                 position.step += 1
                 position.step_in_epoch += 1
                 position.samples += config.trainer.batch_size
@@ -224,6 +226,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                 every = config.trainer.checkpoint_every
                 if every and position.step % every == 0 and position.step_in_epoch < steps_per_epoch:
                     save_checkpoint()
+                    tick = time.perf_counter()
             if position.step_in_epoch >= steps_per_epoch or position.step >= total_steps:
                 valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
                 metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "valid",
@@ -246,7 +249,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         artifact.save(job.out / ARTIFACT, model_name=job.model, state=state, schema=schema, config=config,
                       metrics=metrics, data_dir=job.data,
                       extra={"world_size": env.world_size, "plan": text.splitlines()})
-        console.print(_summary(job, env, metrics), highlight=False, soft_wrap=True)
+        console.print(_summary(job, env, metrics), highlight=False, soft_wrap=True, markup=False)
     if dist.is_initialized():
         dist.barrier()
     return metrics
