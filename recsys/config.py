@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
@@ -141,7 +141,16 @@ class TrainerConfig(_Section):
     shuffle: bool = True
     shuffle_buffer: int = Field(100_000, ge=0)
     num_workers: int = Field(0, ge=0, description="reader processes per training process")
+    pipeline: Literal["auto", "on", "off"] = Field(
+        "auto", description="torchrec's sparse-dist train pipeline, which overlaps the next batch's copy and "
+        "input distribution with this batch's compute; auto: on GPUs only")
     progress: bool = True
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class TrainConfig(_Section):

@@ -61,19 +61,27 @@ class PooledEmbeddings(nn.Module):
         self._num_inputs = len(inputs)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = self.ebc(features)
-        keys = pooled.keys()
-        if keys == self.feature_names and not self._divide_at:
-            return pooled
-        # A sharded collection returns its features grouped by shard, not in table order: put them back.
-        parts = dict(zip(keys, pooled.values().split(pooled.length_per_key(), dim=1)))  # name → (B, dim)
-        if self._divide_at:
-            lengths = features.lengths().view(self._num_inputs, features.stride())  # (K, B)
-            for name, key in self._divide_at:
-                count = lengths[key].clamp(min=1).to(parts[name].dtype)  # (B,)
-                parts[name] = parts[name] / count.unsqueeze(1)
-        return KeyedTensor(keys=self.feature_names, length_per_key=self.embedding_dims,
-                           values=torch.cat([parts[name] for name in self.feature_names], dim=1))
+        return _in_feature_order(self.ebc(features), features, self.feature_names, self.embedding_dims,
+                                 self._divide_at, self._num_inputs)
+
+
+@torch.fx.wrap  # a leaf for torchrec's pipeline tracer: the branches below read the KeyedTensor's keys
+def _in_feature_order(pooled: KeyedTensor, features: KeyedJaggedTensor, names: list[str], dims: list[int],
+                      divide_at: list[tuple[str, int]], num_inputs: int) -> KeyedTensor:
+    """Pooled embeddings in ``names`` order, mean features divided by their lengths.
+
+    A sharded collection returns its features grouped by shard, not in table order.
+    """
+    keys = pooled.keys()
+    if keys == names and not divide_at:
+        return pooled
+    parts = dict(zip(keys, pooled.values().split(pooled.length_per_key(), dim=1)))  # name → (B, dim)
+    if divide_at:
+        lengths = features.lengths().view(num_inputs, features.stride())  # (K, B)
+        for name, key in divide_at:
+            count = lengths[key].clamp(min=1).to(parts[name].dtype)  # (B,)
+            parts[name] = parts[name] / count.unsqueeze(1)
+    return KeyedTensor(keys=names, length_per_key=dims, values=torch.cat([parts[name] for name in names], dim=1))
 
 
 @register_scheme("standard")

@@ -28,6 +28,8 @@ from recsys.models import register_model
 from recsys.schema import Schema
 from recsys.types import Batch
 
+torch.fx.wrap("dot_interaction")  # a leaf for torchrec's pipeline tracer: it picks its kernel at run time
+
 
 class DLRMConfig(BaseModel):
     """The ``model:`` section for ``--model dlrm``."""

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.distributed.sharding import loss_scale
 from recsys.types import Batch
+
+
+def scaled_loss(model: nn.Module, batch: Batch, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to differentiate, local mean loss to report): the forward both step paths share."""
+    logits = model(batch)  # (B,)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+    return loss * loss_scale(world_size), loss.detach()
 
 
 def train_step(model: nn.Module, optimizer: CombinedOptimizer, batch: Batch, world_size: int) -> torch.Tensor:
@@ -18,8 +29,24 @@ def train_step(model: nn.Module, optimizer: CombinedOptimizer, batch: Batch, wor
     the fused embedding kernels, which update during this step's backward.
     """
     optimizer.zero_grad()
-    logits = model(batch)  # (B,)
-    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-    (loss * loss_scale(world_size)).backward()
+    scaled, loss = scaled_loss(model, batch, world_size)
+    scaled.backward()
     optimizer.step()
-    return loss.detach()
+    return loss
+
+
+def pipelined_steps(model: nn.Module, optimizer: CombinedOptimizer, batches: Iterator[Batch], world_size: int,
+                    device: torch.device) -> Iterator[torch.Tensor]:
+    """The same steps through torchrec's ``TrainPipelineSparseDist``: while batch i computes, batch i+1 is
+    copied to the device and its ids are sent to the processes that own their tables. Yields each local
+    mean loss; detaches the pipeline (restoring the model's forward) when done or closed."""
+    pipeline = TrainPipelineSparseDist(model, optimizer, device,
+                                       custom_model_fwd=partial(scaled_loss, model, world_size=world_size))
+    try:
+        while True:
+            try:
+                yield pipeline.progress(batches)
+            except StopIteration:
+                return
+    finally:
+        pipeline.detach()

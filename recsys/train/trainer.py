@@ -35,7 +35,7 @@ from recsys.distributed.init import init_embeddings
 from recsys.errors import RecsysError
 from recsys.models import build_model
 from recsys.train.evaluate import evaluate
-from recsys.train.step import train_step
+from recsys.train.step import pipelined_steps, train_step
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     optimizer = sharding.optimizer(dmp, config)
     base_rates = sharding.base_learning_rates(optimizer, config)
 
+    use_pipeline = config.trainer.pipeline == "on" or (config.trainer.pipeline == "auto"
+                                                       and env.device.type == "cuda")
     train_reader = _reader(job, "train", env, train=True)
     steps_per_epoch = train_reader.num_batches
     if steps_per_epoch == 0:
@@ -198,13 +200,18 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             progress.update(task, description=f"epoch {position.epoch + 1}/{config.trainer.epochs}")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             tick = window_start  # train time counts reading and stepping, not evaluation or checkpoints
-            for batch in train_reader:
-                if position.step >= total_steps:
-                    break
+            if use_pipeline:
+                steps = pipelined_steps(dmp, optimizer, iter(train_reader), env.world_size, env.device)
+            else:
+                steps = (train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size)
+                         for batch in train_reader)
+            while position.step < total_steps:
                 factor = sharding.schedule_factor(position.step, total_steps, config)
                 for group, rate in zip(optimizer.param_groups, base_rates):
                     group["lr"] = rate * factor
-                loss = train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size)
+                loss = next(steps, None)  # runs the step with the rate just set
+                if loss is None:
+                    break
                 window_loss += float(loss)
                 now = time.perf_counter()
                 position.train_seconds += now - tick
@@ -227,6 +234,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                 if every and position.step % every == 0 and position.step_in_epoch < steps_per_epoch:
                     save_checkpoint()
                     tick = time.perf_counter()
+            steps.close()  # detaches the pipeline before evaluation
             if position.step_in_epoch >= steps_per_epoch or position.step >= total_steps:
                 valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
                 metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "valid",

@@ -61,3 +61,11 @@ def test_data_parallel_two_processes_match_one(small_ctr: Path, tmp_path: Path) 
     assert all(": data_parallel kernel=dense [ranks [0, 1]]" in line for line in plan)
     assert two == pytest.approx(one, abs=1e-5)
     assert two[-1] < two[0]
+
+
+@pytest.mark.slow
+def test_sparse_dist_pipeline_takes_the_same_steps(one_process: list[float], small_ctr: Path,
+                                                   tmp_path: Path) -> None:
+    # The GPU default, run here on the CPU: it prefetches and distributes the next batch, same math.
+    piped = _train(small_ctr, tmp_path / "run", 1, "table_wise", "trainer.pipeline=on")
+    assert piped == pytest.approx(one_process, abs=1e-7)
