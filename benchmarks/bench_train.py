@@ -2,7 +2,7 @@
 
 Issue #4. Shapes: 13 dense and 26 sparse features, 26 tables of 100,000 rows of
 dim 64, bottom MLP 13-512-256-64, top MLP 415-512-512-256-1, global batch 2048,
-SGD everywhere. Everything below is measured in one run on one machine:
+SGD (lr 0.01) everywhere. Everything below is measured in one run on one machine:
 
 - plain: the yardstick, as the original DLRM does it: 26 ``nn.EmbeddingBag(sum,
   sparse=True)``, the two MLPs, the dot interaction through ``bmm`` and a
@@ -11,29 +11,37 @@ SGD everywhere. Everything below is measured in one run on one machine:
 - engine: ``build_model('dlrm')`` sharded by ``recsys.distributed`` (table-wise,
   fbgemm's fused kernel with SGD in the backward, dense SGD), stepped by
   ``recsys.train.step.train_step``; 1 process with all threads, and 2 processes
-  (torchrun, gloo, 1 thread each, 1024 rows each). In the 1-process run the
-  engine is also stepped with the earlier interaction kernels (the spec, and the
-  torch path with its one-bmm backward) to show what each bought, and with no
-  DDP wrapper (an experiment for ``recsys/distributed/sharding.py``).
+  (torchrun, gloo, 1 thread and 1024 rows each).
+- what each change bought, in the same interleaved rounds: the engine with
+  DLRM's forward as it was before ``dlrm_interaction`` (stack the vectors, dot
+  interaction, concatenate), with the native kernel, its torch path (one-bmm
+  backward) and its spec (torchrec's maths, autograd through bmm); and changes
+  proposed for files this script does not own, applied here by patching: no DDP
+  wrapper in a 1-process group (``recsys/distributed/sharding.py``), that with
+  torchrec's MLP layers applying ReLU in place, and bf16 autocast (not like for
+  like: other numerics; it shows what the CPU's bf16 units give). After those
+  rounds, glibc is told to keep freed memory (the ``mallopt`` proposed for
+  ``recsys/distributed/env.py``) and the main variants run again.
 - the fp32 GEMM peak: a 4096³ ``torch.mm`` on the same threads.
 - FLOPs per sample: forward = 2·Σ(in·out) over the MLP layers + 2·P·D for the
   P = F(F-1)/2 pairs of the interaction; a training step counts 3× forward
   (backward: one GEMM for the input gradient, one for the weights). Embedding
   lookups and element-wise ops are memory traffic, not counted.
-- a torch.profiler breakdown of the engine step (and of the plain step) by part.
+- a torch.profiler breakdown of a step by part, for the plain model and the engine.
 
 Batches are synthetic and generated in memory before any timing, so data loading
 is not in the figures (``bench_data.py`` measures the reader; its figure is quoted
 from results/data.json when present). One id per sparse feature per row, drawn
 uniformly from [0, 100,000) (``--ids zipf`` draws them from a Zipf(1.1)-like law
-instead, many repeats of hot rows, as in real click logs).
+instead: many repeats of hot rows, as in real click logs).
 
 Timing: variants run in interleaved rounds (each round steps every variant
 ``--steps`` times, in rotating order), so a load change on a shared machine hits
 them alike; the first step of each round and ``--warmup`` steps before the first
 round are not counted; figures are medians over the counted steps. The load
-average before and after is saved with the results: above ~0.5 the machine was
-shared and the absolute figures are low.
+average and the CPU pressure (share of time something waited for a CPU) before
+and after are saved with the results: above a few percent the machine was shared
+and the figures are low and noisy.
 
     .venv/bin/python benchmarks/bench_train.py            # ~4 min
     .venv/bin/python benchmarks/bench_train.py --quick    # ~1 min
@@ -42,6 +50,8 @@ shared and the absolute figures are low.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import statistics
@@ -51,7 +61,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
+from torchrec.modules.mlp import Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -151,6 +162,20 @@ def mlp(sizes: list[int], last_relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class PlainEmbeddings(nn.Module):
+    """One ``nn.EmbeddingBag(sum, sparse=True)`` per sparse feature; one id per feature per row."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.EmbeddingBag(shape.rows, shape.dim, mode="sum", sparse=True)
+                                    for _ in range(shape.sparse))
+
+    def forward(self, sparse: KeyedJaggedTensor) -> list[torch.Tensor]:
+        ids = sparse.values().view(len(self.tables), -1)  # (S, B)
+        offsets = torch.arange(ids.shape[1])
+        return [table(ids[k], offsets) for k, table in enumerate(self.tables)]  # S × (B, D)
+
+
 class PlainInteraction(nn.Module):
     """The original DLRM's dot interaction: the full gram by bmm, its strict lower triangle gathered."""
 
@@ -170,18 +195,13 @@ class PlainDLRM(nn.Module):
 
     def __init__(self, shape: Shape) -> None:
         super().__init__()
-        self.shape = shape
-        self.sparse_arch = nn.ModuleList(nn.EmbeddingBag(shape.rows, shape.dim, mode="sum", sparse=True)
-                                         for _ in range(shape.sparse))
+        self.sparse_arch = PlainEmbeddings(shape)
         self.dense_arch = mlp([shape.dense, *shape.bottom_mlp], last_relu=True)
         self.interaction = PlainInteraction(shape.vectors)
         self.over_arch = mlp([shape.top_input, *shape.top_mlp], last_relu=False)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        rows = batch.dense.shape[0]
-        ids = batch.sparse.values().view(self.shape.sparse, rows)  # (S, B): one id per feature per row
-        offsets = torch.arange(rows)
-        pooled = [table(ids[k], offsets) for k, table in enumerate(self.sparse_arch)]  # S × (B, D)
+        pooled = self.sparse_arch(batch.sparse)  # S × (B, D)
         dense = self.dense_arch(batch.dense)  # (B, D)
         vectors = torch.stack([dense, *pooled], dim=1)  # (B, F, D)
         pairs = self.interaction(vectors)  # (B, P)
@@ -212,7 +232,7 @@ def plain_stepper(shape: Shape) -> tuple[PlainDLRM, Callable[[Batch], None]]:
     return model, step
 
 
-# ---- the engine ------------------------------------------------------------------------------------
+# ---- the engine, and the changes proposed for files outside this one -------------------------------
 
 def engine_config(shape: Shape, global_batch: int) -> TrainConfig:
     return TrainConfig.from_dict({
@@ -226,7 +246,7 @@ def engine_config(shape: Shape, global_batch: int) -> TrainConfig:
 
 @contextmanager
 def no_ddp_wrapper(enabled: bool) -> Iterator[None]:
-    """While enabled, ``sharding.shard`` leaves the dense part unwrapped (the experiment for world size 1)."""
+    """While enabled, ``sharding.shard`` leaves the dense part unwrapped: the proposal for a 1-process group."""
     original = sharding.SumDataParallelWrapper.wrap
     if enabled:
         sharding.SumDataParallelWrapper.wrap = lambda self, dmp, env, device: None  # type: ignore[method-assign]
@@ -241,52 +261,89 @@ def engine_stepper(shape: Shape, env: DistEnv, global_batch: int, ddp: bool = Tr
     config = engine_config(shape, global_batch)
     torch.manual_seed(0)
     model = build_model("dlrm", criteo_schema(shape), config.model, config.embedding, "meta")
-    group = dist.group.WORLD
-    plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, group)
+    plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, dist.group.WORLD)
     with no_ddp_wrapper(not ddp):
         dmp = sharding.shard(model, config, env, plan)
     optimizer = sharding.optimizer(dmp, config)
     return dmp, lambda batch: train_step(dmp, optimizer, batch, env.world_size)
 
 
+def previous_dlrm_forward(kernel: Callable[[torch.Tensor], torch.Tensor]
+                          ) -> Callable[[dlrm_module.DLRM, Batch], torch.Tensor]:
+    """``DLRM.forward`` as it was before ``dlrm_interaction`` (dense case): stack, ``kernel``, concatenate."""
+    def forward(self: dlrm_module.DLRM, batch: Batch) -> torch.Tensor:
+        pooled = self.sparse_arch(batch.sparse).values()  # (B, F * D)
+        sparse = pooled.view(pooled.shape[0], self.num_sparse, self.dim)  # (B, F, D)
+        dense = self.dense_arch(batch.dense)  # (B, D)
+        vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F + 1, D)
+        with record_function("bench::interaction_fwd"):  # for the profile; free otherwise
+            pairs = kernel(vectors)  # (B, P)
+        return self.over_arch(torch.cat([dense, pairs], dim=1)).squeeze(1)  # (B,)
+    return forward
+
+
 @contextmanager
-def interaction_kernel(kernel: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """The DLRM module calls ``kernel`` for its dot interaction while inside."""
-    original = dlrm_module.dot_interaction
-    dlrm_module.dot_interaction = kernel
+def dlrm_forward(forward: Callable[[dlrm_module.DLRM, Batch], torch.Tensor]) -> Iterator[None]:
+    original = dlrm_module.DLRM.forward
+    dlrm_module.DLRM.forward = forward  # type: ignore[method-assign]
     try:
         yield
     finally:
-        dlrm_module.dot_interaction = original
+        dlrm_module.DLRM.forward = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def inplace_relu(model: nn.Module) -> Iterator[None]:
+    """torchrec's MLP layers apply ReLU in place on their Linear's fresh output (the proposal's third part)."""
+    layers = [m for m in model.modules() if isinstance(m, Perceptron) and m._activation_fn is torch.relu]
+    for layer in layers:
+        layer._activation_fn = torch.relu_
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._activation_fn = torch.relu
+
+
+# glibc returns freed blocks above its (adaptive) mmap threshold and the heap's top beyond its trim threshold
+# to the kernel; a training step frees and reallocates the same tens of MiB each time, and the pages come back
+# one fault at a time (thousands a step). These keep them in the heap.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """The proposed process setting: glibc keeps freed memory for reuse (no page faults on the next step)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 # ---- timing ----------------------------------------------------------------------------------------
 
 @dataclass
 class Variant:
-    name: str
+    key: str
+    label: str
     step: Callable[[Batch], None]
-    batches: list[Batch]
-    kernel: Callable[[torch.Tensor], torch.Tensor] = dot_interaction
+    patch: Callable[[], AbstractContextManager[Any]] = nullcontext
 
 
-def interleaved(variants: list[Variant], rounds: int, steps: int, warmup: int) -> dict[str, list[float]]:
+def interleaved(variants: list[Variant], batches: list[Batch], rounds: int, steps: int,
+                warmup: int) -> dict[str, list[float]]:
     """Seconds per counted step of each variant, stepped round-robin (see the module docstring)."""
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    times: dict[str, list[float]] = {v.key: [] for v in variants}
     for variant in variants:
-        with interaction_kernel(variant.kernel):
+        with variant.patch():
             for k in range(warmup):
-                variant.step(variant.batches[k % len(variant.batches)])
+                variant.step(batches[k % len(batches)])
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for variant in order:
-            with interaction_kernel(variant.kernel):
+        for variant in variants[r % len(variants):] + variants[:r % len(variants)]:
+            with variant.patch():
                 for k in range(steps + 1):
-                    batch = variant.batches[(r * steps + k) % len(variant.batches)]
+                    batch = batches[(r * steps + k) % len(batches)]
                     start = time.perf_counter()
                     variant.step(batch)
                     if k:  # the first step after switching variants refills the caches
-                        times[variant.name].append(time.perf_counter() - start)
+                        times[variant.key].append(time.perf_counter() - start)
     return times
 
 
@@ -328,11 +385,20 @@ def flops_per_sample(shape: Shape) -> dict[str, float]:
             "forward": forward, "train_step": 3 * forward}
 
 
+def cpu_pressure() -> float | None:
+    """Percent of the last 10 s in which some task waited for a CPU (Linux PSI); None where unavailable."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(line.split("avg10=")[1].split()[0])
+
+
 # ---- where the time goes ---------------------------------------------------------------------------
 
 CATEGORIES = ["embedding lookup fwd", "embedding bwd + sparse optimizer", "input/output dist",
               "MLP fwd", "MLP bwd", "interaction fwd", "interaction bwd", "loss", "dense optimizer",
-              "DDP gradient sync", "other (cat/view glue, autograd)"]
+              "DDP gradient sync", "other (cat/stack glue, autograd)"]
 
 # An op's time goes to the nearest enclosing range that names a part: the ranges this script opens
 # around the forward of each part, torchrec's own ranges, and in the backward the autograd node.
@@ -344,7 +410,7 @@ _BACKWARD_NODES = [
     (("SplitLookupFunction", "EmbeddingBag"), "embedding bwd + sparse optimizer"),
     (("All2All", "AllToAll", "Awaitable"), "input/output dist"),
     (("Addmm", "MmBackward", "ReluBackward", "Threshold", "TBackward", "AccumulateGrad"), "MLP bwd"),
-    (("DotInteraction", "BmmBackward", "IndexBackward"), "interaction bwd"),
+    (("Interaction", "BmmBackward", "IndexBackward"), "interaction bwd"),
     (("BinaryCrossEntropy", "MulBackward", "SqueezeBackward"), "loss"),
 ]
 
@@ -380,32 +446,40 @@ def profiled_parts(model: nn.Module) -> Iterator[None]:
         if isinstance(part, nn.Module):
             def enter(module: nn.Module, args: Any, label: str = label) -> None:
                 open_ranges.append(record_function(label).__enter__())
+
             def leave(module: nn.Module, args: Any, output: Any) -> None:
                 open_ranges.pop().__exit__(None, None, None)
             handles += [part.register_forward_pre_hook(enter), part.register_forward_hook(leave)]
-    original = dlrm_module.dot_interaction
+    originals = {name: getattr(dlrm_module, name) for name in ("dot_interaction", "dlrm_interaction")
+                 if hasattr(dlrm_module, name)}
 
-    def kernel(x: torch.Tensor) -> torch.Tensor:
-        with record_function("bench::interaction_fwd"):
-            return original(x)
-    dlrm_module.dot_interaction = kernel
+    def ranged(kernel: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def call(*args: torch.Tensor) -> torch.Tensor:
+            with record_function("bench::interaction_fwd"):
+                return kernel(*args)
+        return call
+    for name, kernel in originals.items():
+        setattr(dlrm_module, name, ranged(kernel))
     try:
         yield
     finally:
-        dlrm_module.dot_interaction = original
+        for name, kernel in originals.items():
+            setattr(dlrm_module, name, kernel)
         for handle in handles:
             handle.remove()
 
 
-def breakdown(model: nn.Module, step: Callable[[Batch], None], batches: list[Batch], steps: int) -> dict[str, Any]:
+def breakdown(model: nn.Module, step: Callable[[Batch], None], patch: Callable[[], AbstractContextManager[Any]],
+              batches: list[Batch], steps: int) -> dict[str, Any]:
     """Milliseconds per step by part (self CPU time of each op, charged to its nearest categorised range)."""
-    for batch in batches[:2]:
-        step(batch)
-    with profiled_parts(model), profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        for batch in batches[2:2 + steps]:
+    with patch():
+        for batch in batches[:2]:
             step(batch)
-        wall = time.perf_counter() - start
+        with profiled_parts(model), profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for batch in batches[2:2 + steps]:
+                step(batch)
+            wall = time.perf_counter() - start
     totals: dict[str, float] = defaultdict(float)
     for event in prof.events():
         category, node = _category(event.name, own=True), event.cpu_parent
@@ -426,7 +500,7 @@ def worker(args: argparse.Namespace) -> None:
     env = init_distributed()
     shape = Shape(batch_size=args.batch_size)
     local = shape.batch_size // env.world_size
-    _, step = engine_stepper(shape, env, shape.batch_size)
+    model, step = engine_stepper(shape, env, shape.batch_size)
     batches = make_batches(shape, args.batch_count, local, args.ids, seed=1 + env.rank)
     for k in range(args.warmup):
         step(batches[k % len(batches)])
@@ -436,9 +510,11 @@ def worker(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         step(batches[k % len(batches)])
         seconds.append(time.perf_counter() - start)
+    parts = breakdown(model, step, nullcontext, batches, args.profile_steps)  # every rank steps: collectives
     if env.is_main:
         Path(args.worker_out).write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads(),
-                                                     "world_size": env.world_size, "rows_per_process": local}))
+                                                     "world_size": env.world_size, "rows_per_process": local,
+                                                     "profile_rank_0": parts}))
     shutdown()
 
 
@@ -448,14 +524,16 @@ def two_processes(args: argparse.Namespace) -> dict[str, Any]:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                    str(Path(__file__).resolve()), "--worker", "--worker-out", str(out),
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--rounds", str(args.rounds),
-                   "--warmup", str(args.warmup), "--ids", args.ids, "--batch-count", str(args.batch_count)]
+                   "--warmup", str(args.warmup), "--ids", args.ids, "--batch-count", str(args.batch_count),
+                   "--profile-steps", str(args.profile_steps)]
         completed = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
         if completed.returncode != 0 or not out.exists():
             raise RuntimeError(f"2-process run failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
         result = json.loads(out.read_text())
     return {**summary(result["seconds"], args.batch_size), "threads_per_process": result["threads"],
-            "rows_per_process": result["rows_per_process"], "processes": result["world_size"]}
+            "rows_per_process": result["rows_per_process"], "processes": result["world_size"],
+            "profile_rank_0": result["profile_rank_0"]}
 
 
 def data_loading_figure() -> dict[str, Any] | None:
@@ -475,23 +553,49 @@ def data_loading_figure() -> dict[str, Any] | None:
 
 # ---- report ----------------------------------------------------------------------------------------
 
+_CHANGES = [  # (what, step without it, step with it), all from the same interleaved rounds
+    ("native interaction kernel, against the spec (torchrec's maths)", "engine_stacked_spec", "engine_stacked"),
+    ("native interaction kernel, against the torch path", "engine_stacked_torch", "engine_stacked"),
+    ("dlrm_interaction: no stack, no concatenation", "engine_stacked", "engine"),
+    ("proposed: no DDP wrapper in 1 process", "engine", "engine_no_ddp"),
+    ("optional: in-place ReLU in the MLPs, on top of no DDP", "engine_no_ddp", "engine_no_ddp_inplace_relu"),
+    ("glibc keeps freed memory, engine", "engine", "engine_keep_freed_memory"),
+    ("glibc keeps freed memory, engine without DDP", "engine_no_ddp", "engine_no_ddp_keep_freed_memory"),
+    ("glibc keeps freed memory, plain", "plain", "plain_keep_freed_memory"),
+]
+
+
+def changes(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Milliseconds per step each change saves (negative: costs)."""
+    return [{"change": what, "from": before, "to": after,
+             "saved_ms": runs[before]["step_ms"] - runs[after]["step_ms"],
+             "speedup": runs[before]["step_ms"] / runs[after]["step_ms"]}
+            for what, before, after in _CHANGES if before in runs and after in runs]
+
+
 def print_report(results: dict[str, Any]) -> None:
     m = results["machine"]
     print(f"\n{m['cpu']} · {m['nproc']} cpus · {m['memory_gib']} GiB · torch {m['torch']} · torchrec {m['torchrec']}"
-          f" · load {m['load_average']} → {m['load_average_end']}")
+          f" · load {m['load_average']} → {m['load_average_end']} · cpu pressure {m['cpu_pressure']}% → "
+          f"{m['cpu_pressure_end']}%")
     peak = results["gemm_peak"]
     print(f"fp32 GEMM peak: {peak['gflops']:.0f} GFLOP/s ({peak['size']}³ mm, {peak['threads']} threads; "
           f"best {peak['gflops_best']:.0f}) · {results['flops']['train_step'] / 1e6:.2f} MFLOP per sample per step")
-    print(f"\n{'run':<48}{'step ms':>9}{'samples/s':>11}{'× plain':>9}{'GFLOP/s':>9}{'of peak':>9}")
-    for name, row in results["runs"].items():
-        print(f"{name:<48}{row['step_ms']:>9.1f}{row['samples_per_s']:>11,.0f}{row['vs_plain']:>9.2f}"
+    print(f"\n{'run':<64}{'step ms':>9}{'samples/s':>11}{'× plain':>9}{'GFLOP/s':>9}{'of peak':>9}")
+    for row in results["runs"].values():
+        print(f"{row['label']:<64}{row['step_ms']:>9.1f}{row['samples_per_s']:>11,.0f}{row['vs_plain']:>9.2f}"
               f"{row['gflops']:>9.1f}{row['fraction_of_peak']:>9.0%}")
+    print(f"\n{'change':<64}{'saved ms':>9}{'speed-up':>9}")
+    for change in results["changes"]:
+        print(f"{change['change']:<64}{change['saved_ms']:>9.1f}{change['speedup']:>9.2f}")
     print("\nwhere a step's time goes, ms (torch.profiler, self time of each op by part)")
     columns = list(results["profile"])
-    print(f"{'part':<36}" + "".join(f"{c:>14}" for c in columns))
+    width = max(len(c) for c in columns) + 2
+    print(f"{'part':<36}" + "".join(f"{c:>{width}}" for c in columns))
     for category in CATEGORIES:
-        print(f"{category:<36}" + "".join(f"{results['profile'][c]['ms_per_step'][category]:>14.1f}" for c in columns))
-    print(f"{'total profiled':<36}" + "".join(f"{results['profile'][c]['profiled_ms_per_step']:>14.1f}"
+        print(f"{category:<36}" + "".join(f"{results['profile'][c]['ms_per_step'][category]:>{width}.1f}"
+                                          for c in columns))
+    print(f"{'total profiled':<36}" + "".join(f"{results['profile'][c]['profiled_ms_per_step']:>{width}.1f}"
                                              for c in columns))
     if results.get("data_loading"):
         d = results["data_loading"]
@@ -505,8 +609,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train.json")
     parser.add_argument("--batch-size", type=int, default=2048, help="global batch")
     parser.add_argument("--steps", type=int, default=10, help="counted steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=5, help="steps per variant before the first round")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=4, help="steps per variant before the first round")
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--ids", choices=["uniform", "zipf"], default="uniform")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~1 min), for a smoke check")
@@ -516,14 +620,14 @@ def main() -> None:
     parser.add_argument("--batch-count", type=int, default=16, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds, args.warmup, args.profile_steps = 4, 3, 3, 3
+        args.steps, args.rounds, args.warmup, args.profile_steps = 3, 3, 2, 3
     if args.worker:
         worker(args)
         return
 
-    results: dict[str, Any] = {"benchmark": "train", "machine": machine()}
+    results: dict[str, Any] = {"benchmark": "train", "machine": {**machine(), "cpu_pressure": cpu_pressure()}}
     shape = Shape(batch_size=args.batch_size)
-    results["config"] = {**asdict(shape), "ids": args.ids, "optimizer": "SGD lr 0.01 (tables and dense)",
+    results["config"] = {**asdict(shape), "ids": args.ids, "optimizer": f"SGD lr {LEARNING_RATE} (tables and dense)",
                          "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
                          "native_interaction_kernel": native_available()}
     print("… fp32 GEMM peak", file=sys.stderr, flush=True)
@@ -536,42 +640,70 @@ def main() -> None:
     engine, engine_step = engine_stepper(shape, env, shape.batch_size)
     bare, bare_step = engine_stepper(shape, env, shape.batch_size, ddp=False)
     batches = make_batches(shape, args.batch_count, shape.batch_size, args.ids, seed=0)
-    labels = {
-        "plain": "plain PyTorch (EmbeddingBag sparse + SGD)",
-        "engine": "engine, 1 process",
-        "engine_torch_interaction": "engine, 1 process, torch-path interaction",
-        "engine_reference_interaction": "engine, 1 process, reference interaction",
-        "engine_no_ddp": "engine, 1 process, no DDP wrapper",
-    }
-    variants = [Variant("plain", plain_step, batches), Variant("engine", engine_step, batches),
-                Variant("engine_torch_interaction", engine_step, batches, torch_dot_interaction),
-                Variant("engine_reference_interaction", engine_step, batches, reference_dot_interaction),
-                Variant("engine_no_ddp", bare_step, batches)]
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    stacked = lambda kernel: lambda: dlrm_forward(previous_dlrm_forward(kernel))  # noqa: E731
+    variants = [
+        Variant("plain", "plain PyTorch (EmbeddingBag sparse + SGD)", plain_step),
+        Variant("engine", "engine, 1 process", engine_step),
+        Variant("engine_stacked", "engine, forward before dlrm_interaction (stack, cat)", engine_step,
+                stacked(dot_interaction)),
+        Variant("engine_stacked_torch", "  … and the torch-path interaction (one-bmm backward)", engine_step,
+                stacked(torch_dot_interaction)),
+        Variant("engine_stacked_spec", "  … and the spec interaction (torchrec's maths)", engine_step,
+                stacked(reference_dot_interaction)),
+        Variant("engine_no_ddp", "engine + proposed: no DDP wrapper in 1 process", bare_step),
+        Variant("engine_no_ddp_inplace_relu", "engine + no DDP + in-place ReLU in the MLPs", bare_step,
+                lambda: inplace_relu(bare)),
+        Variant("engine_no_ddp_bf16", "engine + no DDP, bf16 autocast (other numerics)", bare_step, bf16),
+        Variant("plain_bf16", "plain PyTorch, bf16 autocast (other numerics)", plain_step, bf16),
+    ]
     print(f"… {len(variants)} variants × {args.rounds} rounds × {args.steps} steps", file=sys.stderr, flush=True)
-    times = interleaved(variants, args.rounds, args.steps, args.warmup)
-    runs = {labels[name]: summary(seconds, shape.batch_size) for name, seconds in times.items()}
-    results["per_round_ratio_engine_vs_plain"] = [
+    times = interleaved(variants, batches, args.rounds, args.steps, args.warmup)
+    runs = {v.key: {"label": v.label, **summary(times[v.key], shape.batch_size)} for v in variants}
+    results["per_round_ratio_vs_plain"] = {key: [
         statistics.median(times["plain"][r * args.steps:(r + 1) * args.steps])
-        / statistics.median(times["engine"][r * args.steps:(r + 1) * args.steps]) for r in range(args.rounds)]
+        / statistics.median(times[key][r * args.steps:(r + 1) * args.steps]) for r in range(args.rounds)]
+        for key in ("engine", "engine_no_ddp")}
 
     print("… profiling", file=sys.stderr, flush=True)
-    results["profile"] = {"engine": breakdown(engine, engine_step, batches, args.profile_steps),
-                          "plain": breakdown(plain, plain_step, batches, args.profile_steps)}
+    results["profile"] = {"plain": breakdown(plain, plain_step, nullcontext, batches, args.profile_steps),
+                          "engine": breakdown(engine, engine_step, nullcontext, batches, args.profile_steps),
+                          "engine, no DDP": breakdown(bare, bare_step, nullcontext, batches, args.profile_steps)}
+
+    print("… the main variants again, glibc keeping freed memory", file=sys.stderr, flush=True)
+    results["config"]["keep_freed_memory_applied"] = keep_freed_memory()
+    again = [v for v in variants if v.key in ("plain", "engine", "engine_no_ddp")]
+    times = interleaved(again, batches, args.rounds, args.steps, args.warmup)
+    for v in again:
+        runs[f"{v.key}_keep_freed_memory"] = {"label": f"{v.label}, glibc keeps freed memory",
+                                              **summary(times[v.key], shape.batch_size)}
     del plain, engine, bare
     shutdown()
 
     if not args.no_two_processes:
         print("… engine, 2 processes (torchrun)", file=sys.stderr, flush=True)
-        runs["engine, 2 processes × 1 thread"] = two_processes(args)
+        two = two_processes(args)
+        results["profile"]["engine, 2 proc, rank 0"] = two.pop("profile_rank_0")
+        runs["engine_2_processes"] = {"label": "engine, 2 processes × 1 thread", **two}
 
-    plain_ms = runs[labels["plain"]]["step_ms"]
-    for row in runs.values():
-        row["vs_plain"] = plain_ms / row["step_ms"]
+    for key, row in runs.items():
+        yardstick = runs["plain_keep_freed_memory" if key.endswith("keep_freed_memory") else "plain"]
+        row["vs_plain"] = yardstick["step_ms"] / row["step_ms"]
         row["gflops"] = results["flops"]["train_step"] * row["samples_per_s"] / 1e9
         row["fraction_of_peak"] = row["gflops"] / results["gemm_peak"]["gflops"]
     results["runs"] = runs
+    results["changes"] = changes(runs)
+    results["headline"] = {
+        "plain_samples_per_s": runs["plain"]["samples_per_s"],
+        "engine_1_process_samples_per_s": runs["engine"]["samples_per_s"],
+        "engine_2_processes_samples_per_s": runs.get("engine_2_processes", {}).get("samples_per_s"),
+        "engine_vs_plain": runs["engine"]["vs_plain"],
+        "engine_without_ddp_vs_plain": runs["engine_no_ddp"]["vs_plain"],
+        "gemm_peak_gflops": results["gemm_peak"]["gflops"],
+        "engine_gflops": runs["engine"]["gflops"], "engine_fraction_of_peak": runs["engine"]["fraction_of_peak"]}
     results["data_loading"] = data_loading_figure()
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"]["cpu_pressure_end"] = cpu_pressure()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -18,14 +18,21 @@ Three implementations of that one contract:
   computes only the pairs, four at a time from one load of x_i, sums each with a
   shuffle tree, and forms dX = (S + Sᵀ) X one sample at a time in registers.
   At DLRM's Criteo shape (B=2048, F=27, D=64, 2 threads) forward and backward
-  take ~3 ms where the torch path takes ~10 (``benchmarks/bench_train.py``).
+  take ~3 ms where the torch path takes ~9.5 and the spec ~15; in a training
+  step of ~80 ms that is 5 and 13 ms saved (``benchmarks/bench_train.py``).
 
-The kernel is C (GCC/Clang vector extensions, OpenMP) compiled at first use with
-``$CC`` (default ``cc``, ``-O3 -march=native``) into a cache directory keyed by
-the source, the flags and the CPU's feature flags, and loaded with ctypes. Its
-OpenMP team is torch's own intra-op pool (the libgomp torch loaded), sized by
-``torch.get_num_threads()``. No compiler, another architecture or
-``RECSYS_NATIVE_KERNELS=0``: the torch path.
+``dlrm_interaction(dense, sparse)`` is the same product in the shape DLRM uses it
+(torchrec's ``InteractionArch``): the top MLP's input [dense | pairs of (dense,
+sparse...)], read from the two inputs where they lie and written once, so the
+model needs no (B, F, D) stack, no concatenation, and the embeddings get a
+contiguous gradient. ``reference_dlrm_interaction`` is its spec.
+
+The kernel is C (GCC vector extensions, OpenMP) compiled at first use (~0.5 s)
+with ``$CC`` (default ``cc``, ``-O3 -march=native``) into a cache directory
+keyed by the source, the flags and the CPU's feature flags, and loaded with
+ctypes. Its OpenMP team is torch's own intra-op pool (the libgomp torch loaded),
+sized by ``torch.get_num_threads()``. No compiler (or one without GCC's vector
+extensions), another architecture or ``RECSYS_NATIVE_KERNELS=0``: the torch path.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -88,7 +96,7 @@ def torch_dot_interaction(x: torch.Tensor) -> torch.Tensor:
 # ---- the native CPU kernel ------------------------------------------------------------------------
 
 # One copy per scalar type: {T} the type, {I} the integer of its width, {L} lanes in a 64-byte
-# vector (the compiler lowers it to AVX-512, AVX2, SSE or NEON), {REDUCE4} the shuffle tree.
+# vector (GCC lowers it to AVX-512, AVX2, SSE or NEON), {REDUCE4} the shuffle tree.
 _SOURCE = r"""
 #include <omp.h>
 #include <stdlib.h>
@@ -116,24 +124,30 @@ static inline {T} dot1_{T}(const {T} *a, const {T} *b, int D) {
   return r[0];
 }
 
-/* out[b, p] = <x[b, i], x[b, j]> over pairs i < j row-major, rows b0 <= b < b1.
-   Four pairs (i, j..j+3) share each load of x_i; a row's last group of four overlaps the one
+/* A sample's F vectors: vector 0 of sample b at first + b * first_stride, vectors 1..F-1 at
+   rest + b * rest_stride + (i - 1) * D. One layout serves a (B, F, D) tensor (first = x,
+   rest = x + D, both strides F * D) and DLRM's dense vector beside its (B, F - 1, D) pooled
+   embeddings, with no copy into one tensor. */
+
+/* out[b * out_stride + p] = <v_i, v_j> over pairs i < j row-major, rows b0 <= b < b1.
+   Four pairs (i, j..j+3) share each load of v_i; a row's last group of four overlaps the one
    before it rather than falling back to single pairs. */
-static void forward_rows_{T}(const {T} *x, {T} *out, long b0, long b1, int F, int D) {
-  const long P = (long)F * (F - 1) / 2;
+static void forward_rows_{T}(const {T} *first, long first_stride, const {T} *rest, long rest_stride,
+                             {T} *out, long out_stride, long b0, long b1, int F, int D) {
   for (long b = b0; b < b1; ++b) {
-    const {T} *xb = x + b * F * D;
-    {T} *ob = out + b * P;
+    const {T} *fb = first + b * first_stride;
+    const {T} *rb = rest + b * rest_stride - D;  /* rb + j * D is vector j >= 1 */
+    {T} *ob = out + b * out_stride;
     for (int i = 0; i < F; ++i) {
-      const {T} *xi = xb + (long)i * D;
+      const {T} *xi = i == 0 ? fb : rb + (long)i * D;
       const int n = F - 1 - i;
       if (n < 4) {
-        for (int j = i + 1; j < F; ++j) *ob++ = dot1_{T}(xi, xb + (long)j * D, D);
+        for (int j = i + 1; j < F; ++j) *ob++ = dot1_{T}(xi, rb + (long)j * D, D);
         continue;
       }
       for (int k = 0; k < n; k += 4) {
         if (k + 4 > n) k = n - 4;
-        const {T} *xj = xb + (long)(i + 1 + k) * D;
+        const {T} *xj = rb + (long)(i + 1 + k) * D;
         vec_{T} s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
         int d = 0;
         for (; d + {L} <= D; d += {L}) {
@@ -158,15 +172,17 @@ static void forward_rows_{T}(const {T} *x, {T} *out, long b0, long b1, int F, in
   }
 }
 
-/* dx[b] = (S + S^T) x[b] with S holding grad[b] (row b at grad + b * grad_stride) at the pairs,
-   rows b0 <= b < b1: four rows of dx times four vectors of D in registers, one pass over x[b]
-   per four rows. S is scratch of F x F with its rows padded to a multiple of 4 by zeros. */
-static void backward_rows_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, long b0, long b1,
-                              int F, int D, {T} *S) {
+/* dv[b] = (S + S^T) v[b] with S holding grad[b * grad_stride + p] at the pairs, rows b0 <= b < b1,
+   written in the vectors' layout (dfirst, drest as first, rest): four rows of dv times four
+   vectors of D in registers, one pass over v[b] per four rows. S is F x F scratch with its rows
+   padded to a multiple of 4 by zeros. */
+static void backward_rows_{T}(const {T} *grad, long grad_stride, const {T} *first, long first_stride,
+                              const {T} *rest, long rest_stride, {T} *dfirst, long dfirst_stride, {T} *drest,
+                              long drest_stride, long b0, long b1, int F, int D, {T} *S) {
   for (long b = b0; b < b1; ++b) {
     const {T} *gb = grad + b * grad_stride;
-    const {T} *xb = x + b * F * D;
-    {T} *db = dx + b * F * D;
+    const {T} *fb = first + b * first_stride, *rb = rest + b * rest_stride - D;
+    {T} *dfb = dfirst + b * dfirst_stride, *drb = drest + b * drest_stride - D;
     long p = 0;
     for (int i = 0; i < F; ++i)
       for (int j = i + 1; j < F; ++j) S[i * F + j] = S[j * F + i] = gb[p++];
@@ -175,7 +191,7 @@ static void backward_rows_{T}(const {T} *grad, long grad_stride, const {T} *x, {
       for (int i = 0; i < F; i += 4) {
         vec_{T} acc[4][4] = {{{0}}};
         for (int j = 0; j < F; ++j) {
-          const {T} *xj = xb + (long)j * D + d0;
+          const {T} *xj = (j == 0 ? fb : rb + (long)j * D) + d0;
           const vec_{T} v0 = LOAD_{T}(xj), v1 = LOAD_{T}(xj + {L}),
                         v2 = LOAD_{T}(xj + 2 * {L}), v3 = LOAD_{T}(xj + 3 * {L});
           for (int r = 0; r < 4; ++r) {
@@ -184,18 +200,18 @@ static void backward_rows_{T}(const {T} *grad, long grad_stride, const {T} *x, {
           }
         }
         for (int r = 0; r < 4 && i + r < F; ++r) {
-          {T} *o = db + (long)(i + r) * D + d0;
+          {T} *o = (i + r == 0 ? dfb : drb + (long)(i + r) * D) + d0;
           STORE_{T}(o, acc[r][0]); STORE_{T}(o + {L}, acc[r][1]);
           STORE_{T}(o + 2 * {L}, acc[r][2]); STORE_{T}(o + 3 * {L}, acc[r][3]);
         }
       }
     }
     for (int i = 0; d0 < D && i < F; ++i) {
-      {T} *di = db + (long)i * D;
+      {T} *di = i == 0 ? dfb : drb + (long)i * D;
       for (int d = d0; d < D; ++d) di[d] = 0;
       for (int j = 0; j < F; ++j) {
         const {T} s = S[i * F + j];
-        const {T} *xj = xb + (long)j * D;
+        const {T} *xj = j == 0 ? fb : rb + (long)j * D;
         for (int d = d0; d < D; ++d) di[d] += s * xj[d];
       }
     }
@@ -203,17 +219,19 @@ static void backward_rows_{T}(const {T} *grad, long grad_stride, const {T} *x, {
 }
 
 /* The entry points split the B rows evenly over an OpenMP team of `threads`. */
-void dot_forward_{T}(const {T} *x, {T} *out, long B, int F, int D, int threads) {
+void dot_forward_{T}(const {T} *first, long first_stride, const {T} *rest, long rest_stride, {T} *out,
+                     long out_stride, long B, int F, int D, int threads) {
   #pragma omp parallel num_threads(threads)
   {
     const long t = omp_get_thread_num(), n = omp_get_num_threads();
-    forward_rows_{T}(x, out, B * t / n, B * (t + 1) / n, F, D);
+    forward_rows_{T}(first, first_stride, rest, rest_stride, out, out_stride, B * t / n, B * (t + 1) / n, F, D);
   }
 }
 
 /* Returns 0, or -1 when a thread could not allocate its scratch. */
-int dot_backward_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, long B, int F, int D,
-                     int threads) {
+int dot_backward_{T}(const {T} *grad, long grad_stride, const {T} *first, long first_stride, const {T} *rest,
+                     long rest_stride, {T} *dfirst, long dfirst_stride, {T} *drest, long drest_stride,
+                     long B, int F, int D, int threads) {
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
@@ -223,7 +241,8 @@ int dot_backward_{T}(const {T} *grad, long grad_stride, const {T} *x, {T} *dx, l
       #pragma omp atomic write
       failed = 1;
     } else {
-      backward_rows_{T}(grad, grad_stride, x, dx, B * t / n, B * (t + 1) / n, F, D, S);
+      backward_rows_{T}(grad, grad_stride, first, first_stride, rest, rest_stride, dfirst, dfirst_stride, drest,
+                        drest_stride, B * t / n, B * (t + 1) / n, F, D, S);
       free(S);
     }
   }
@@ -293,12 +312,13 @@ def _build() -> ctypes.CDLL:
                            capture_output=True, timeout=120)
             os.replace(Path(work) / "interaction.so", library)  # atomic: concurrent builders all succeed
     lib = ctypes.CDLL(str(library))
+    pointer, stride = ctypes.c_void_p, ctypes.c_long
     sizes = [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int]  # B, F, D, threads
     for scalar in _KERNELS.values():
         forward, backward = getattr(lib, f"dot_forward_{scalar}"), getattr(lib, f"dot_backward_{scalar}")
-        forward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *sizes]
+        forward.argtypes = [pointer, stride, pointer, stride, pointer, stride, *sizes]  # first, rest, out
         forward.restype = None
-        backward.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, *sizes]
+        backward.argtypes = [pointer, stride] * 5 + sizes  # grad, first, rest, dfirst, drest
         backward.restype = ctypes.c_int
     return lib
 
@@ -333,35 +353,107 @@ def _threads(batch: int) -> int:
     return max(1, min(torch.get_num_threads(), batch // _MIN_ROWS_PER_THREAD))
 
 
+def _kernel(name: str, dtype: torch.dtype) -> Callable[..., int | None]:
+    assert _library is not None
+    return getattr(_library, f"dot_{name}_{_KERNELS[dtype]}")
+
+
+def _at(tensor: torch.Tensor, offset: int) -> int:
+    """Address of the element ``offset`` elements past the start of ``tensor``'s data."""
+    return tensor.data_ptr() + offset * tensor.element_size()
+
+
 class _NativeDotInteraction(torch.autograd.Function):
+    """x (B, F, D) as one tensor: vector 0 at x[b, 0], vectors 1.. right after it."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        assert _library is not None
         batch, num_features, dim = x.shape
         ctx.save_for_backward(x)
         out = x.new_empty(batch, num_features * (num_features - 1) // 2)  # (B, P)
-        kernel = getattr(_library, f"dot_forward_{_KERNELS[x.dtype]}")
-        kernel(x.data_ptr(), out.data_ptr(), batch, num_features, dim, _threads(batch))
+        row = num_features * dim
+        _kernel("forward", x.dtype)(x.data_ptr(), row, _at(x, dim), row, out.data_ptr(), out.shape[1],
+                                    batch, num_features, dim, _threads(batch))
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        assert _library is not None
         (x,) = ctx.saved_tensors
         batch, num_features, dim = x.shape
         if grad.stride(1) != 1:
-            grad = grad.contiguous()  # (B, P); rows may stay apart: DLRM's grad is a slice of the top MLP's input
+            grad = grad.contiguous()  # (B, P); rows may stay apart
         dx = torch.empty_like(x)  # (B, F, D)
-        kernel = getattr(_library, f"dot_backward_{_KERNELS[x.dtype]}")
-        if kernel(grad.data_ptr(), grad.stride(0), x.data_ptr(), dx.data_ptr(), batch, num_features, dim,
-                  _threads(batch)):
+        row = num_features * dim
+        if _kernel("backward", x.dtype)(grad.data_ptr(), grad.stride(0), x.data_ptr(), row, _at(x, dim), row,
+                                        dx.data_ptr(), row, _at(dx, dim), row, batch, num_features, dim,
+                                        _threads(batch)):
             raise MemoryError("kernels.interaction: out of memory in the backward kernel")
         return dx
 
 
+class _NativeDLRMInteraction(torch.autograd.Function):
+    """dense (B, D) and sparse (B, S, D) where they lie; the output (B, D + P) is [dense | pairs]."""
+
+    @staticmethod
+    def forward(ctx, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        batch, num_sparse, dim = sparse.shape
+        vectors = num_sparse + 1
+        ctx.save_for_backward(dense, sparse)
+        out = dense.new_empty(batch, dim + vectors * (vectors - 1) // 2)  # (B, D + P)
+        out[:, :dim] = dense
+        _kernel("forward", dense.dtype)(dense.data_ptr(), dense.stride(0), sparse.data_ptr(), sparse.stride(0),
+                                        _at(out, dim), out.shape[1], batch, vectors, dim, _threads(batch))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        dense, sparse = ctx.saved_tensors
+        batch, num_sparse, dim = sparse.shape
+        if grad.stride(1) != 1:
+            grad = grad.contiguous()  # (B, D + P)
+        d_dense = torch.empty_like(dense, memory_format=torch.contiguous_format)  # (B, D)
+        d_sparse = torch.empty_like(sparse, memory_format=torch.contiguous_format)  # (B, S, D)
+        if _kernel("backward", dense.dtype)(_at(grad, dim), grad.stride(0), dense.data_ptr(), dense.stride(0),
+                                            sparse.data_ptr(), sparse.stride(0), d_dense.data_ptr(), dim,
+                                            d_sparse.data_ptr(), num_sparse * dim, batch, num_sparse + 1, dim,
+                                            _threads(batch)):
+            raise MemoryError("kernels.interaction: out of memory in the backward kernel")
+        d_dense += grad[:, :dim]  # the dense vector also reaches the output directly
+        return d_dense, d_sparse
+
+
+def _native(*tensors: torch.Tensor) -> bool:
+    return (all(t.device.type == "cpu" and t.dtype in _KERNELS for t in tensors)
+            and len({t.dtype for t in tensors}) == 1 and not torch.compiler.is_compiling() and native_available())
+
+
 def dot_interaction(x: torch.Tensor) -> torch.Tensor:
     """(B, F, D) → (B, F*(F-1)/2): pairwise dot products, i < j, row-major; the fastest path for x."""
-    if (x.device.type == "cpu" and x.dtype in _KERNELS and x.dim() == 3 and x.shape[1] >= 2
-            and not torch.compiler.is_compiling() and native_available()):
+    if x.dim() == 3 and x.shape[1] >= 2 and _native(x):
         return _NativeDotInteraction.apply(x.contiguous())
     return torch_dot_interaction(x)
+
+
+def reference_dlrm_interaction(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """The spec of ``dlrm_interaction``, as torchrec's ``InteractionArch`` computes it."""
+    pairs = reference_dot_interaction(torch.cat([dense.unsqueeze(1), sparse], dim=1))  # (B, P)
+    return torch.cat([dense, pairs], dim=1)  # (B, D + P)
+
+
+def dlrm_interaction(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """(B, D), (B, S, D) → (B, D + P): DLRM's top-MLP input, the dense vector then the dot products of
+    the S + 1 vectors [dense, sparse...] (i < j, row-major), as torchrec's ``InteractionArch``.
+
+    The native path reads both inputs where they lie and writes one output: no (B, S+1, D) stack,
+    no concatenation, and contiguous gradients for both inputs (the embedding backward would
+    otherwise copy its slice of the stack's gradient).
+    """
+    if dense.dim() != 2 or sparse.dim() != 3 or dense.shape != (sparse.shape[0], sparse.shape[2]):
+        raise ValueError(f"dlrm_interaction: dense (B, D) and sparse (B, S, D) expected, "
+                         f"got {tuple(dense.shape)} and {tuple(sparse.shape)}")
+    if _native(dense, sparse):
+        dense = dense if dense.stride(1) == 1 else dense.contiguous()  # rows may stay apart
+        sparse = sparse if sparse.stride()[1:] == (sparse.shape[2], 1) else sparse.contiguous()
+        return _NativeDLRMInteraction.apply(dense, sparse)
+    pairs = torch_dot_interaction(torch.cat([dense.unsqueeze(1), sparse], dim=1))  # (B, P)
+    return torch.cat([dense, pairs], dim=1)  # (B, D + P)

@@ -7,9 +7,10 @@ scheme, sharded by ``recsys.distributed``). Differences from the paper:
 
 - sequence features (behaviour histories) are mean-pooled bags, one more vector in
   the interaction;
-- ``interaction: dot`` uses ``kernels.interaction`` (same values as torchrec's
-  ``InteractionArch``, a cheaper backward); ``cat`` is the paper's concatenation
-  variant;
+- ``interaction: dot`` uses ``kernels.interaction`` (the values of torchrec's
+  ``InteractionArch``, through a native CPU kernel that reads the dense and sparse
+  vectors in place and computes only the pairs); ``cat`` is the paper's
+  concatenation variant;
 - a schema without dense features skips the bottom MLP.
 """
 
@@ -22,13 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torchrec.models.dlrm import DenseArch, OverArch
 
-from kernels.interaction import dot_interaction
+from kernels.interaction import dlrm_interaction, dot_interaction
 from recsys.errors import RecsysError
 from recsys.models import register_model
 from recsys.schema import Schema
 from recsys.types import Batch
 
-torch.fx.wrap("dot_interaction")  # a leaf for torchrec's pipeline tracer: it picks its kernel at run time
+# Leaves for torchrec's pipeline tracer: they pick their kernel at run time.
+torch.fx.wrap("dot_interaction")
+torch.fx.wrap("dlrm_interaction")
 
 
 class DLRMConfig(BaseModel):
@@ -82,15 +85,13 @@ class DLRM(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         pooled = self.sparse_arch(batch.sparse).values()  # (B, F * D)
-        rows = pooled.shape[0]
-        vectors = pooled.view(rows, self.num_sparse, self.dim)  # (B, F, D)
+        sparse = pooled.view(pooled.shape[0], self.num_sparse, self.dim)  # (B, F, D)
         dense = self.dense_arch(batch.dense) if self.dense_arch is not None else None  # (B, D)
-        if dense is not None:
-            vectors = torch.cat([dense.unsqueeze(1), vectors], dim=1)  # (B, F + 1, D)
         if self.interaction == "dot":
-            pairs = dot_interaction(vectors)  # (B, P)
-            features = torch.cat([dense, pairs], dim=1) if dense is not None else pairs
+            # (B, D + P): the dense vector, then the dot products of [dense, sparse...] pairs
+            features = dlrm_interaction(dense, sparse) if dense is not None else dot_interaction(sparse)
         else:
+            vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1) if dense is not None else sparse
             features = vectors.flatten(1)  # (B, (F + 1) * D)
         return self.over_arch(features).squeeze(1)  # (B,)
 

@@ -198,7 +198,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             train_reader.set_epoch(position.epoch)
             train_reader.set_start(position.step_in_epoch)
             progress.update(task, description=f"epoch {position.epoch + 1}/{config.trainer.epochs}")
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            window_loss: torch.Tensor | float = 0.0
+            window_steps, window_start = 0, time.perf_counter()
             tick = window_start  # train time counts reading and stepping, not evaluation or checkpoints
             if use_pipeline:
                 steps = pipelined_steps(dmp, optimizer, iter(train_reader), env.world_size, env.device)
@@ -212,7 +213,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                 loss = next(steps, None)  # runs the step with the rate just set
                 if loss is None:
                     break
-                window_loss += float(loss)
+                window_loss = window_loss + loss  # a tensor: no device sync until the log line
                 now = time.perf_counter()
                 position.train_seconds += now - tick
                 tick = now
@@ -223,7 +224,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                 if position.step % config.trainer.log_every == 0 or position.step == total_steps:
                     elapsed = time.perf_counter() - window_start
                     rate = window_steps * config.trainer.batch_size / max(elapsed, 1e-9)
-                    mean_loss = _mean_over_ranks(window_loss / window_steps, env.device)
+                    mean_loss = _mean_over_ranks(float(window_loss) / window_steps, env.device)
                     metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "train",
                                        "loss": mean_loss, "lr_sparse": config.optimizer.sparse.lr * factor,
                                        "lr_dense": config.optimizer.dense.lr * factor, "samples_per_s": rate})
