@@ -43,8 +43,8 @@ average and the CPU pressure (share of time something waited for a CPU) before
 and after are saved with the results: above a few percent the machine was shared
 and the figures are low and noisy.
 
-    .venv/bin/python benchmarks/bench_train.py            # ~4 min
-    .venv/bin/python benchmarks/bench_train.py --quick    # ~1 min
+    .venv/bin/python benchmarks/bench_train.py            # ~3 min on an idle machine
+    .venv/bin/python benchmarks/bench_train.py --quick    # ~40 s, a smoke check
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def dlrm_forward(forward: Callable[[dlrm_module.DLRM, Batch], torch.Tensor]) -> 
 
 @contextmanager
 def inplace_relu(model: nn.Module) -> Iterator[None]:
-    """torchrec's MLP layers apply ReLU in place on their Linear's fresh output (the proposal's third part)."""
+    """torchrec's MLP layers apply ReLU in place on their Linear's fresh output (an optional proposal)."""
     layers = [m for m in model.modules() if isinstance(m, Perceptron) and m._activation_fn is torch.relu]
     for layer in layers:
         layer._activation_fn = torch.relu_
