@@ -34,6 +34,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _state(model: nn.Module, optimizer: CombinedOptimizer) -> dict[str, Any]:
+    """What a checkpoint holds, as DCP saves it and loads into it in place."""
+    return {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": torch.get_rng_state()}
+
+
 def checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not directory.is_dir():
@@ -59,7 +64,7 @@ def save(directory: Path, step: int, model: nn.Module, optimizer: CombinedOptimi
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": torch.get_rng_state()}
+    state = _state(model, optimizer)
     dcp.save(state, checkpoint_id=tmp)
     _barrier()
     if rank == 0:
@@ -85,7 +90,7 @@ def load(path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> dict[str
         if isinstance(part, KeyedOptimizerWrapper):
             part.init_state()
             part.zero_grad(set_to_none=True)
-    state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": torch.get_rng_state()}
+    state = _state(model, optimizer)
     dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
