@@ -1,0 +1,108 @@
+"""The FeatureStore interface: what materialisation writes and the ranking service reads.
+
+Records are the packed bytes of ``codec.RecordCodec``; the store never interprets
+them. Data lives in versions: a writer fills a new version while readers keep reading
+the active one, then ``commit`` makes it active in one atomic step. Every read
+returns the version it was served from, so a caller can prove no response mixes two.
+Redis (``redis_store.RedisFeatureStore``) is one implementation; any other must pass
+``tests/services/feature_store/test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class FeatureStoreUnavailable(RuntimeError):
+    """The backing server cannot be reached; the service answers 503 and retries on the next request."""
+
+
+@dataclass
+class Fetched:
+    """One request's features, read in one round trip from one version."""
+
+    version: str | None  # None: nothing materialised yet
+    user: bytes | None  # None: unknown user
+    items: list[bytes | None]  # None: unknown item, in request order
+
+
+class VersionWriter(ABC):
+    """Fills one new, invisible version; ``commit`` switches readers to it atomically."""
+
+    version: str
+
+    @abstractmethod
+    def put_users(self, ids: Sequence[str], records: Sequence[bytes]) -> None: ...
+
+    @abstractmethod
+    def put_items(self, ids: Sequence[str], records: Sequence[bytes]) -> None: ...
+
+    @abstractmethod
+    def put_popular(self, item_ids: Sequence[str]) -> None:
+        """Items by descending popularity: the candidates of ``/v1/recommend`` until retrieval exists."""
+
+    @abstractmethod
+    def put_seen(self, user_ids: Sequence[str], item_ids: Sequence[Sequence[str]]) -> None:
+        """Items each user has interacted with (newest first, capped), excluded from recommendations."""
+
+    @abstractmethod
+    def put_embeddings(self, entity: str, ids: Sequence[str], vectors: np.ndarray, dtype: str = "float32") -> None:
+        """(n, d) vectors packed as float32, or int8 with a per-vector float32 scale."""
+
+    @abstractmethod
+    def commit(self, meta: dict[str, str] | None = None) -> None:
+        """Make this version the active one; older versions expire after the grace period."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop everything written; the active version is untouched."""
+
+
+class FeatureStore(ABC):
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise FeatureStoreUnavailable unless the server answers."""
+
+    @abstractmethod
+    def active_version(self) -> str | None: ...
+
+    @abstractmethod
+    def fetch(self, user_id: str | None, item_ids: Sequence[str]) -> Fetched:
+        """The user's and the items' records from the active version, in one round trip."""
+
+    @abstractmethod
+    def get_users(self, ids: Sequence[str]) -> list[bytes | None]: ...
+
+    @abstractmethod
+    def get_items(self, ids: Sequence[str]) -> list[bytes | None]: ...
+
+    @abstractmethod
+    def popular(self, k: int) -> tuple[str | None, list[str]]:
+        """(version, the k most popular item ids)."""
+
+    @abstractmethod
+    def seen(self, user_id: str) -> list[str]: ...
+
+    @abstractmethod
+    def get_embeddings(self, entity: str, ids: Sequence[str]) -> list[np.ndarray | None]: ...
+
+    @abstractmethod
+    def begin_version(self, name: str | None = None) -> VersionWriter: ...
+
+    @abstractmethod
+    def put_user(self, user_id: str, record: bytes) -> None:
+        """Overwrite one user's record in the active version (an online update)."""
+
+    @abstractmethod
+    def put_item(self, item_id: str, record: bytes) -> None: ...
+
+    @abstractmethod
+    def add_seen(self, user_id: str, item_id: str) -> None: ...
+
+    @abstractmethod
+    def versions(self) -> dict[str, dict[str, str]]:
+        """Known versions and their metadata (rows, artifact, committed-at)."""
