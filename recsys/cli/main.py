@@ -13,6 +13,9 @@ from rich.logging import RichHandler
 
 from recsys import __version__
 from recsys.cli.data import app as data_app
+from recsys.cli.features import app as features_app
+from recsys.cli.report import report
+from recsys.cli.serve import serve
 from recsys.cli.train import train
 from recsys.errors import RecsysError
 
@@ -24,7 +27,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
 app.command()(train)
+app.command()(serve)
+app.command()(report)
 
 err_console = Console(stderr=True)
 
@@ -56,6 +62,7 @@ def setup_logging(level: int) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)], force=True,
     )
     logging.getLogger("recsys").setLevel(level)
+    logging.getLogger("matplotlib").setLevel(max(level, logging.INFO))  # its font scan floods debug logs
     if level > logging.DEBUG:  # deprecation notes of torch/torchrec internals, not actionable by users
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")

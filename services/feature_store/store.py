@@ -5,7 +5,7 @@ them. Data lives in versions: a writer fills a new version while readers keep re
 the active one, then ``commit`` makes it active in one atomic step. Every read
 returns the version it was served from, so a caller can prove no response mixes two.
 Redis (``redis_store.RedisFeatureStore``) is one implementation; any other must pass
-``tests/services/feature_store/test_store_contract.py``.
+``tests/services/feature_store/test_fs_contract.py``.
 """
 
 from __future__ import annotations

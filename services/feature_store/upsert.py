@@ -1,0 +1,84 @@
+"""Online updates of the active version: a user's new interaction, or new raw feature values.
+
+``append_event`` is what a product backend calls when a user interacts with an item:
+each of the user's sequence features (histories, newest first) gets the item's index
+in that feature's table prepended and is capped at its ``max_length``; the item joins
+the user's seen list. ``set_features`` re-encodes raw values (as ``prepare`` would) and
+rewrites one entity's record. Both read the current record and write it back: two
+concurrent updates of the same entity can lose one (last writer wins), and an update
+racing a ``materialize`` commit lands in the version that was active when it wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from recsys.errors import RecsysError
+from recsys.schema import Entity, Schema
+from services.feature_store.codec import RecordCodec
+from services.feature_store.encode import RawEncoder, RawValue
+from services.feature_store.store import FeatureStore
+
+
+def _sequence_sources(schema: Schema, user: RecordCodec, item: RecordCodec) -> dict[str, str]:
+    """User sequence feature → the item's sparse feature of the same table (whose index it records)."""
+    by_table: dict[str, str] = {}
+    for feature in schema.sparse:
+        if feature.entity is Entity.ITEM and feature.name in item.keys:
+            by_table.setdefault(feature.table_name, feature.name)
+    return {f.name: by_table[f.table] for f in schema.sequences
+            if f.entity is Entity.USER and f.name in user.sequence_keys and f.table in by_table}
+
+
+def append_event(store: FeatureStore, schema: Schema, user_id: str, item_id: str) -> bytes:
+    """Prepend ``item_id`` to the user's histories (a new user starts from the default record); the new record."""
+    user_codec, item_codec = RecordCodec(schema, Entity.USER), RecordCodec(schema, Entity.ITEM)
+    fetched = store.fetch(user_id, [item_id])  # one version for both
+    if fetched.version is None:
+        raise RecsysError("feature store: nothing materialised yet (run `recsys features materialize`)")
+    item_record = fetched.items[0]
+    if item_record is None:
+        raise RecsysError(f"item '{item_id}': not in the feature store (version {fetched.version})")
+    _, item_ids = item_codec.decode(item_record)
+    item_values = dict(zip(item_codec.keys, item_ids, strict=True))
+    dense, ids = user_codec.decode(fetched.user if fetched.user is not None else user_codec.default)
+    max_length = {f.name: f.max_length for f in schema.sequences}
+    for sequence, source in _sequence_sources(schema, user_codec, item_codec).items():
+        k = user_codec.keys.index(sequence)
+        ids[k] = np.concatenate([item_values[source], ids[k]])[: max_length[sequence]]
+    record = user_codec.encode(dense, ids)
+    store.put_user(user_id, record)
+    store.add_seen(user_id, item_id)
+    return record
+
+
+def set_features(store: FeatureStore, schema: Schema, encoder: RawEncoder, entity: Entity | str, entity_id: str,
+                 values: Mapping[str, RawValue]) -> bytes:
+    """Encode raw ``values`` of ``entity``'s features and rewrite its record (others kept); the new record."""
+    entity = Entity(entity)
+    if entity is Entity.CONTEXT:
+        raise RecsysError("context features come with each request; only user and item records are stored")
+    codec = RecordCodec(schema, entity)
+    owner = {f.name: f.entity for f in [*schema.dense, *schema.sparse, *schema.sequences]}
+    for name in values:
+        if name not in owner:
+            raise RecsysError(f"feature '{name}': not in the schema (features of the {entity}: "
+                              f"{', '.join(schema.features_of(entity)) or 'none'})")
+        if owner[name] is not entity:
+            raise RecsysError(f"feature '{name}' describes the {owner[name]}, not the {entity}")
+    fetched = store.fetch(entity_id, []) if entity is Entity.USER else None
+    current = fetched.user if fetched is not None else store.get_items([entity_id])[0]
+    dense, ids = codec.decode(current if current is not None else codec.default)
+    dense_index = {f.name: j for j, f in enumerate(codec.dense_features)}
+    max_length = {f.name: f.max_length for f in schema.sequences}
+    for name, raw in values.items():
+        if name in dense_index:
+            dense[dense_index[name]] = encoder.dense(name, raw)
+        else:
+            encoded = encoder.sparse(name, raw)
+            ids[codec.keys.index(name)] = encoded[: max_length[name]] if name in max_length else encoded
+    record = codec.encode(dense, ids)
+    (store.put_user if entity is Entity.USER else store.put_item)(entity_id, record)
+    return record

@@ -1,0 +1,59 @@
+"""`recsys features materialize` then `recsys features upsert`, as separate processes on the embedded Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recsys.data.layout import split_files
+from recsys.schema import Entity, Schema
+from services.feature_store.codec import RecordCodec
+from services.feature_store.embedded import open_store
+from tests.conftest import REPO_ROOT
+
+
+def _features(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RECSYS_HOME": str(home), "COLUMNS": "200"}
+    env.pop("REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "recsys.cli.main", "features", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_materialize_then_upsert_in_separate_processes(served_artifact: tuple[Path, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir, artifact_dir = served_artifact
+    home = tmp_path / "home"
+    done = _features(home, "materialize", "--data", str(data_dir), "--artifact", str(artifact_dir),
+                     "--version", "cli1", "--popular-k", "20", "--chunk-rows", "500")
+    assert done.returncode == 0, done.stderr
+    assert "Materialised version cli1" in done.stdout and "is now active" in done.stdout
+    assert (home / "redis" / "dump.rdb").is_file() and not (home / "redis" / "server.json").exists()
+
+    train = pl.read_parquet(split_files(data_dir, "train")[0], columns=["user_key", "item_key", "item_id"])
+    user, item, item_index = train.row(0)
+    upserted = _features(home, "upsert", "--artifact", str(artifact_dir), "--user", user, "--event", item)
+    assert upserted.returncode == 0, upserted.stderr
+    assert f"user '{user}': appended item '{item}' in version cli1" in upserted.stdout
+
+    failed = _features(home, "upsert", "--artifact", str(artifact_dir), "--user", user, "--event", "no-such-item")
+    assert failed.returncode == 2
+    assert "error: item 'no-such-item': not in the feature store" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    usage = _features(home, "upsert", "--artifact", str(artifact_dir), "--item", item, "--event", user)
+    assert usage.returncode == 2 and "--event ITEM_ID needs --user" in usage.stderr
+
+    monkeypatch.setenv("RECSYS_HOME", str(home))  # a third process's view: the data came back from dump.rdb
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with open_store() as store:
+        assert store.active_version() == "cli1"
+        assert store.seen(user)[0] == item
+        schema = Schema.load(artifact_dir / "schema.json")
+        codec = RecordCodec(schema, Entity.USER)
+        _, ids = codec.decode(store.get_users([user])[0])
+        assert ids[codec.keys.index("hist_item_id")][0] == item_index
+        assert len(store.popular(100)[1]) == 20

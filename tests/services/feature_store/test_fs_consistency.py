@@ -1,0 +1,54 @@
+"""No read mixes two versions, while versions are committed (and old ones deleted) under it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from services.feature_store.redis_store import RedisFeatureStore
+from services.feature_store.store import Fetched
+
+USERS = [f"u{i}" for i in range(5)]
+ITEMS = [f"i{i}" for i in range(300)]
+
+
+def test_every_fetch_comes_from_one_version(make_store: Callable[..., RedisFeatureStore]) -> None:
+    writer_store = make_store(grace_seconds=0)  # old versions are deleted at once: the hardest case
+    reader = make_store(prefix=writer_store.prefix)
+    stop = threading.Event()
+    seen: list[Fetched] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                seen.append(reader.fetch(USERS[n % len(USERS)], ITEMS))
+                n += 1
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for round_ in range(3):
+            for name in ("v1", "v2", "v3"):
+                version = f"{name}r{round_}"
+                writer = writer_store.begin_version(version)
+                writer.put_users(USERS, [f"{version}/{u}".encode() for u in USERS])
+                writer.put_items(ITEMS, [f"{version}/{i}".encode() for i in ITEMS])
+                writer.commit()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    versions = {f.version for f in seen}
+    assert len(versions - {None}) >= 2, f"the reader saw only {versions}"
+    for fetched in seen:
+        if fetched.version is None:
+            assert fetched.user is None and fetched.items == [None] * len(ITEMS)
+            continue
+        prefix = f"{fetched.version}/".encode()
+        assert fetched.user is not None and fetched.user.startswith(prefix), (fetched.version, fetched.user)
+        for item, record in zip(ITEMS, fetched.items, strict=True):
+            assert record == prefix + item.encode(), (fetched.version, item, record)

@@ -1,0 +1,173 @@
+"""The FeatureStore contract: what any implementation must do (Redis is the one there is)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from recsys.errors import RecsysError
+from services.feature_store.redis_store import ABANDONED_SECONDS, RedisFeatureStore
+from services.feature_store.store import FeatureStore
+
+
+def fill(store: FeatureStore, name: str, users: dict[str, bytes], items: dict[str, bytes],
+         popular: list[str] | None = None, seen: dict[str, list[str]] | None = None) -> None:
+    writer = store.begin_version(name)
+    writer.put_users(list(users), list(users.values()))
+    writer.put_items(list(items), list(items.values()))
+    writer.put_popular(popular or [])
+    writer.put_seen(list(seen or {}), list((seen or {}).values()))
+    writer.commit({"note": name})
+
+
+def test_empty_store_answers_nothing(store: FeatureStore) -> None:
+    assert store.active_version() is None
+    fetched = store.fetch("u1", ["a", "b"])
+    assert (fetched.version, fetched.user, fetched.items) == (None, None, [None, None])
+    assert store.popular(10) == (None, [])
+    assert store.seen("u1") == []
+    assert store.get_users(["u1"]) == [None]
+    assert store.get_embeddings("user", ["u1"]) == [None]
+    with pytest.raises(RecsysError, match="no active version"):
+        store.put_user("u1", b"x")
+
+
+def test_round_trip_and_unknown_ids(store: FeatureStore) -> None:
+    writer = store.begin_version("v1")
+    writer.put_users(["u1", "u2"], [b"U1", b"\x00U2\xff"])
+    writer.put_items(["a", "b", "c"], [b"A", b"B", b""])
+    writer.put_popular(["c", "a", "b"])
+    writer.put_seen(["u1", "u2"], [["b", "a"], []])
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
+    writer.put_embeddings("item", ["a", "b", "c"], vectors)
+    writer.put_embeddings("user", ["u1", "u2"], vectors[:2], dtype="int8")
+    assert store.fetch("u1", ["a"]).version is None  # invisible until committed
+    writer.commit({"rows": "5"})
+
+    fetched = store.fetch("u1", ["a", "zz", "c", "a"])
+    assert (fetched.version, fetched.user, fetched.items) == ("v1", b"U1", [b"A", None, b"", b"A"])
+    assert store.fetch("nobody", []).user is None
+    no_user = store.fetch(None, ["b"])
+    assert (no_user.version, no_user.user, no_user.items) == ("v1", None, [b"B"])
+    assert store.get_users(["u2", "u3"]) == [b"\x00U2\xff", None]
+    assert store.get_items(["c", "b"]) == [b"", b"B"]
+    assert store.popular(2) == ("v1", ["c", "a"])
+    assert store.popular(100) == ("v1", ["c", "a", "b"])
+    assert store.seen("u1") == ["b", "a"]
+    assert store.seen("u2") == [] and store.seen("u9") == []
+    items = store.get_embeddings("item", ["c", "zz", "a"])
+    np.testing.assert_array_equal(items[0], vectors[2])
+    assert items[1] is None
+    np.testing.assert_array_equal(items[2], vectors[0])
+    users = store.get_embeddings("user", ["u2", "u1"])
+    np.testing.assert_allclose(users[0], vectors[1], atol=np.abs(vectors[1]).max() / 127)
+    np.testing.assert_allclose(users[1], vectors[0], atol=np.abs(vectors[0]).max() / 127)
+    assert store.get_embeddings("context", ["a"]) == [None]
+    meta = store.versions()["v1"]
+    assert meta["state"] == "active" and meta["rows"] == "5" and meta["users"] == "2" and meta["items"] == "3"
+
+
+def test_many_items_in_one_fetch(make_store: Callable[..., RedisFeatureStore]) -> None:
+    """More keys than one Lua unpack takes: the script reads them in slices; both read paths agree."""
+    writer_store = make_store()
+    ids = [f"item-{i}" for i in range(9000)]
+    writer = writer_store.begin_version("big")
+    writer.put_items(ids, [i.encode() for i in ids])
+    writer.commit()
+    fresh = make_store(prefix=writer_store.prefix)  # no version hint: the script path
+    first = fresh.fetch("u", ids)
+    second = fresh.fetch("u", ids)  # the plain MGET path
+    assert first.items == second.items == [i.encode() for i in ids]
+    assert fresh.get_items(ids[-3:]) == [i.encode() for i in ids[-3:]]
+
+
+def test_version_switch_retires_the_old_one(store: FeatureStore) -> None:
+    fill(store, "v1", {"u1": b"u1@v1", "old": b"old@v1"}, {"a": b"a@v1"}, ["a"], {"u1": ["a"]})
+    assert store.fetch("u1", ["a"]).items == [b"a@v1"]
+    fill(store, "v2", {"u1": b"u1@v2"}, {"a": b"a@v2", "b": b"b@v2"}, ["b", "a"], {})
+    fetched = store.fetch("u1", ["a", "b"])
+    assert (fetched.version, fetched.user, fetched.items) == ("v2", b"u1@v2", [b"a@v2", b"b@v2"])
+    assert store.get_users(["old"]) == [None]  # nothing leaks from v1
+    assert store.seen("u1") == []
+    assert store.popular(5) == ("v2", ["b", "a"])
+    versions = store.versions()
+    assert versions["v1"]["state"] == "retired" and float(versions["v1"]["retired_at"]) > 0
+    assert versions["v2"]["state"] == "active"
+
+
+def test_abort_leaves_the_active_version_untouched(store: RedisFeatureStore, keys_of: Callable[..., list[str]]) -> None:
+    fill(store, "v1", {"u1": b"u1@v1"}, {"a": b"a@v1"})
+    writer = store.begin_version("v2")
+    writer.put_users(["u1"], [b"u1@v2"])
+    writer.put_items(["a", "b"], [b"a@v2", b"b@v2"])
+    assert keys_of(store, "v2")
+    writer.abort()
+    assert store.active_version() == "v1"
+    assert store.fetch("u1", ["a", "b"]).items == [b"a@v1", None]
+    assert keys_of(store, "v2") == []
+    assert "v2" not in store.versions()
+    with pytest.raises(RecsysError, match="already committed or aborted"):
+        writer.put_users(["u1"], [b"x"])
+
+
+def test_gc_deletes_retired_versions_after_the_grace_period(make_store: Callable[..., RedisFeatureStore],
+                                                            keys_of: Callable[..., list[str]]) -> None:
+    store = make_store(grace_seconds=0)
+    fill(store, "v1", {"u1": b"1"}, {"a": b"1"})
+    fill(store, "v2", {"u1": b"2"}, {"a": b"2"})  # commit runs gc: v1 is past a grace of 0
+    assert keys_of(store, "v1") == [] and "v1" not in store.versions()
+    assert keys_of(store, "v2") and store.fetch("u1", []).user == b"2"
+
+    patient = make_store(prefix=store.prefix, grace_seconds=3600)
+    fill(patient, "v3", {"u1": b"3"}, {"a": b"3"})
+    assert keys_of(patient, "v2")  # retired, but within its hour
+    assert patient.gc() == []
+    assert patient.gc(now=time.time() + 3601) == ["v2"]
+    assert keys_of(patient, "v2") == [] and set(patient.versions()) == {"v3"}
+
+
+def test_abandoned_writer_is_collected(make_store: Callable[..., RedisFeatureStore],
+                                       keys_of: Callable[..., list[str]]) -> None:
+    store = make_store(grace_seconds=0)
+    writer = store.begin_version("crashed")
+    writer.put_users(["u1"], [b"x"])
+    assert store.gc() == []  # a live writer is left alone
+    assert store.gc(now=time.time() + ABANDONED_SECONDS + 1) == ["crashed"]
+    assert keys_of(store) == []
+    with pytest.raises(RecsysError, match="does not exist"):
+        writer.commit()
+
+
+def test_online_updates_write_into_the_active_version(make_store: Callable[..., RedisFeatureStore]) -> None:
+    store = make_store(seen_cap=3)
+    fill(store, "v1", {"u1": b"old"}, {"a": b"A"}, seen={"u1": ["a", "b"]})
+    store.put_user("u1", b"new")
+    store.put_user("u2", b"born")
+    store.put_item("z", b"Z")
+    store.add_seen("u1", "b")  # moves to the front, no duplicate
+    store.add_seen("u1", "c")
+    store.add_seen("u1", "d")  # the cap drops the oldest
+    fetched = store.fetch("u1", ["a", "z"])
+    assert (fetched.version, fetched.user, fetched.items) == ("v1", b"new", [b"A", b"Z"])
+    assert store.get_users(["u2"]) == [b"born"]
+    assert store.seen("u1") == ["d", "c", "b"]
+
+
+def test_rollback_to_a_retired_version(store: RedisFeatureStore) -> None:
+    fill(store, "v1", {"u1": b"1"}, {})
+    fill(store, "v2", {"u1": b"2"}, {})
+    assert store.activate("v1") == "v2"
+    assert store.fetch("u1", []).user == b"1"
+    assert store.versions()["v2"]["state"] == "retired"
+
+
+def test_version_names_are_checked(store: RedisFeatureStore) -> None:
+    with pytest.raises(RecsysError, match="version name"):
+        store.begin_version("bad name*")
+    store.begin_version("v1")
+    with pytest.raises(RecsysError, match="already exists"):
+        store.begin_version("v1")
+    assert store.begin_version().version.startswith("v")  # a generated name

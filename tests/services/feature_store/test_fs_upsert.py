@@ -1,0 +1,96 @@
+"""Online updates: an interaction prepends the item to the user's histories; raw values are re-encoded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.data.layout import split_files
+from recsys.errors import RecsysError
+from recsys.schema import Entity, Schema
+from services.feature_store.codec import RecordCodec
+from services.feature_store.encode import RawEncoder
+from services.feature_store.materialize import materialize
+from services.feature_store.redis_store import RedisFeatureStore
+from services.feature_store.upsert import append_event, set_features
+
+
+@pytest.fixture
+def filled(served_artifact: tuple[Path, Path], make_store: Callable[..., RedisFeatureStore]) -> RedisFeatureStore:
+    data_dir, artifact_dir = served_artifact
+    store = make_store(seen_cap=5)
+    materialize(store, data_dir, artifact_dir, popular_k=10, seen_cap=5)
+    return store
+
+
+def _decode(store: RedisFeatureStore, schema: Schema, user: str) -> dict[str, np.ndarray]:
+    codec = RecordCodec(schema, Entity.USER)
+    blob = store.get_users([user])[0]
+    assert blob is not None
+    _, ids = codec.decode(blob)
+    return dict(zip(codec.keys, ids, strict=True))
+
+
+def test_append_event(filled: RedisFeatureStore, served_artifact: tuple[Path, Path]) -> None:
+    schema = Schema.load(served_artifact[1] / "schema.json")
+    item_codec = RecordCodec(schema, Entity.ITEM)
+    _, item = filled.popular(2)
+    _, item_ids = item_codec.decode(filled.get_items([item[1]])[0])
+    item_values = dict(zip(item_codec.keys, item_ids, strict=True))
+    user = pl.read_parquet(split_files(served_artifact[0], "train")[0], columns=["user_key"])["user_key"][0]
+    before = _decode(filled, schema, user)
+
+    append_event(filled, schema, user, item[1])
+    after = _decode(filled, schema, user)
+    sequences = {f.name: f for f in schema.sequences}
+    assert set(sequences) == {"hist_item_id", "hist_category"}
+    for name, source in (("hist_item_id", "item_id"), ("hist_category", "item_category")):
+        want = np.concatenate([item_values[source], before[name]])[: sequences[name].max_length]
+        np.testing.assert_array_equal(after[name], want)
+    for name in before:
+        if name not in sequences:
+            np.testing.assert_array_equal(after[name], before[name])
+    assert filled.seen(user)[0] == item[1]
+
+    for _ in range(sequences["hist_item_id"].max_length + 3):  # histories stay capped
+        append_event(filled, schema, user, item[0])
+    capped = _decode(filled, schema, user)
+    assert len(capped["hist_item_id"]) == sequences["hist_item_id"].max_length
+    assert filled.seen(user)[:2] == [item[0], item[1]]
+
+    new = append_event(filled, schema, "brand-new-user", item[0])  # starts from the default record
+    dense, ids = RecordCodec(schema, Entity.USER).decode(new)
+    np.testing.assert_array_equal(dense, RecordCodec(schema, Entity.USER).default_dense)
+    assert filled.seen("brand-new-user") == [item[0]]
+    with pytest.raises(RecsysError, match="item 'no-such-item': not in the feature store"):
+        append_event(filled, schema, user, "no-such-item")
+
+
+def test_set_features(filled: RedisFeatureStore, served_artifact: tuple[Path, Path]) -> None:
+    artifact_dir = served_artifact[1]
+    schema = Schema.load(artifact_dir / "schema.json")
+    encoder = RawEncoder(schema, artifact_dir)
+    codec = RecordCodec(schema, Entity.ITEM)
+    dense_name = codec.dense_features[0].name
+    sparse_name = next(k for k in codec.keys if k not in codec.sequence_keys)
+    _, (item, *_) = filled.popular(1)
+    _, before = codec.decode(filled.get_items([item])[0])
+
+    set_features(filled, schema, encoder, "item", item, {dense_name: 7.0, sparse_name: "never-seen-value"})
+    dense, after = codec.decode(filled.get_items([item])[0])
+    assert dense[0] == pytest.approx(encoder.dense(dense_name, 7.0))
+    k = codec.keys.index(sparse_name)
+    np.testing.assert_array_equal(after[k], [0])  # out of vocabulary
+    for j, (a, b) in enumerate(zip(before, after, strict=True)):
+        if j != k:
+            np.testing.assert_array_equal(a, b)
+
+    user_dense = next(f.name for f in schema.dense if f.entity is Entity.USER)
+    with pytest.raises(RecsysError, match=f"feature '{user_dense}' describes the user, not the item"):
+        set_features(filled, schema, encoder, Entity.ITEM, item, {user_dense: 1.0})
+    with pytest.raises(RecsysError, match="feature 'bogus': not in the schema"):
+        set_features(filled, schema, encoder, Entity.ITEM, item, {"bogus": 1})
