@@ -37,6 +37,10 @@ demo: install
 	$(RECSYS) data synth --kind ctr --rows $(DEMO_ROWS) --out $(DEMO_DIR)/ctr --overwrite
 	rm -rf $(DEMO_DIR)/runs/dlrm
 	$(RECSYS) train --model dlrm --data $(DEMO_DIR)/ctr --out $(DEMO_DIR)/runs/dlrm --config configs/dlrm.yaml
+	$(RECSYS) features materialize --data $(DEMO_DIR)/ctr --artifact $(DEMO_DIR)/runs/dlrm/artifact
+	$(PY) -m services.ranking.demo --artifact $(DEMO_DIR)/runs/dlrm/artifact --data $(DEMO_DIR)/ctr
+	$(RECSYS) report --artifact $(DEMO_DIR)/runs/dlrm/artifact --data $(DEMO_DIR)/ctr --bench benchmarks/results \
+		--out $(DEMO_DIR)/report.html
 
 test: install
 	$(PY) -m pytest
@@ -44,6 +48,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) benchmarks/work

@@ -1,0 +1,266 @@
+"""Serving latency and throughput of ``/v1/rank`` on loopback, against an in-process floor and a naive baseline.
+
+Issue #5. One run, one machine, one Redis (the embedded server, as a user gets it):
+
+- the service: ``recsys serve`` (1 worker, uvicorn with httptools + uvloop) with fp32
+  and then int8 embedding tables, driven by ``loadgen.py`` (closed loop, keep-alive,
+  prebuilt requests) with 100 and 500 candidates per request at concurrency 1 and 8,
+  bounded in count and time. Each answer carries the service's own per-stage times
+  (header ``X-Debug-Timing: 1``): feature fetch, tensor building, model, serialisation.
+- the floor: what no service can beat, called in-process with the same threads: one
+  round trip for the same features (``RedisFeatureStore.fetch``: one MGET) plus one
+  forward pass of the same, prebuilt batch. Floor p50 = p50(fetch) + p50(forward).
+- the naive baseline (``naive_service.py``): one Redis GET per item, one forward per
+  request in FastAPI's thread pool, responses through pydantic.
+
+Goals: p50 at concurrency 1 within 1.3× the floor; throughput at concurrency 8 at
+least 5× the naive baseline. The load generator shares the 2 cores with the server
+(and Redis), so concurrency-8 figures include its cost.
+
+    .venv/bin/python benchmarks/bench_serve.py           # ~4 min; the demo artifact if `make demo` ran
+    .venv/bin/python benchmarks/bench_serve.py --quick   # ~1 min smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_data import machine  # noqa: E402
+from loadgen import build_request, run_load  # noqa: E402
+
+from recsys.schema import Entity, Schema  # noqa: E402
+from services.feature_store.embedded import EmbeddedRedis  # noqa: E402
+from services.feature_store.materialize import materialize  # noqa: E402
+from services.feature_store.redis_store import RedisFeatureStore  # noqa: E402
+from services.ranking.features import merge  # noqa: E402
+from services.ranking.served import ServedModel  # noqa: E402
+
+WORK = HERE / "work" / "serve"
+PREFIX = "bench"
+STAGES = ("fetch", "tensors", "model", "serialize")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _artifact(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The demo artifact when present, else a small one trained here (synthetic data, 300 steps)."""
+    if args.artifact.is_dir() and args.data.is_dir():
+        return args.artifact, args.data
+    data, run = WORK / "ctr", WORK / "run"
+    cli = [sys.executable, "-m", "recsys.cli.main", "-q"]
+    if not (run / "artifact").is_dir():
+        print(f"{args.artifact} not found: training a small model in {run}", flush=True)
+        subprocess.run([*cli, "data", "synth", "--kind", "ctr", "--rows", "300000", "--out", str(data),
+                        "--overwrite"], check=True)
+        shutil.rmtree(run, ignore_errors=True)
+        subprocess.run([*cli, "train", "--model", "dlrm", "--data", str(data), "--out", str(run),
+                        "--config", str(REPO / "configs" / "dlrm.yaml"), "--set", "trainer.max_steps=300",
+                        "--set", "trainer.progress=false"], check=True)
+    return run / "artifact", data
+
+
+def _requests(data: Path, schema: Schema, candidates: int, count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` rank requests: test-split users, random materialised items, context values from the vocabularies."""
+    assert schema.user_key is not None and schema.item_key is not None
+    rng = random.Random(seed)
+    test = pl.scan_parquet(data / "test" / "*.parquet")
+    users = test.select(pl.col(schema.user_key.name).unique().sort()).collect().to_series().to_list()
+    items = test.select(pl.col(schema.item_key.name).unique().sort()).collect().to_series().to_list()
+    context_sparse = {}
+    for feature in schema.sparse:
+        if feature.entity is Entity.CONTEXT:
+            table = schema.table(feature.table_name)
+            vocab = data / (table.vocab_file or f"vocab/{table.name}.parquet")
+            context_sparse[feature.name] = pl.read_parquet(vocab, columns=["value"]).head(1000)["value"].to_list()
+    context_dense = [f.name for f in schema.dense if f.entity is Entity.CONTEXT]
+    out = []
+    for _ in range(count):
+        context: dict[str, Any] = {name: rng.randint(0, 50) for name in context_dense}
+        context.update({name: rng.choice(values) for name, values in context_sparse.items()})
+        out.append({"user_id": rng.choice(users), "item_ids": rng.sample(items, candidates), "k": 10,
+                    "context": context})
+    return out
+
+
+class Server:
+    """A service process on a free port; stopped on exit."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path, port: int, ready_path: str) -> None:
+        self.port = port
+        self.log = (WORK / f"server-{port}.log").open("w")
+        self.process = subprocess.Popen(command, env={**os.environ, **env}, cwd=cwd, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"server exited ({self.process.returncode}); see {self.log.name}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code in (200, 405):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"server not ready in 180 s; see {self.log.name}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def _cells(port: int, bodies: dict[int, list[dict[str, Any]]], args: argparse.Namespace, label: str,
+           headers: dict[str, str]) -> list[dict[str, Any]]:
+    runs = []
+    for candidates, pool in bodies.items():
+        raw = [build_request("127.0.0.1", port, "/v1/rank", json.dumps(b).encode(), headers) for b in pool]
+        run_load("127.0.0.1", port, raw, concurrency=2, max_requests=args.warmup, seconds=30)
+        for concurrency in (1, 8):
+            result = run_load("127.0.0.1", port, raw, concurrency=concurrency,
+                              max_requests=args.requests * (2 if concurrency > 1 else 1), seconds=args.seconds,
+                              keep_body=lambda i: True)
+            cell = {"service": label, "candidates": candidates, "concurrency": concurrency, **result.summary()}
+            timings = [json.loads(b).get("timings_ms") for b in result.bodies]
+            timings = [t for t in timings if t]
+            if timings:
+                cell["stages_ms"] = {s: round(statistics.median(t[s] for t in timings if s in t), 3)
+                                     for s in timings[0]}
+            runs.append(cell)
+            print(f"  {label:>12} {candidates:>4} candidates, concurrency {concurrency}: "
+                  f"p50 {cell['p50_ms']:.2f} ms, p99 {cell['p99_ms']:.2f} ms, {cell['throughput_rps']:.0f} req/s"
+                  + (f", stages {cell.get('stages_ms')}" if "stages_ms" in cell else ""), flush=True)
+    return runs
+
+
+def _floor(artifact: Path, url: str, bodies: dict[int, list[dict[str, Any]]], precision: str,
+           repeats: int) -> dict[str, Any]:
+    """In-process: p50 of one fetch round trip plus p50 of one forward of the same batch."""
+    served = ServedModel.load(artifact, precision)
+    store = RedisFeatureStore.from_url(url, prefix=PREFIX)
+    features = served.features
+    out: dict[str, Any] = {}
+    for candidates, pool in bodies.items():
+        fetch_ms, tensors_ms, model_ms = [], [], []
+        for i in range(repeats):
+            body = pool[i % len(pool)]
+            start = time.perf_counter()
+            fetched = store.fetch(body["user_id"], body["item_ids"])
+            fetch_ms.append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            batch = merge([features.block(fetched.user, fetched.items, features.encode_context(body["context"]))],
+                          features.keys)
+            tensors_ms.append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                served.model(batch)
+            model_ms.append((time.perf_counter() - start) * 1e3)
+        skip = min(20, repeats // 5)  # warm-up
+        fetch, tensors, model = (statistics.median(x[skip:]) for x in (fetch_ms, tensors_ms, model_ms))
+        out[str(candidates)] = {"fetch_p50_ms": round(fetch, 3), "forward_p50_ms": round(model, 3),
+                                "tensors_p50_ms": round(tensors, 3), "floor_p50_ms": round(fetch + model, 3)}
+        print(f"  floor {precision} {candidates:>4} candidates: fetch {fetch:.3f} ms + forward {model:.3f} ms "
+              f"= {fetch + model:.3f} ms (tensor building, not in the floor: {tensors:.3f} ms)", flush=True)
+    store.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path, default=REPO / ".demo" / "runs" / "dlrm" / "artifact")
+    parser.add_argument("--data", type=Path, default=REPO / ".demo" / "ctr")
+    parser.add_argument("--requests", type=int, default=1500, help="requests per cell at concurrency 1 (2× at 8)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time bound per cell")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
+    parser.add_argument("--quick", action="store_true", help="300 requests and 5 s per cell")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.seconds, args.warmup = 300, 5.0, 50
+    WORK.mkdir(parents=True, exist_ok=True)
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    artifact, data = _artifact(args)
+    schema = Schema.load(artifact)
+    before = machine()
+
+    shutil.rmtree(WORK / "redis", ignore_errors=True)
+    redis = EmbeddedRedis.start(WORK / "redis")
+    results: dict[str, Any] = {"artifact": str(artifact), "data": str(data), "torch_threads": threads}
+    try:
+        store = RedisFeatureStore.from_url(redis.url, prefix=PREFIX)
+        results["materialize"] = materialize(store, data, artifact)
+        store.close()
+        bodies = {n: _requests(data, schema, n, 200, seed=n) for n in (100, 500)}
+        env = {"REDIS_URL": redis.url, "PYTHONUNBUFFERED": "1"}
+        runs: list[dict[str, Any]] = []
+        for precision in ("fp32", "int8"):
+            port = _free_port()
+            server = Server([sys.executable, "-m", "recsys.cli.main", "-q", "serve", "--artifact", str(artifact),
+                             "--port", str(port), "--precision", precision, "--redis-prefix", PREFIX],
+                            env, REPO, port, "/readyz")
+            try:
+                for cell in _cells(port, bodies, args, precision, {"X-Debug-Timing": "1"}):
+                    runs.append({"precision": precision, **cell})
+            finally:
+                server.stop()
+        port = _free_port()
+        naive = Server([sys.executable, "-m", "uvicorn", "naive_service:app", "--port", str(port), "--http",
+                        "httptools", "--loop", "uvloop", "--log-level", "warning"],
+                       {**env, "NAIVE_ARTIFACT": str(artifact), "REDIS_PREFIX": PREFIX,
+                        "PYTHONPATH": f"{HERE}:{REPO}"}, HERE, port, "/v1/rank")
+        try:
+            naive_runs = [{"precision": "fp32", **c} for c in _cells(port, bodies, args, "naive", {})]
+        finally:
+            naive.stop()
+        floor = {p: _floor(artifact, redis.url, bodies, p, repeats=300) for p in ("fp32", "int8")}
+    finally:
+        redis.stop(save=False)
+
+    def cell(rows: list[dict[str, Any]], precision: str, candidates: int, concurrency: int) -> dict[str, Any]:
+        return next(r for r in rows if r["precision"] == precision and r["candidates"] == candidates
+                    and r["concurrency"] == concurrency)
+
+    goals = {}
+    for candidates in (100, 500):
+        p50 = cell(runs, "fp32", candidates, 1)["p50_ms"]
+        bound = floor["fp32"][str(candidates)]["floor_p50_ms"]
+        ours = cell(runs, "fp32", candidates, 8)["throughput_rps"]
+        theirs = cell(naive_runs, "fp32", candidates, 8)["throughput_rps"]
+        goals[str(candidates)] = {
+            "p50_over_floor": round(p50 / bound, 3), "p50_goal_met": p50 <= 1.3 * bound,
+            "throughput_over_naive": round(ours / theirs, 2), "throughput_goal_met": ours >= 5 * theirs}
+    results.update({"runs": runs, "naive": {"runs": naive_runs}, "floor": floor, "goals": goals,
+                    "machine": before, "machine_after": machine()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(goals, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The FastAPI app: routers, error mapping, middleware, and the service's lifespan.
+
+    app = create_app(ServeSettings(artifact="runs/dlrm/artifact", redis_url="redis://127.0.0.1:6379/0"))
+
+The artifact is loaded and the store connected when the app starts (its lifespan),
+so ``uvicorn --factory services.ranking.app:app_from_env`` workers and in-process
+clients (``fastapi.testclient.TestClient(app)``, ``uvicorn.Server``) do the same.
+After start, ``app.state.service`` is the ``RankingService``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from recsys import __version__
+from recsys.errors import RecsysError
+from services.feature_store.store import FeatureStore, FeatureStoreUnavailable
+from services.ranking.features import ContextError
+from services.ranking.metrics import ServiceMetrics
+from services.ranking.middleware import RequestMetrics
+from services.ranking.routers import admin, operations, ranking
+from services.ranking.service import (
+    ModelConflict, NoFeatureVersion, RankingService, RecordMismatch, TooManyCandidates,
+)
+from services.ranking.settings import ServeSettings
+
+_DESCRIPTION = """Ranks candidate items for a user with a trained recsys artifact.
+
+Per request the service fetches the user's and the items' features from the Redis
+feature store in one round trip (one consistent feature version), scores every
+candidate in one forward pass (concurrent requests are micro-batched) and returns
+the top k by predicted probability. Errors are one line in `detail`; invalid input
+answers 4xx, never 5xx.
+"""
+
+_TAGS = [
+    {"name": "ranking", "description": "Score candidates and recommend items."},
+    {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "admin", "description": "Swap models at run time; needs the `X-API-Key` header."},
+]
+
+
+def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> FastAPI:
+    """The ranking app; ``store`` defaults to a Redis store on ``settings.redis_url`` or ``$REDIS_URL``."""
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with RankingService.serving(settings, store, metrics) as service:
+            app.state.service = service
+            follower = asyncio.create_task(service.follow_control_file())
+            try:
+                yield
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+
+    app = FastAPI(title="recsys ranking", version=__version__, description=_DESCRIPTION, openapi_tags=_TAGS,
+                  lifespan=lifespan, max_body_size=settings.max_body_bytes)  # 413 before parsing
+    app.include_router(ranking.router)
+    app.include_router(operations.router)
+    app.include_router(admin.router)
+    _error_handlers(app, metrics)
+    paths = frozenset(route.path for route in app.routes if "{" not in getattr(route, "path", "{"))
+    app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn ``--factory`` entry point of ``recsys serve`` workers: settings from the environment."""
+    return create_app(ServeSettings.from_env())
+
+
+def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    def detail(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(FeatureStoreUnavailable)
+    async def _store_down(request: Request, exc: FeatureStoreUnavailable) -> JSONResponse:
+        metrics.store_errors.inc()
+        return detail(503, f"feature store unavailable: {exc}")
+
+    @app.exception_handler(NoFeatureVersion)
+    async def _no_version(request: Request, exc: NoFeatureVersion) -> JSONResponse:
+        return detail(503, str(exc))
+
+    @app.exception_handler(TooManyCandidates)
+    async def _too_many(request: Request, exc: TooManyCandidates) -> JSONResponse:
+        return detail(413, str(exc))
+
+    @app.exception_handler(ContextError)
+    async def _bad_context(request: Request, exc: ContextError) -> JSONResponse:
+        # The shape of FastAPI's own 422s, so clients parse one format.
+        error = {"type": "value_error", "loc": ["body", "context", exc.feature], "msg": str(exc),
+                 "input": exc.value}
+        return _unprocessable(RequestValidationError([error]))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _unprocessable(exc)
+
+    @app.exception_handler(ModelConflict)
+    async def _conflict(request: Request, exc: ModelConflict) -> JSONResponse:
+        return detail(409, str(exc))
+
+    @app.exception_handler(RecsysError)
+    async def _bad_artifact(request: Request, exc: RecsysError) -> JSONResponse:
+        return detail(400, str(exc))  # only the admin routes raise it: a bad artifact
+
+    @app.exception_handler(RecordMismatch)
+    async def _mismatch(request: Request, exc: RecordMismatch) -> JSONResponse:
+        return detail(500, str(exc))
+
+
+def _unprocessable(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, made safe to encode: the echoed input may hold NaN (Python's JSON parser takes it),
+    lone surrogates or huge numbers, on which the default handler fails with a 500."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

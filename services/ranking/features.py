@@ -1,0 +1,177 @@
+"""Feature-store records and request context → the model's Batch, as ``ParquetReader`` builds it.
+
+A request scores B candidates of one user in one context. The user's record is
+decoded once and repeated per candidate, the items' records are decoded together
+(``RecordCodec.decode_many``), the context is encoded once (``RawEncoder``) and
+repeated. Columns are placed in schema order with numpy, one operation per feature
+key, never per row:
+
+    dense   (B, D) float32          in ``schema.dense`` order
+    lengths (K, B) int32            key-major, K = len(schema.sparse_keys)
+    values  K arrays of int64       per key, the ids of rows 0..B-1 concatenated
+
+so a ``RowBlock`` is the KeyedJaggedTensor's own layout, and blocks of several
+requests concatenate into one forward pass (``merge``) with one numpy call per part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.transforms import OOV_INDEX
+from recsys.errors import RecsysError
+from recsys.schema import Entity, Schema
+from recsys.types import Batch
+from services.feature_store.codec import EntityBatch, RecordCodec
+from services.feature_store.encode import RawEncoder
+
+
+class ContextError(ValueError):
+    """A context value the schema cannot take; the API answers 422 naming ``feature``."""
+
+    def __init__(self, feature: str, message: str, value: Any = None) -> None:
+        super().__init__(message)
+        self.feature, self.value = feature, value
+
+
+@dataclass
+class RowBlock:
+    """One request's model inputs in KeyedJaggedTensor layout (see the module docstring)."""
+
+    dense: np.ndarray  # (B, D) float32
+    lengths: np.ndarray  # (K, B) int32
+    values: list[np.ndarray]  # K arrays of int64
+
+    @property
+    def rows(self) -> int:
+        return int(self.dense.shape[0])
+
+
+@dataclass
+class EncodedContext:
+    dense: np.ndarray  # (n_context_dense,) float32, in schema.dense order
+    ids: list[np.ndarray]  # per context key (schema.sparse_keys order), int64
+
+
+class FeatureLayout:
+    """Where each model input comes from (user record, item record or context) for one schema."""
+
+    def __init__(self, schema: Schema, encoder: RawEncoder) -> None:
+        self.schema, self.encoder = schema, encoder
+        self.keys = list(schema.sparse_keys)
+        self.dense_dim = len(schema.dense)
+        self.user = RecordCodec(schema, Entity.USER)
+        self.item = RecordCodec(schema, Entity.ITEM)
+        self._cols = {e: np.array([i for i, f in enumerate(schema.dense) if f.entity is e], dtype=np.intp)
+                      for e in Entity}
+        self.context_dense = [f for f in schema.dense if f.entity is Entity.CONTEXT]
+        features = [*schema.sparse, *schema.sequences]
+        self.context_keys = [f.name for f in features if f.entity is Entity.CONTEXT]
+        self._sequence = {f.name for f in schema.sequences}
+        position = {Entity.USER: self.user.keys, Entity.ITEM: self.item.keys, Entity.CONTEXT: self.context_keys}
+        entity_of = {f.name: f.entity for f in features}
+        self._sources = [(entity_of[key], position[entity_of[key]].index(key)) for key in self.keys]
+        self.context_features = {f.name for f in self.context_dense} | set(self.context_keys)
+        default_dense = RecordCodec(schema, Entity.CONTEXT).default_dense
+        self._default_context = EncodedContext(
+            default_dense,
+            [np.empty(0, np.int64) if key in self._sequence else np.full(1, OOV_INDEX, np.int64)
+             for key in self.context_keys])
+
+    # ---- context ----------------------------------------------------------------------------
+    def encode_context(self, context: Mapping[str, Any]) -> EncodedContext:
+        """Raw context values → encoded ones; missing features take the default, unknown ones are errors."""
+        if not context:
+            return self._default_context
+        for name in context:
+            if name not in self.context_features:
+                known = ", ".join(sorted(self.context_features)) or "none"
+                raise ContextError(name, f"unknown context feature '{name}' (the model's context features: "
+                                   f"{known})", context[name])
+        dense = self._default_context.dense.copy()
+        for i, feature in enumerate(self.context_dense):
+            if feature.name in context:
+                raw = context[feature.name]
+                try:
+                    value = self.encoder.dense(feature.name, raw)
+                except (RecsysError, OverflowError, ValueError, TypeError) as exc:
+                    raise ContextError(feature.name, _one_line(exc, "expected a number"), raw) from None
+                if not math.isfinite(value):
+                    raise ContextError(feature.name, "the value is out of range for a float32", raw)
+                dense[i] = value
+        ids = list(self._default_context.ids)
+        for j, key in enumerate(self.context_keys):
+            if key in context:
+                raw = context[key]
+                if isinstance(raw, list) and key not in self._sequence and not self._multi_valued(key):
+                    raise ContextError(key, "expected a single value, got a list", raw)
+                try:
+                    ids[j] = self.encoder.sparse(key, raw)
+                except (RecsysError, OverflowError, ValueError, TypeError) as exc:
+                    raise ContextError(key, _one_line(exc, "invalid value"), raw) from None
+                if key in self._sequence:
+                    limit = next(f.max_length for f in self.schema.sequences if f.name == key)
+                    ids[j] = ids[j][:limit]
+        return EncodedContext(dense, ids)
+
+    def _multi_valued(self, key: str) -> bool:
+        return any(f.name == key and f.separator is not None for f in self.schema.sparse)
+
+    # ---- rows -------------------------------------------------------------------------------
+    def block(self, user: bytes | None, items: Sequence[bytes | None], context: EncodedContext) -> RowBlock:
+        """One user's record, B item records and the context → the B rows' model inputs."""
+        users = self.user.decode_many([user])
+        decoded = self.item.decode_many(list(items))
+        return self.assemble(users, decoded, context)
+
+    def assemble(self, user: EntityBatch, items: EntityBatch, context: EncodedContext) -> RowBlock:
+        rows = items.dense.shape[0]
+        dense = np.empty((rows, self.dense_dim), dtype=np.float32)  # (B, D)
+        dense[:, self._cols[Entity.USER]] = user.dense[0]
+        dense[:, self._cols[Entity.ITEM]] = items.dense
+        dense[:, self._cols[Entity.CONTEXT]] = context.dense
+        lengths = np.empty((len(self.keys), rows), dtype=np.int32)  # (K, B)
+        values: list[np.ndarray] = []
+        for k, (entity, j) in enumerate(self._sources):
+            if entity is Entity.ITEM:
+                lengths[k] = items.lengths[:, j]
+                values.append(items.values[j])
+            elif entity is Entity.USER:  # the same ids in every row
+                lengths[k] = user.lengths[0, j]
+                values.append(np.tile(user.values[j], rows))
+            else:
+                lengths[k] = len(context.ids[j])
+                values.append(np.tile(context.ids[j], rows))
+        return RowBlock(dense, lengths, values)
+
+    def dummy(self, rows: int) -> RowBlock:
+        """Default records for ``rows`` unknown items of an unknown user: for warming a model up."""
+        return self.block(None, [None] * rows, self._default_context)
+
+
+def merge(blocks: Sequence[RowBlock], keys: list[str]) -> Batch:
+    """Requests' blocks → one Batch, rows in block order (what the batcher scores in one forward)."""
+    if len(blocks) == 1:
+        block = blocks[0]
+        dense, lengths = block.dense, block.lengths.reshape(-1)
+        values = np.concatenate(block.values) if block.values else np.empty(0, np.int64)
+    else:
+        dense = np.concatenate([b.dense for b in blocks])  # (ΣB, D)
+        lengths = np.concatenate([b.lengths for b in blocks], axis=1).reshape(-1)  # (K * ΣB,)
+        parts = [b.values[k] for k in range(len(keys)) for b in blocks]
+        values = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    rows = dense.shape[0]
+    sparse = KeyedJaggedTensor(keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths))
+    return Batch(dense=torch.from_numpy(dense), sparse=sparse, labels=torch.zeros(rows))
+
+
+def _one_line(exc: BaseException, fallback: str) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else fallback

@@ -1,0 +1,128 @@
+"""Request and response bodies of the ranking API (pydantic models; they also make the OpenAPI schema).
+
+Responses of the hot routes are serialised by ``service.py`` straight to bytes with
+orjson; these models document them and are what a client can validate against.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+
+from services.ranking.settings import Precision
+
+
+# pydantic refuses strings with lone surrogates ("\ud800" in JSON), which no store key could hold.
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+Text = Annotated[str, Field(max_length=4096)]
+Scalar = StrictBool | StrictInt | StrictFloat | Text | None
+ContextValue = Scalar | Annotated[list[Scalar], Field(max_length=1024)]
+
+_RANK_EXAMPLE = {
+    "user_id": "42",
+    "item_ids": ["7", "19", "3"],
+    "k": 2,
+    "context": {"C3": "hour_13", "I9": 4},
+}
+_RESPONSE_EXAMPLE = {
+    "model_version": "dlrm-20250101T000000Z",
+    "feature_version": "v20250101T000500Z",
+    "items": [{"item_id": "19", "score": 0.31}, {"item_id": "7", "score": 0.12}],
+    "unknown_user": False,
+    "unknown_items": [],
+}
+
+
+class _Body(BaseModel):
+    # Unknown fields are refused (a misspelt "context" is an error, not ignored); NaN/Infinity too.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class RankRequest(_Body):
+    """Score the given candidates for a user and return the k best."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_RANK_EXAMPLE]})
+
+    user_id: Id = Field(description="the user's key, as materialised in the feature store")
+    item_ids: list[Id] = Field(min_length=1, description="candidate item keys; duplicates are scored each "
+                               "(no dedupe); more than the server's --max-candidates answers 413")
+    k: StrictInt = Field(10, ge=1, le=100_000, description="how many items to return, best first")
+    context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(
+        default_factory=dict, description="raw values of the schema's context features (e.g. time, device); "
+        "missing ones take their default (fill value / out-of-vocabulary), unknown ones answer 422")
+
+
+class RecommendRequest(_Body):
+    """Recommend k items for a user: popular items the user has not seen, ranked by the model."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "42", "k": 10}]})
+
+    user_id: Id
+    k: StrictInt = Field(10, ge=1, le=10_000)
+    context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(default_factory=dict)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float = Field(description="predicted probability: sigmoid of the model's logit")
+
+
+class RankResponse(BaseModel):
+    """The top-k items, best first, and where their scores came from."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_RESPONSE_EXAMPLE]})
+
+    model_version: str = Field(description="the artifact version that scored every item of this response")
+    feature_version: str = Field(description="the feature-store version every feature of this response came from")
+    items: list[ScoredItem] = Field(description="at most k, by descending score (ties in request order)")
+    unknown_user: bool = Field(description="the user has no record: scored with default (out-of-vocabulary) features")
+    unknown_items: list[str] = Field(description="items without a record, scored with default features")
+    timings_ms: dict[str, float] | None = Field(
+        None, description="per-stage milliseconds (fetch, tensors, queue, model, serialize, total); only with "
+        "the request header `X-Debug-Timing: 1`")
+
+
+class ReloadRequest(_Body):
+    """Load another artifact and swap it in once it is ready."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"artifact": "runs/dlrm-v2/artifact",
+                                                               "precision": "int8"}]})
+
+    artifact: Annotated[str, Field(min_length=1, max_length=4096)]
+    precision: Precision | None = Field(None, description="default: the precision the server runs with")
+
+
+class ModelSwap(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model_version": "dlrm-20250102T000000Z",
+                                                               "previous_version": "dlrm-20250101T000000Z"}]})
+
+    model_version: str
+    previous_version: str | None
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    model_version: str | None = None
+    precision: Precision | None = None
+    feature_version: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every non-validation error: one line saying what is wrong."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "feature store unavailable: "
+                                                               "connection refused"}]})
+
+    detail: Any
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "body larger than --max-body-bytes or more candidates than "
+          "--max-candidates"},
+    503: {"model": ErrorBody, "description": "feature store unavailable, or no feature version materialised"},
+}

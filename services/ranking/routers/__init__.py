@@ -1,0 +1,1 @@
+"""One router per concern: ranking (the hot routes), operations (health, metrics), admin (model swaps)."""

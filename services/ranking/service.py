@@ -1,0 +1,345 @@
+"""The ranking service: request → features (one store round trip) → one batched forward → top-k bytes.
+
+``RankingService`` is what the routers call and what a benchmark can drive in-process.
+Per request::
+
+    fetch      store.fetch(user, items): the user's and the items' records, one version (an I/O thread)
+    tensors    decode the records, add the context, lay out the Batch (same I/O thread, numpy)
+    queue      wait for the model thread (requests arriving meanwhile are batched together)
+    model      the forward pass under inference_mode (the model thread)
+    serialize  top-k and the JSON bytes (event loop, orjson)
+
+Every stage is timed into ``recsys_rank_stage_seconds`` and, with ``X-Debug-Timing: 1``,
+returned as ``timings_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from recsys.errors import RecsysError
+from recsys.schema import Schema
+from services.feature_store.store import FeatureStore, FeatureStoreUnavailable, Fetched
+from services.ranking.batcher import MicroBatcher, in_fresh_thread
+from services.ranking.features import EncodedContext, RowBlock
+from services.ranking.metrics import ServiceMetrics
+from services.ranking.served import Layout, ModelSlot, ServedModel, layout_difference, record_layouts
+from services.ranking.settings import Precision, ServeSettings
+
+log = logging.getLogger("recsys.ranking")
+
+NO_VERSION = "no feature version is active in the feature store: run `recsys features materialize`"
+
+
+class NoFeatureVersion(RuntimeError):
+    """Nothing materialised yet: 503."""
+
+
+class TooManyCandidates(ValueError):
+    """More item_ids than --max-candidates: 413."""
+
+
+class RecordMismatch(RuntimeError):
+    """A store record the served model's schema cannot decode: a deployment error, 500."""
+
+
+class ModelConflict(ValueError):
+    """An artifact whose schema cannot read the store's records, or no model to roll back to: 409."""
+
+
+@dataclass
+class Swap:
+    model_version: str
+    previous_version: str | None
+
+
+@dataclass
+class _Prepared:
+    fetched: Fetched
+    block: RowBlock
+    item_ids: Sequence[str]
+    fetch_s: float
+    tensors_s: float
+
+
+class RankingService:
+    """Shared state of one ranking app: settings, feature store, model slot, batcher, metrics, I/O threads."""
+
+    def __init__(self, settings: ServeSettings, store: FeatureStore, model: ServedModel,
+                 metrics: ServiceMetrics | None = None, *, owns_store: bool = False) -> None:
+        self.settings, self.store = settings, store
+        self.metrics = metrics or ServiceMetrics()
+        self.slot = ModelSlot(model)
+        self.batcher = MicroBatcher(settings.max_batch_rows, settings.batch_wait_ms / 1000,
+                                    observe=self.metrics.observe_batch, threads=settings.torch_threads)
+        self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="recsys-io")
+        self.api_key = settings.api_key()
+        self._owns_store = owns_store
+        self._admin_lock = asyncio.Lock()
+        self._control_seen: str | None = None
+
+    @classmethod
+    def open(cls, settings: ServeSettings, store: FeatureStore | None = None,
+             metrics: ServiceMetrics | None = None) -> RankingService:
+        """Load the artifact (the control file's, when the workers share one) and connect to the store."""
+        artifact, precision = settings.artifact, settings.precision
+        control = _read_control(settings.control_file)
+        if control is not None:
+            artifact, precision = Path(control["artifact"]), Precision(control["precision"])
+        model = ServedModel.load(artifact, precision)
+        owns = store is None
+        if store is None:
+            from services.feature_store.redis_store import RedisFeatureStore
+
+            url = settings.redis_url or os.environ.get("REDIS_URL")
+            if not url:
+                raise RecsysError("no feature store: set REDIS_URL or ServeSettings.redis_url")
+            store = RedisFeatureStore.from_url(url, prefix=settings.redis_prefix)
+        service = cls(settings, store, model, metrics, owns_store=owns)
+        if control is not None:
+            service._control_seen = control.get("id")
+        return service
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def serving(cls, settings: ServeSettings, store: FeatureStore | None = None,
+                      metrics: ServiceMetrics | None = None) -> AsyncIterator[RankingService]:
+        """Open (on a short-lived thread: see ``batcher``), start, and close at the end; the app's lifespan, and
+        how a benchmark drives the service without HTTP::
+
+            async with RankingService.serving(ServeSettings(artifact=path, redis_url=url)) as service:
+                body = await service.rank("42", ["7", "19"], k=10, context={}, debug=True)
+        """
+        service = await in_fresh_thread(cls.open, settings, store, metrics)
+        try:
+            await service.start()
+            yield service
+        finally:
+            service.close()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.batcher.start()
+        model = self.slot.current
+        await self.batcher.score(model, model.features.dummy(8))  # first pass allocates; keep it off requests
+        self.metrics.serving(model.version, model.precision.value, str(model.path), None)
+
+    def close(self) -> None:
+        self.batcher.stop()
+        self.io.shutdown(wait=False, cancel_futures=True)
+        if self._owns_store:
+            with contextlib.suppress(Exception):
+                self.store.close()  # type: ignore[attr-defined]
+
+    # ---- ranking ---------------------------------------------------------------------------------
+    async def rank(self, user_id: str, item_ids: Sequence[str], k: int, context: Mapping[str, Any],
+                   debug: bool = False) -> bytes:
+        """The /v1/rank response body."""
+        started = time.perf_counter()
+        if len(item_ids) > self.settings.max_candidates:
+            raise TooManyCandidates(f"{len(item_ids)} item_ids is more than the {self.settings.max_candidates} "
+                                    "this server scores per request (--max-candidates)")
+        model = self.slot.current  # this request's model, whatever is swapped in meanwhile
+        encoded = model.features.encode_context(context)
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self.io, self._prepare_rank, model, user_id, item_ids, encoded)
+        return await self._finish(model, prepared, k, started, debug)
+
+    async def recommend(self, user_id: str, k: int, context: Mapping[str, Any], debug: bool = False) -> bytes:
+        """The /v1/recommend response body: popular items the user has not seen, ranked."""
+        started = time.perf_counter()
+        model = self.slot.current
+        encoded = model.features.encode_context(context)
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self.io, self._prepare_recommend, model, user_id, k, encoded)
+        return await self._finish(model, prepared, k, started, debug)
+
+    def _prepare_rank(self, model: ServedModel, user_id: str, item_ids: Sequence[str],
+                      context: EncodedContext) -> _Prepared:
+        started = time.perf_counter()
+        fetched = self.store.fetch(user_id, item_ids)
+        return self._build(model, fetched, item_ids, context, started)
+
+    def _prepare_recommend(self, model: ServedModel, user_id: str, k: int, context: EncodedContext) -> _Prepared:
+        started = time.perf_counter()
+        wanted = min(self.settings.max_candidates, k * self.settings.recommend_oversample)
+        seen = set(self.store.seen(user_id))
+        version, popular = self.store.popular(wanted + len(seen))
+        if version is None:
+            raise NoFeatureVersion(NO_VERSION)
+        candidates = [item for item in popular if item not in seen][:wanted]
+        fetched = self.store.fetch(user_id, candidates)
+        return self._build(model, fetched, candidates, context, started)
+
+    def _build(self, model: ServedModel, fetched: Fetched, item_ids: Sequence[str], context: EncodedContext,
+               started: float) -> _Prepared:
+        fetched_at = time.perf_counter()
+        if fetched.version is None:
+            raise NoFeatureVersion(NO_VERSION)
+        try:
+            block = model.features.block(fetched.user, fetched.items, context)
+        except RecsysError as exc:
+            raise RecordMismatch(f"feature store version {fetched.version}: {exc} (model {model.version})") from None
+        return _Prepared(fetched, block, item_ids, fetched_at - started, time.perf_counter() - fetched_at)
+
+    async def _finish(self, model: ServedModel, prepared: _Prepared, k: int, started: float, debug: bool) -> bytes:
+        block, item_ids, fetched = prepared.block, prepared.item_ids, prepared.fetched
+        if block.rows:
+            scored = await self.batcher.score(model, block)
+            scores, queue_s, model_s = scored.scores, scored.queue_s, scored.model_s
+        else:  # nothing to score (every popular item already seen)
+            scores, queue_s, model_s = np.empty(0, np.float32), 0.0, 0.0
+        serialize_started = time.perf_counter()
+        # Best first; a stable sort keeps ties in request order.
+        order = np.argsort(-scores, kind="stable")[:k].tolist()
+        items = [{"item_id": item_ids[i], "score": s} for i, s in zip(order, scores[order].tolist())]
+        payload = {
+            "model_version": model.version,
+            "feature_version": fetched.version,
+            "items": items,
+            "unknown_user": fetched.user is None,
+            "unknown_items": [item_ids[i] for i, record in enumerate(fetched.items) if record is None],
+        }
+        body = orjson.dumps(payload)
+        finished = time.perf_counter()
+        timings = {"fetch": prepared.fetch_s, "tensors": prepared.tensors_s, "queue": queue_s, "model": model_s,
+                   "serialize": finished - serialize_started, "total": finished - started}
+        stage = self.metrics.stage
+        for name, seconds in timings.items():
+            stage.labels(name).observe(seconds)
+        self.metrics.candidates.observe(block.rows)
+        if debug:  # appended to the bytes already made, so the timing covers the real serialisation
+            body = body[:-1] + b',"timings_ms":' + orjson.dumps({n: s * 1e3 for n, s in timings.items()}) + b"}"
+        return body
+
+    # ---- health ----------------------------------------------------------------------------------
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details): a model loaded, the store answering, a feature version active."""
+        model = self.slot.current
+        info: dict[str, Any] = {"model_version": model.version, "precision": model.precision.value}
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self.io, self.store.ping), timeout=2.0)
+            version = await asyncio.wait_for(loop.run_in_executor(self.io, self.store.active_version), timeout=2.0)
+        except (FeatureStoreUnavailable, TimeoutError) as exc:
+            return False, {**info, "status": f"feature store unavailable: {exc or 'no answer within 2 s'}"}
+        if version is None:
+            return False, {**info, "status": NO_VERSION}
+        return True, {**info, "status": "ready", "feature_version": version}
+
+    # ---- admin -----------------------------------------------------------------------------------
+    async def reload(self, artifact: str | Path, precision: Precision | None = None, *, announce: bool = True) -> Swap:
+        """Load an artifact off the event loop, check it reads the store's records, warm it up, swap it in.
+
+        Requests already running finish on the model they started with. Raises RecsysError (bad
+        artifact) or ModelConflict; the current model keeps serving either way.
+        """
+        async with self._admin_lock:
+            precision = precision or self.settings.precision
+            model = await in_fresh_thread(ServedModel.load, artifact, precision)
+            reference, source = await asyncio.to_thread(self._records_layouts)
+            problem = layout_difference(reference, model.layouts)
+            if problem:
+                raise ModelConflict(f"{model.path}: cannot read the feature store's records (written for "
+                                    f"{source}): {problem}")
+            await self.batcher.score(model, model.features.dummy(8))  # on the model thread, between requests
+            current, previous = self.slot.swap_in(model)
+            return self._swapped("reload", current, previous, announce)
+
+    def _records_layouts(self) -> tuple[Layout, str]:
+        """The layout of the active version's records: from the artifact it was materialised for, when the
+        store says which and it is readable here; else the current model's (which reads them now)."""
+        current = self.slot.current
+        try:
+            active = self.store.active_version()
+            meta = self.store.versions().get(active or "", {})
+        except FeatureStoreUnavailable:
+            meta = {}
+        source = Path(meta.get("artifact_dir", ""))
+        if meta.get("artifact_dir") and (source / "schema.json").is_file():
+            try:
+                return record_layouts(Schema.load(source / "schema.json"), source), f"{source}"
+            except RecsysError:
+                pass
+        return current.layouts, f"{current.path}, the model serving them"
+
+    async def rollback(self, *, announce: bool = True) -> Swap:
+        async with self._admin_lock:
+            try:
+                current, previous = self.slot.roll_back()
+            except RecsysError as exc:
+                raise ModelConflict(str(exc)) from None
+            return self._swapped("rollback", current, previous, announce)
+
+    def _swapped(self, kind: str, current: ServedModel, previous: ServedModel | None, announce: bool) -> Swap:
+        before = (previous.version, previous.precision.value, str(previous.path)) if previous else None
+        self.metrics.serving(current.version, current.precision.value, str(current.path), before)
+        self.metrics.swaps.labels(kind).inc()
+        log.info("%s: serving %s (%s), previously %s", kind, current.version, current.precision.value,
+                 previous.version if previous else None)
+        if announce and self.settings.control_file is not None:
+            self._control_seen = _write_control(self.settings.control_file, current)
+        return Swap(current.version, previous.version if previous else None)
+
+    async def follow_control_file(self, interval_s: float = 0.5) -> None:
+        """Under ``--workers N``: apply the swaps other workers announced in the shared control file."""
+        path = self.settings.control_file
+        if path is None:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            control = _read_control(path)
+            if control is None or control.get("id") == self._control_seen:
+                continue
+            self._control_seen = control.get("id")
+            wanted = (str(Path(control["artifact"]).resolve()), control["precision"])
+            current, previous = self.slot.current, self.slot.previous
+            try:
+                if _identity(current) == wanted:
+                    continue
+                if previous is not None and _identity(previous) == wanted:
+                    await self.rollback(announce=False)
+                else:
+                    await self.reload(control["artifact"], Precision(control["precision"]), announce=False)
+            except (RecsysError, ModelConflict) as exc:
+                log.error("control file %s: could not follow %s: %s", path, wanted[0], exc)
+
+
+def _identity(model: ServedModel) -> tuple[str, str]:
+    return str(model.path.resolve()), model.precision.value
+
+
+def _read_control(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("artifact"), str) \
+            or data.get("precision") not in {p.value for p in Precision}:
+        return None
+    return data
+
+
+def _write_control(path: Path, model: ServedModel) -> str:
+    serial = uuid.uuid4().hex
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"artifact": str(model.path.resolve()), "precision": model.precision.value,
+                               "version": model.version, "id": serial}))
+    tmp.replace(path)
+    return serial

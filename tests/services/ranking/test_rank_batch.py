@@ -1,0 +1,141 @@
+"""The service's Batch is ParquetReader's Batch, and the micro-batcher scores queued requests together."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from torch import nn
+
+from recsys.data.layout import split_files
+from recsys.data.reader import ParquetReader
+from recsys.schema import Entity
+from services.feature_store.materialize import encode_records
+from services.ranking.batcher import MicroBatcher
+from services.ranking.features import EncodedContext, RowBlock, merge
+from services.ranking.served import ServedModel
+
+
+def test_blocks_from_records_equal_the_parquet_readers_batch(served_artifact: tuple[Path, Path]) -> None:
+    data_dir, artifact_dir = served_artifact
+    served = ServedModel.load(artifact_dir)
+    layout, schema = served.features, served.schema
+    batch, row_ids = next(ParquetReader(data_dir, "test", batch_size=96, schema=schema).iter_with_row_ids())
+    frame = pl.read_parquet(split_files(data_dir, "test"))[row_ids.numpy()]
+    users = encode_records(layout.user, frame)  # each row's own user and item record, as materialise packs them
+    items = encode_records(layout.item, frame)
+    context_dense = [f.name for f in schema.dense if f.entity is Entity.CONTEXT]
+    blocks = []  # one request per row (its user, its item, its context), batched together as the batcher does
+    for r in range(frame.height):
+        context = EncodedContext(np.array([frame[r, name] for name in context_dense], dtype=np.float32),
+                                 [np.atleast_1d(np.asarray(frame[r, key], dtype=np.int64))
+                                  for key in layout.context_keys])
+        blocks.append(layout.block(users[r], [items[r]], context))
+    built = merge(blocks, layout.keys)
+    assert torch.equal(built.dense, batch.dense)
+    assert built.sparse.keys() == batch.sparse.keys()
+    assert torch.equal(built.sparse.lengths(), batch.sparse.lengths())
+    assert torch.equal(built.sparse.values(), batch.sparse.values())
+    with torch.inference_mode():
+        assert torch.allclose(served.model(built), served.model(batch), atol=1e-6)
+
+    # One request of many candidates (user and context repeated per row) is the same rows one by one.
+    context = EncodedContext(np.arange(len(context_dense), dtype=np.float32),
+                             [np.array([k + 1], np.int64) for k in range(len(layout.context_keys))])
+    many = merge([layout.block(users[0], items[:20], context)], layout.keys)
+    one_by_one = merge([layout.block(users[0], [item], context) for item in items[:20]], layout.keys)
+    assert torch.equal(many.dense, one_by_one.dense)
+    assert torch.equal(many.sparse.lengths(), one_by_one.sparse.lengths())
+    assert torch.equal(many.sparse.values(), one_by_one.sparse.values())
+
+
+def test_one_user_many_items_repeats_the_user_and_context(served_artifact: tuple[Path, Path]) -> None:
+    _, artifact_dir = served_artifact
+    layout = ServedModel.load(artifact_dir).features
+    block = layout.dummy(5)
+    assert block.dense.shape == (5, len(layout.schema.dense)) and block.lengths.shape == (len(layout.keys), 5)
+    sequences = {f.name for f in layout.schema.sequences}
+    for key, lengths, values in zip(layout.keys, block.lengths, block.values, strict=True):
+        assert (lengths == (0 if key in sequences else 1)).all()  # unknown entities: OOV ids, empty histories
+        assert len(values) == lengths.sum() and (values == 0).all()
+
+
+class _Slow(nn.Module):
+    """Sums each row's dense features, slowly: the model stays busy while requests queue."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, batch: object) -> torch.Tensor:
+        time.sleep(0.05)
+        return batch.dense.sum(dim=1) + self.offset  # type: ignore[attr-defined]
+
+
+class _Model:
+    def __init__(self, offset: float) -> None:
+        self.model, self.keys = _Slow(offset), ["f"]
+
+
+def _block(rows: int, value: float) -> RowBlock:
+    return RowBlock(np.full((rows, 2), value, np.float32), np.ones((1, rows), np.int32), [np.zeros(rows, np.int64)])
+
+
+def test_requests_queued_while_the_model_is_busy_share_a_pass_and_keep_their_model() -> None:
+    passes: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_rows=64, observe=lambda rows, requests: passes.append((rows, requests)))
+    batcher.start()
+    old, new = _Model(0.0), _Model(10.0)
+
+    async def run() -> list:
+        first = asyncio.create_task(batcher.score(old, _block(1, 0.0)))
+        await asyncio.sleep(0.01)  # the first pass is running: the next ones queue up
+        rest = [batcher.score(old if i % 2 else new, _block(i + 1, i / 10)) for i in range(6)]
+        return [await first, *await asyncio.gather(*rest)]
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        batcher.stop()
+    for i, scored in enumerate(results[1:]):
+        offset = 0.0 if i % 2 else 10.0
+        expected = 1 / (1 + np.exp(-(2 * i / 10 + offset)))
+        assert scored.scores.shape == (i + 1,)
+        np.testing.assert_allclose(scored.scores, expected, rtol=1e-6)
+    # 1 pass for the first request, then the six queued ones in one pass per model
+    assert passes[0] == (1, 1) and sorted(passes[1:]) == [(9, 3), (12, 3)]
+
+
+def test_a_lone_request_does_not_wait_and_big_takes_are_split() -> None:
+    passes: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_rows=4, observe=lambda rows, requests: passes.append((rows, requests)))
+    batcher.start()
+    model = _Model(0.0)
+
+    async def run() -> None:
+        scored = await batcher.score(model, _block(3, 0.0))
+        assert scored.queue_s < 0.02
+        await asyncio.gather(*(batcher.score(model, _block(3, 0.0)) for _ in range(3)))
+
+    try:
+        asyncio.run(run())
+    finally:
+        batcher.stop()
+    assert all(rows <= 4 for rows, _ in passes) and sum(r for r, _ in passes) == 12
+
+
+@pytest.mark.parametrize("rows", [1, 300])
+def test_int8_model_scores_close_to_fp32(served_artifact: tuple[Path, Path], rows: int) -> None:
+    data_dir, artifact_dir = served_artifact
+    fp32, int8 = ServedModel.load(artifact_dir, "fp32"), ServedModel.load(artifact_dir, "int8")
+    assert type(int8.model.sparse_arch.ebc).__module__ == "torchrec.quant.embedding_modules"
+    batch = next(iter(ParquetReader(data_dir, "test", batch_size=rows, schema=fp32.schema)))
+    with torch.inference_mode():
+        exact, quantized = torch.sigmoid(fp32.model(batch)), torch.sigmoid(int8.model(batch))
+    relative = ((quantized - exact).abs() / exact).max().item()
+    assert relative < 0.02, relative  # measured ~0.2% on the synthetic artifact

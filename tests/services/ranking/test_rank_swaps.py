@@ -1,0 +1,274 @@
+"""Swaps under load, over real HTTP: feature versions, models (reload/rollback, int8), Redis dying and returning,
+and several workers following one swap."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from recsys.schema import Entity, Schema
+from services.feature_store.codec import RecordCodec
+from services.feature_store.embedded import EmbeddedRedis
+from services.feature_store.materialize import materialize
+from services.feature_store.redis_store import RedisFeatureStore
+from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, start_server
+
+ADMIN = {"X-API-Key": API_KEY}
+
+
+def _hammer(server: Server, bodies: list[dict[str, Any]], while_running: Callable[[], None],
+            threads: int = 3) -> list[tuple[int, dict[str, Any], int]]:
+    """Threads send ``bodies`` round-robin over keep-alive connections until ``while_running`` returns;
+    returns (status, json or {}, body index) of every response."""
+    done = threading.Event()
+    results: list[tuple[int, dict[str, Any], int]] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        with server.client() as client:
+            i = offset
+            while not done.is_set():
+                index = i % len(bodies)
+                response = client.post("/v1/rank", json=bodies[index])
+                payload = response.json() if response.status_code == 200 else {}
+                with lock:
+                    results.append((response.status_code, payload, index))
+                i += 1
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    try:
+        while_running()
+    finally:
+        done.set()
+        for thread in pool:
+            thread.join(60)
+    return results
+
+
+def _scores(payload: dict[str, Any]) -> dict[str, float]:
+    return {item["item_id"]: item["score"] for item in payload["items"]}
+
+
+def test_feature_version_switches_under_load_never_mix(server: Server, store: RedisFeatureStore,
+                                                      served_artifact: tuple[Path, Path],
+                                                      offline: list[OfflineRow]) -> None:
+    data_dir, artifact_dir = served_artifact
+    v1 = store.active_version()
+    assert v1 is not None
+    v2 = materialize(store, data_dir, artifact_dir)["version"]  # the same data, then users altered online
+    bodies = [{"user_id": row.user_id, "item_ids": [r.item_id for r in offline[:20]], "k": 20,
+               "context": row.context} for row in offline[:8]]
+    codec = RecordCodec(Schema.load(artifact_dir / "schema.json"), Entity.USER)
+    for body in bodies:
+        dense, ids = codec.decode(store.get_users([body["user_id"]])[0])
+        store.put_user(body["user_id"], codec.encode(dense + 0.75, ids))  # v2 only: it is the active one
+    try:
+        expected: dict[str, list[dict[str, float]]] = {}
+        with server.client() as client:
+            for version in (v1, v2):
+                store.activate(version)
+                answers = [client.post("/v1/rank", json=body).json() for body in bodies]
+                assert {a["feature_version"] for a in answers} == {version}
+                expected[version] = [_scores(a) for a in answers]
+        for a, b in zip(expected[v1], expected[v2], strict=True):
+            assert max(abs(a[i] - b[i]) for i in a) > 1e-3  # the versions are told apart by their scores
+
+        def switch() -> None:
+            for n in range(40):
+                store.activate(v1 if n % 2 else v2)
+                time.sleep(0.03)
+
+        results = _hammer(server, bodies, switch)
+    finally:
+        store.activate(v1)
+    assert results and all(status == 200 for status, _, _ in results)
+    versions = Counter(payload["feature_version"] for _, payload, _ in results)
+    assert set(versions) == {v1, v2}, versions
+    for _, payload, index in results:
+        want = expected[payload["feature_version"]][index]
+        got = _scores(payload)
+        # Within float rounding of batch composition (requests are micro-batched), never the other version's.
+        assert max(abs(got[i] - want[i]) for i in want) < 1e-6
+
+
+def test_hot_reload_and_rollback_under_load_drop_nothing(server: Server, second_artifact: Path,
+                                                         offline: list[OfflineRow], tmp_path: Path) -> None:
+    bodies = [{"user_id": row.user_id, "item_ids": [r.item_id for r in offline[:50]], "k": 5,
+               "context": row.context} for row in offline[:10]]
+    with server.client() as client:
+        first = client.get("/readyz").json()["model_version"]
+        second = json.loads((second_artifact / "manifest.json").read_text())["version"]
+        assert first != second
+        swaps: list[dict[str, Any]] = []
+
+        def swap() -> None:
+            for n in range(3):
+                reloaded = client.post("/admin/reload", json={"artifact": str(second_artifact),
+                                                              "precision": "int8" if n == 1 else "fp32"},
+                                       headers=ADMIN)
+                assert reloaded.status_code == 200, reloaded.text
+                swaps.append(reloaded.json())
+                time.sleep(0.2)
+                rolled = client.post("/admin/rollback", headers=ADMIN)
+                assert rolled.status_code == 200, rolled.text
+                swaps.append(rolled.json())
+                time.sleep(0.2)
+
+        results = _hammer(server, bodies, swap)
+        assert client.get("/readyz").json()["model_version"] == first
+        assert client.post("/admin/rollback").status_code == 401
+
+        # An artifact whose user records differ (a dense feature standardised differently) is refused: 409.
+        odd = tmp_path / "odd-artifact"
+        shutil.copytree(second_artifact, odd)
+        schema = json.loads((odd / "schema.json").read_text())
+        user_dense = next(f for f in schema["dense"] if f["entity"] == "user")
+        user_dense["mean"] += 1.0
+        (odd / "schema.json").write_text(json.dumps(schema))
+        refused = client.post("/admin/reload", json={"artifact": str(odd)}, headers=ADMIN)
+        assert refused.status_code == 409 and user_dense["name"] in refused.json()["detail"]
+        assert client.get("/readyz").json()["model_version"] == first
+    statuses = Counter(status for status, _, _ in results)
+    assert set(statuses) == {200}, statuses
+    assert {payload["model_version"] for _, payload, _ in results} == {first, second}
+    assert swaps[0] == {"model_version": second, "previous_version": first}
+    assert swaps[1] == {"model_version": first, "previous_version": second}
+
+
+def test_int8_scores_are_close_to_fp32(server: Server, served_artifact: tuple[Path, Path],
+                                       offline: list[OfflineRow]) -> None:
+    _, artifact_dir = served_artifact
+    bodies = [{"user_id": row.user_id, "item_ids": [r.item_id for r in offline[:40]], "k": 40,
+               "context": row.context} for row in offline[:10]]
+    with server.client() as client:
+        fp32 = [_scores(client.post("/v1/rank", json=body).json()) for body in bodies]
+        assert client.post("/admin/reload", json={"artifact": str(artifact_dir), "precision": "int8"},
+                           headers=ADMIN).status_code == 200
+        try:
+            assert client.get("/readyz").json()["precision"] == "int8"
+            int8 = [_scores(client.post("/v1/rank", json=body).json()) for body in bodies]
+        finally:
+            assert client.post("/admin/rollback", headers=ADMIN).status_code == 200
+        assert client.get("/readyz").json()["precision"] == "fp32"
+    errors = np.array([abs(b[i] - a[i]) / a[i] for a, b in zip(fp32, int8, strict=True) for i in a])
+    print(f"int8 vs fp32 relative score error: mean {errors.mean():.2e}, max {errors.max():.2e}")
+    assert errors.max() < 0.02 and errors.mean() < 0.005
+
+
+def test_redis_down_then_back_is_503_then_200_without_restart(redis_server: EmbeddedRedis,
+                                                              served_artifact: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    data_dir, artifact_dir = served_artifact
+    redis = redis_server  # fresh and empty
+    server = start_server(artifact_dir, redis.url, tmp_path / "serve.log", "--precision", "int8",
+                          api_key=None, wait_ready=False)
+    store = RedisFeatureStore.from_url(redis.url)
+    body = {"user_id": "1", "item_ids": ["1", "2", "3"], "k": 2}
+    try:
+        with server.client() as client:
+            # Nothing materialised yet: not ready, and ranking says what to run.
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "recsys features materialize" in ready.json()["status"]
+            empty = client.post("/v1/rank", json=body)
+            assert empty.status_code == 503 and "recsys features materialize" in empty.json()["detail"]
+            assert client.post("/admin/rollback").status_code == 403
+            assert "admin disabled" in client.post("/admin/rollback").json()["detail"]
+
+            materialize(store, data_dir, artifact_dir)
+            assert client.get("/readyz").status_code == 200
+            assert client.post("/v1/rank", json=body).status_code == 200
+
+            statuses: list[int] = []
+            stop = threading.Event()
+
+            def traffic() -> None:
+                with server.client() as own:
+                    while not stop.is_set():
+                        statuses.append(own.post("/v1/rank", json=body).status_code)
+                        time.sleep(0.005)
+
+            thread = threading.Thread(target=traffic)
+            thread.start()
+            time.sleep(0.3)
+            redis.kill()  # SIGKILL, as a crash
+            time.sleep(0.5)
+            down = client.post("/v1/rank", json=body)
+            assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
+            assert client.get("/readyz").status_code == 503
+            assert client.get("/healthz").status_code == 200
+            redis.restart()  # the same port and data directory; nothing was saved, so materialise again
+            materialize(store, data_dir, artifact_dir)
+            deadline = time.monotonic() + 10
+            while client.post("/v1/rank", json=body).status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            stop.set()
+            thread.join(30)
+            assert client.post("/v1/rank", json=body).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            assert server.process.poll() is None  # the same process recovered by itself
+            metrics = client.get("/metrics").text
+        seen = Counter(statuses)
+        assert set(seen) <= {200, 503} and seen[200] and seen[503], seen
+        assert statuses[-1] == 200
+        assert "recsys_feature_store_errors_total" in metrics
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_serve_starts_and_stops_the_embedded_redis(served_artifact: tuple[Path, Path], tmp_path: Path) -> None:
+    _, artifact_dir = served_artifact
+    home = tmp_path / "home"
+    server = start_server(artifact_dir, None, tmp_path / "serve.log", wait_ready=False, home=home)
+    try:
+        info = json.loads((home / "redis" / "server.json").read_text())
+        assert info["owner"] == server.process.pid
+        with server.client() as client:  # the workers got the embedded server's URL: the store answers
+            assert "recsys features materialize" in client.get("/readyz").json()["status"]
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, server.log_tail()
+    assert (home / "redis" / "dump.rdb").is_file() and not (home / "redis" / "server.json").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(info["pid"], 0)
+
+
+def test_workers_follow_one_swap_and_share_metrics(store: RedisFeatureStore, redis: EmbeddedRedis,
+                                                   served_artifact: tuple[Path, Path], second_artifact: Path,
+                                                   tmp_path: Path) -> None:
+    _, artifact_dir = served_artifact
+    server = start_server(artifact_dir, redis.url, tmp_path / "serve.log", "--workers", "2")
+    second = json.loads((second_artifact / "manifest.json").read_text())["version"]
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request: both workers answer
+    try:
+        with server.client(limits=fresh) as client:
+            for _ in range(10):
+                assert client.post("/v1/rank", json={"user_id": "1", "item_ids": ["1", "2"]}).status_code == 200
+            swapped = client.post("/admin/reload", json={"artifact": str(second_artifact)}, headers=ADMIN)
+            assert swapped.status_code == 200 and swapped.json()["model_version"] == second
+            deadline, streak = time.monotonic() + 60, 0
+            while streak < 20 and time.monotonic() < deadline:
+                version = client.post("/v1/rank", json={"user_id": "1", "item_ids": ["1"]}).json()["model_version"]
+                streak = streak + 1 if version == second else 0
+                time.sleep(0.02)
+            assert streak == 20, "the other worker did not follow the swap"
+            text = client.get("/metrics").text
+        line = next(li for li in text.splitlines()
+                    if li.startswith('recsys_http_requests_total{method="POST",route="/v1/rank",status="200"}'))
+        assert float(line.split()[-1]) >= 30  # every worker's requests, aggregated
+    finally:
+        server.stop()
