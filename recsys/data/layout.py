@@ -85,11 +85,12 @@ def _remove_abandoned(out: Path) -> None:
     """Delete temporary folders left by runs that were killed (their process is gone)."""
     for leftover in out.parent.glob(f".{out.name}.tmp-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

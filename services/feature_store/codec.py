@@ -88,13 +88,16 @@ class RecordCodec:
         """
         blobs = [self.default if b is None else b for b in blobs]
         n = len(blobs)
-        if n and all(len(b) == len(blobs[0]) for b in blobs):
+        if n and len(set(map(len, blobs))) == 1:
             width = len(blobs[0])
             raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(n, width)
             dense = raw[:, : self.n_dense * 4].copy().view(_F32)
             lengths = raw[:, self.n_dense * 4 : self._head].copy().view(_I32)
             if (lengths == lengths[0]).all():
                 values = raw[:, self._head :].copy().view(_I64)  # (n, sum of lengths)
+                if (lengths[0] == 1).all():  # one id per key: a key's ids are a column
+                    columns = np.ascontiguousarray(values.T)  # (n_keys, n)
+                    return EntityBatch(dense, lengths, list(columns))
                 bounds = np.concatenate([[0], np.cumsum(lengths[0])])
                 return EntityBatch(dense, lengths,
                                    [values[:, bounds[k] : bounds[k + 1]].reshape(-1) for k in range(self.n_keys)])

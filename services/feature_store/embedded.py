@@ -43,6 +43,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from recsys.data.layout import pid_alive
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:
@@ -85,16 +86,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _client(url: str, timeout: float = 1.0, password: str | None = None) -> redis.Redis:
@@ -270,7 +261,7 @@ def _running_server(data_dir: Path) -> str | None:
     if info is None:
         return None
     url = f"redis://127.0.0.1:{info['port']}/0"
-    return url if _pid_alive(info["pid"]) and _ping(url) else None
+    return url if pid_alive(info["pid"]) and _ping(url) else None
 
 
 def client_name() -> str:
@@ -296,7 +287,7 @@ def _shutdown_attached(url: str, data_dir: Path, pid: int, timeout: float = 60.0
         client.shutdown(save=True)
     client.close()
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and _ping(url) and time.monotonic() < deadline:
+    while pid_alive(pid) and _ping(url) and time.monotonic() < deadline:
         time.sleep(0.05)
     with contextlib.suppress(OSError):
         (data_dir / SERVER_FILE).unlink()
@@ -342,7 +333,7 @@ def redis_url() -> Iterator[str]:
         finally:
             with _locked(data_dir):
                 info = _read_server_file(data_dir)
-                if (info is not None and not _pid_alive(info["owner"]) and _running_server(data_dir) == url
+                if (info is not None and not pid_alive(info["owner"]) and _running_server(data_dir) == url
                         and not _other_recsys_clients(url)):
                     _shutdown_attached(url, data_dir, info["pid"])
                     log.info("feature store: saved and stopped the embedded redis (%s)", data_dir / DUMP_FILE)

@@ -71,9 +71,26 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
     app.include_router(operations.router)
     app.include_router(admin.router)
     _error_handlers(app, metrics)
+    _document_request_models(app)
     paths = frozenset(route.path for route in app.routes if "{" not in getattr(route, "path", "{"))
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     return app
+
+
+def _document_request_models(app: FastAPI) -> None:
+    """Put the request models the hot routes parse themselves into the OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in ranking.REQUEST_MODELS:
+                schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

@@ -14,14 +14,14 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key
                         "named by --api-key-env (RECSYS_API_KEY by default)")
 
 
-def get_service(request: Request) -> RankingService:
+async def get_service(request: Request) -> RankingService:
     return request.app.state.service
 
 
 Service = Annotated[RankingService, Depends(get_service)]
 
 
-def require_admin(service: Service, key: Annotated[str | None, Security(_api_key)]) -> None:
+async def require_admin(service: Service, key: Annotated[str | None, Security(_api_key)]) -> None:
     """403 when no key is configured (admin disabled), 401 for a missing or wrong key."""
     expected = service.api_key
     if expected is None:

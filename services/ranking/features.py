@@ -143,12 +143,10 @@ class FeatureLayout:
             if entity is Entity.ITEM:
                 lengths[k] = items.lengths[:, j]
                 values.append(items.values[j])
-            elif entity is Entity.USER:  # the same ids in every row
-                lengths[k] = user.lengths[0, j]
-                values.append(np.tile(user.values[j], rows))
-            else:
-                lengths[k] = len(context.ids[j])
-                values.append(np.tile(context.ids[j], rows))
+            else:  # user and context: the same ids in every row
+                ids = user.values[j] if entity is Entity.USER else context.ids[j]
+                lengths[k] = len(ids)
+                values.append(np.full(rows, ids[0], dtype=np.int64) if len(ids) == 1 else np.tile(ids, rows))
         return RowBlock(dense, lengths, values)
 
     def dummy(self, rows: int) -> RowBlock:

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +90,8 @@ class RankingService:
         self.api_key = settings.api_key()
         self._owns_store = owns_store
         self._admin_lock = asyncio.Lock()
+        self._in_progress = 0  # ranking requests between their start and their response
+        self._store_healthy = True  # the last feature-store round trip succeeded
         self._control_seen: str | None = None
 
     @classmethod
@@ -155,18 +157,43 @@ class RankingService:
                                     "this server scores per request (--max-candidates)")
         model = self.slot.current  # this request's model, whatever is swapped in meanwhile
         encoded = model.features.encode_context(context)
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self.io, self._prepare_rank, model, user_id, item_ids, encoded)
-        return await self._finish(model, prepared, k, started, debug)
+        self._in_progress += 1
+        try:
+            prepared = await self._prepare(self._prepare_rank, model, user_id, item_ids, encoded)
+            return await self._finish(model, prepared, k, started, debug)
+        finally:
+            self._in_progress -= 1
 
     async def recommend(self, user_id: str, k: int, context: Mapping[str, Any], debug: bool = False) -> bytes:
         """The /v1/recommend response body: popular items the user has not seen, ranked."""
         started = time.perf_counter()
         model = self.slot.current
         encoded = model.features.encode_context(context)
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self.io, self._prepare_recommend, model, user_id, k, encoded)
-        return await self._finish(model, prepared, k, started, debug)
+        self._in_progress += 1
+        try:
+            prepared = await self._prepare(self._prepare_recommend, model, user_id, k, encoded)
+            return await self._finish(model, prepared, k, started, debug)
+        finally:
+            self._in_progress -= 1
+
+    async def _prepare(self, fn: Callable[..., _Prepared], *args: Any) -> _Prepared:
+        """The feature-store round trip and tensor building of one request.
+
+        A lone request (no other in progress, store healthy) does them right here on the event loop: handing
+        them to an I/O thread and back costs ~0.1 ms here, a twentieth of a 100-candidate request, and no other
+        request is kept waiting. Under concurrency, or while the store fails (a timeout must not stall the
+        loop), they run on the I/O threads and the loop keeps accepting.
+        """
+        try:
+            if self._in_progress == 1 and self._store_healthy:
+                prepared = fn(*args)
+            else:
+                prepared = await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+        except FeatureStoreUnavailable:
+            self._store_healthy = False
+            raise
+        self._store_healthy = True
+        return prepared
 
     def _prepare_rank(self, model: ServedModel, user_id: str, item_ids: Sequence[str],
                       context: EncodedContext) -> _Prepared:

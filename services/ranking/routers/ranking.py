@@ -1,33 +1,74 @@
-"""``POST /v1/rank`` and ``POST /v1/recommend``: scored items, best first."""
+"""``POST /v1/rank`` and ``POST /v1/recommend``: scored items, best first.
+
+The bodies are parsed by pydantic's own JSON parser in one call
+(``model_validate_json``) instead of through FastAPI's body parameter, which
+decodes with ``json`` and then validates Python objects field by field: on the
+hot routes that saved a tenth of a millisecond per request here. Errors keep
+FastAPI's 422 shape (``loc`` starting with ``"body"``), and the OpenAPI schema
+declares the same request models.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
-from services.ranking.deps import Service
+from services.ranking.deps import get_service
 from services.ranking.payloads import ERROR_RESPONSES, RankRequest, RankResponse, RecommendRequest
 
 router = APIRouter(prefix="/v1", tags=["ranking"])
+Body = TypeVar("Body", bound=BaseModel)
 
 DebugTiming = Annotated[str | None, Header(alias="X-Debug-Timing", description="1: add per-stage timings_ms "
                                            "to the response")]
 
 
-@router.post("/rank", response_model=RankResponse, responses=ERROR_RESPONSES, summary="Rank candidates for a user")
-async def rank(body: RankRequest, service: Service, debug: DebugTiming = None) -> Response:
+# Parsed by the routes themselves; the app adds their schemas to the OpenAPI components (``app.py``).
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (RankRequest, RecommendRequest)
+
+
+def _request_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI ``requestBody`` of a route that parses ``model`` itself."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"]), "input": _printable(error.get("input"))}
+                  for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _printable(value: object) -> object:
+    """Undecodable JSON comes back as its raw bytes; echo them as text (\\x.. escapes) in the 422."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+@router.post("/rank", response_model=RankResponse, responses=ERROR_RESPONSES, summary="Rank candidates for a user",
+             openapi_extra=_request_body(RankRequest))
+async def rank(request: Request, debug: DebugTiming = None) -> Response:
     """Fetch the user's and the candidates' features (one feature-store round trip, one version), score all
     candidates in one forward pass and return the k best. Unknown users and items are scored with default
     features and reported."""
+    body = await _parse(request, RankRequest)
+    service = await get_service(request)
     content = await service.rank(body.user_id, body.item_ids, body.k, body.context, debug == "1")
     return Response(content, media_type="application/json")
 
 
 @router.post("/recommend", response_model=RankResponse, responses=ERROR_RESPONSES,
-             summary="Recommend items to a user")
-async def recommend(body: RecommendRequest, service: Service, debug: DebugTiming = None) -> Response:
+             summary="Recommend items to a user", openapi_extra=_request_body(RecommendRequest))
+async def recommend(request: Request, debug: DebugTiming = None) -> Response:
     """Candidates are the most popular items (a few times k) minus the ones the user has seen, ranked like
     /v1/rank."""
+    body = await _parse(request, RecommendRequest)
+    service = await get_service(request)
     content = await service.recommend(body.user_id, body.k, body.context, debug == "1")
     return Response(content, media_type="application/json")
