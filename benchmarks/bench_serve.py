@@ -135,15 +135,16 @@ class Server:
 
 
 def _cell(port: int, raw: list[bytes], candidates: int, concurrency: int, args: argparse.Namespace,
-          label: str) -> dict[str, Any]:
+          service: str, precision: str) -> dict[str, Any]:
     result = run_load("127.0.0.1", port, raw, concurrency=concurrency,
                       max_requests=args.requests * (2 if concurrency > 1 else 1), seconds=args.seconds,
                       keep_body=lambda i: True)
-    cell = {"service": label, "candidates": candidates, "concurrency": concurrency, **result.summary()}
+    cell = {"service": service, "precision": precision, "candidates": candidates, "concurrency": concurrency,
+            **result.summary()}
     timings = [t for t in (json.loads(b).get("timings_ms") for b in result.bodies) if t]
     if timings:
         cell["stages_ms"] = {s: round(statistics.median(t[s] for t in timings), 3) for s in timings[0]}
-    print(f"  {label:>5} {candidates:>4} candidates, concurrency {concurrency}: p50 {cell['p50_ms']:.2f} ms, "
+    print(f"  {service:>6} {precision} {candidates:>4} candidates, concurrency {concurrency}: p50 {cell['p50_ms']:.2f} ms, "
           f"p99 {cell['p99_ms']:.2f} ms, {cell['throughput_rps']:.0f} req/s"
           + (f", stages {cell['stages_ms']}" if "stages_ms" in cell else ""), flush=True)
     return cell
@@ -189,7 +190,7 @@ def _measure_service(port: int, precision: str, artifact: Path, redis_url: str,
             raw = _raw(port, pool, {"X-Debug-Timing": "1"})
             run_load("127.0.0.1", port, raw, concurrency=2, max_requests=args.warmup, seconds=30)
             before = _floor(served, store, pool, args.floor_repeats)
-            cells = [_cell(port, raw, candidates, c, args, precision) for c in (1, 8)]
+            cells = [_cell(port, raw, candidates, c, args, "recsys", precision) for c in (1, 8)]
             after = _floor(served, store, pool, args.floor_repeats)
             floor = {key: round((before[key] + after[key]) / 2, 3) for key in before}
             floors[str(candidates)] = {**floor, "before": before, "after": after}
@@ -197,7 +198,7 @@ def _measure_service(port: int, precision: str, artifact: Path, redis_url: str,
                   f"{floor['forward_p50_ms']:.3f} = {floor['floor_p50_ms']:.3f} ms (before {before['floor_p50_ms']}, "
                   f"after {after['floor_p50_ms']}; tensor building, not in it: {floor['tensors_p50_ms']:.3f} ms)",
                   flush=True)
-            runs += [{"precision": precision, **cell} for cell in cells]
+            runs += cells
     finally:
         store.close()
     return runs, floors
@@ -254,8 +255,7 @@ def main() -> None:
             for candidates, pool in bodies.items():
                 raw = _raw(port, pool, {})
                 run_load("127.0.0.1", port, raw, concurrency=2, max_requests=args.warmup // 4, seconds=30)
-                naive_runs += [{"precision": "fp32", **_cell(port, raw, candidates, c, args, "naive")}
-                               for c in (1, 8)]
+                naive_runs += [_cell(port, raw, candidates, c, args, "naive", "fp32") for c in (1, 8)]
         finally:
             naive.stop()
     finally:
@@ -278,7 +278,7 @@ def main() -> None:
                 goal.update({"throughput_rps": ours, "naive_throughput_rps": theirs,
                              "throughput_over_naive": round(ours / theirs, 2), "throughput_goal_met": ours >= 5 * theirs})
             goals[f"{precision}/{candidates}"] = goal
-    results.update({"runs": runs, "naive": {"runs": naive_runs}, "floor": floor, "goals": goals,
+    results.update({"runs": runs + naive_runs, "floor": floor, "goals": goals,
                     "machine": before, "machine_after": machine()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -1,8 +1,8 @@
 """Serving latency from benchmarks/results/serve.json: percentiles, throughput and time per request stage.
 
 Expected shape (anything else is skipped with a note): ``runs``: a list of
-``{precision, candidates, concurrency, p50_ms, p95_ms, p99_ms, throughput_rps, stages_ms: {stage: ms}}``,
-plus optional ``floor`` and ``naive`` blocks of numbers.
+``{service, precision, candidates, concurrency, p50_ms, p95_ms, p99_ms, throughput_rps, stages_ms: {stage: ms}}``
+(service: ``recsys`` or the ``naive`` baseline), plus optional ``floor`` and ``goals`` blocks of numbers.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from recsys.report.bench import files_for, is_number, key_values, machine_line
 from recsys.report.context import ReportContext
 from recsys.report.sections import Section, register_section
 
-SETTINGS = ("precision", "candidates", "concurrency", "batch_size", "model")
+SETTINGS = ("service", "precision", "candidates", "concurrency", "batch_size", "model")
 LATENCY = ("p50_ms", "p95_ms", "p99_ms")
 COLUMNS = (*LATENCY, "mean_ms", "throughput_rps")
-BLOCKS = ("floor", "naive")
+BLOCKS = ("floor", "goals")
 SHOWN = {"runs", "machine", "benchmark", *BLOCKS}
 
 
@@ -89,7 +89,8 @@ def _flatten(block: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _plot(runs: list[dict[str, Any]], columns: list[str]) -> str:
-    stages = list(dict.fromkeys(s for r in runs for s in r["stages_ms"]))
+    # Stages stack up to the request's time; a "total" stage is their sum, not another part.
+    stages = list(dict.fromkeys(s for r in runs for s in r["stages_ms"] if s != "total"))
     latency = [c for c in LATENCY if c in columns]
     panels = int(bool(latency)) + int(bool(stages))
     fig, axes = plots.figure(max(panels, 1), width=6.0, height=0.45 * len(runs) + 2.0)
