@@ -121,7 +121,18 @@ class ErrorBody(BaseModel):
     detail: Any
 
 
+class ValidationErrorBody(BaseModel):
+    """422: every invalid part of the request, in FastAPI's shape (``loc`` names the field)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": [
+        {"type": "greater_than_equal", "loc": ["body", "k"], "msg": "Input should be greater than or equal to 1",
+         "input": 0}]}]})
+
+    detail: list[dict[str, Any]]
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrorBody, "description": "invalid body (named by loc), or an unknown context feature"},
     413: {"model": ErrorBody, "description": "body larger than --max-body-bytes or more candidates than "
           "--max-candidates"},
     503: {"model": ErrorBody, "description": "feature store unavailable, or no feature version materialised"},
