@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from recsys import __version__
 from recsys.errors import RecsysError
 from services.feature_store.store import FeatureStore, FeatureStoreUnavailable
+from services.ranking.fastpath import HotRoutes
 from services.ranking.features import ContextError
 from services.ranking.metrics import ServiceMetrics
 from services.ranking.middleware import RequestMetrics
@@ -72,7 +73,10 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
     app.include_router(admin.router)
     _error_handlers(app, metrics)
     _document_request_models(app)
-    paths = frozenset(route.path for route in app.routes if "{" not in getattr(route, "path", "{"))
+    # Metric labels: the API's paths (included routers are not flattened into app.routes) and the docs'.
+    documented = [*app.openapi()["paths"], *(getattr(route, "path", "{") for route in app.routes)]
+    paths = frozenset(path for path in documented if "{" not in path)
+    app.add_middleware(HotRoutes)  # inside the request metrics, which count its answers too
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     return app
 
