@@ -13,6 +13,7 @@ In-process (tests, benchmarks)::
 Modules: ``settings`` (ServeSettings), ``payloads`` (request/response models),
 ``features`` (records + context → Batch), ``served`` (artifact loading, int8, model
 slot), ``batcher`` (the model thread), ``service`` (the request pipeline),
-``metrics``, ``middleware``, ``deps`` and ``routers/`` (the HTTP layer), ``app``.
+``metrics``, ``middleware``, ``fastpath`` (the hot routes before FastAPI's routing), ``deps`` and
+``routers/`` (the HTTP layer), ``app``, ``demo`` (the end of ``make demo``).
 Nothing is imported here: ``recsys --help`` imports the settings without torch.
 """
