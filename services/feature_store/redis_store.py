@@ -67,32 +67,16 @@ _HEARTBEAT_SECONDS = 10.0
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:]{1,64}$")
 
-# KEYS[1] active; ARGV: prefix, has_user ('1'|'0'), user_id, item ids... → {version, user, items...} or {}.
-_FETCH = """
+# KEYS[1] active; ARGV: prefix, embmeta field ('' for none), key suffixes... → {version, meta, values...}
+# or {} when nothing is active; values of P:V:<suffix> in ARGV order.
+_READ = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {} end
-local base = ARGV[1] .. ':' .. v
-local keys, n = {}, 0
-if ARGV[2] == '1' then n = n + 1; keys[n] = base .. ':u:' .. ARGV[3] end
-for i = 4, #ARGV do n = n + 1; keys[n] = base .. ':i:' .. ARGV[i] end
-local out, m = {v}, 1
-if ARGV[2] ~= '1' then out[2] = false; m = 2 end
-for s = 1, n, 4000 do
-  local got = redis.call('MGET', unpack(keys, s, math.min(s + 3999, n)))
-  for j = 1, #got do m = m + 1; out[m] = got[j] end
-end
-return out
-"""
-
-# KEYS[1] active; ARGV: prefix, infix, embmeta field ('' for none), ids... → {version, meta, values...} or {}.
-_MGET = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {} end
-local base = ARGV[1] .. ':' .. v
+local base = ARGV[1] .. ':' .. v .. ':'
 local out, m = {v, false}, 2
-if ARGV[3] ~= '' then out[2] = redis.call('HGET', base .. ':embmeta', ARGV[3]) end
+if ARGV[2] ~= '' then out[2] = redis.call('HGET', base .. 'embmeta', ARGV[2]) end
 local keys, n = {}, 0
-for i = 4, #ARGV do n = n + 1; keys[n] = base .. ':' .. ARGV[2] .. ':' .. ARGV[i] end
+for i = 3, #ARGV do n = n + 1; keys[n] = base .. ARGV[i] end
 for s = 1, n, 4000 do
   local got = redis.call('MGET', unpack(keys, s, math.min(s + 3999, n)))
   for j = 1, #got do m = m + 1; out[m] = got[j] end
@@ -236,8 +220,7 @@ class RedisFeatureStore(FeatureStore):
         self.client, self.prefix, self.grace_seconds, self.seen_cap = client, prefix, grace_seconds, seen_cap
         self.url = redact_url(url) if url else self._describe(client)
         self._active_key, self._versions_key = f"{prefix}:active", f"{prefix}:versions"
-        self._fetch = client.register_script(_FETCH)
-        self._mget = client.register_script(_MGET)
+        self._read_script = client.register_script(_READ)
         self._lrange = client.register_script(_LRANGE)
         self._set = client.register_script(_SET)
         self._add_seen = client.register_script(_ADD_SEEN)
@@ -317,47 +300,39 @@ class RedisFeatureStore(FeatureStore):
         return None if value is None else _text(value)
 
     def fetch(self, user_id: str | None, item_ids: Sequence[str]) -> Fetched:
-        version = self._version_hint
-        if version is not None:  # the common case: one plain MGET of P:active and the records
-            base = f"{self.prefix}:{version}"
-            keys = [self._active_key]
-            if user_id is not None:
-                keys.append(f"{base}:u:{user_id}")
-            keys += [f"{base}:i:{i}" for i in item_ids]
-            with self._guard():
-                reply = self.client.mget(keys)
-            if reply[0] is not None and _text(reply[0]) == version:
-                if user_id is None:
-                    return Fetched(version, None, reply[1:])
-                return Fetched(version, reply[1], reply[2:])
-        has_user = user_id is not None
-        with self._guard():
-            reply = self._fetch(keys=[self._active_key],
-                                args=[self.prefix, b"1" if has_user else b"0", user_id if has_user else b"", *item_ids])
-        if not reply:
-            self._version_hint = None
-            return Fetched(None, None, [None] * len(item_ids))
-        self._version_hint = _text(reply[0])
-        return Fetched(self._version_hint, reply[1], reply[2:])
+        suffixes = [f"i:{i}" for i in item_ids]
+        if user_id is None:
+            version, _, items = self._read(suffixes)
+            return Fetched(version, None, items)
+        version, _, values = self._read([f"u:{user_id}", *suffixes])
+        return Fetched(version, values[0], values[1:])
 
-    def _read_many(self, infix: str, ids: Sequence[str], meta_field: str = "") -> tuple[str | None, Any, list[Any]]:
+    def _read(self, suffixes: list[str], meta_field: str = "") -> tuple[str | None, Any, list[Any]]:
+        """(version, its ``embmeta`` field, values) of the active version's keys ``P:V:<suffix>``, one round trip.
+
+        The common case is one plain MGET of ``P:active`` and the keys of the version the last read found
+        active; when ``P:active`` has moved on, the Lua script reads the new version (and updates the hint).
+        """
         version = self._version_hint
         meta = self._emb_meta.get((version, meta_field)) if meta_field else None
         if version is not None and (meta is not None or not meta_field):
-            base = f"{self.prefix}:{version}:{infix}:"
+            base = f"{self.prefix}:{version}:"
             with self._guard():
-                reply = self.client.mget([self._active_key, *(base + str(i) for i in ids)])
+                reply = self.client.mget([self._active_key, *(base + suffix for suffix in suffixes)])
             if reply[0] is not None and _text(reply[0]) == version:
                 return version, meta, reply[1:]
         with self._guard():
-            reply = self._mget(keys=[self._active_key], args=[self.prefix, infix, meta_field, *ids])
+            reply = self._read_script(keys=[self._active_key], args=[self.prefix, meta_field, *suffixes])
         if not reply:
             self._version_hint = None
-            return None, None, [None] * len(ids)
+            return None, None, [None] * len(suffixes)
         version = self._version_hint = _text(reply[0])
         if meta_field and reply[1] is not None:  # embeddings of a version never change after its commit
             self._emb_meta[(version, meta_field)] = reply[1]
         return version, reply[1], reply[2:]
+
+    def _read_many(self, infix: str, ids: Sequence[str], meta_field: str = "") -> tuple[str | None, Any, list[Any]]:
+        return self._read([f"{infix}:{i}" for i in ids], meta_field)
 
     def get_users(self, ids: Sequence[str]) -> list[bytes | None]:
         return self._read_many("u", ids)[2]
@@ -475,9 +450,6 @@ class RedisFeatureStore(FeatureStore):
                 log.info("feature store: collected %s version %s (%d keys)", state, name, removed)
                 collected.append(name)
         return collected
-
-    def key(self, version: str, *parts: str) -> str:
-        return ":".join((self.prefix, version, *parts))
 
 
 class RedisVersionWriter(VersionWriter):
