@@ -157,43 +157,38 @@ class RankingService:
                                     "this server scores per request (--max-candidates)")
         model = self.slot.current  # this request's model, whatever is swapped in meanwhile
         encoded = model.features.encode_context(context)
-        self._in_progress += 1
-        try:
-            prepared = await self._prepare(self._prepare_rank, model, user_id, item_ids, encoded)
-            return await self._finish(model, prepared, k, started, debug)
-        finally:
-            self._in_progress -= 1
+        return await self._respond(model, k, started, debug, self._prepare_rank, user_id, item_ids, encoded)
 
     async def recommend(self, user_id: str, k: int, context: Mapping[str, Any], debug: bool = False) -> bytes:
         """The /v1/recommend response body: popular items the user has not seen, ranked."""
         started = time.perf_counter()
         model = self.slot.current
         encoded = model.features.encode_context(context)
+        return await self._respond(model, k, started, debug, self._prepare_recommend, user_id, k, encoded)
+
+    async def _respond(self, model: ServedModel, k: int, started: float, debug: bool,
+                       prepare: Callable[..., _Prepared], *args: Any) -> bytes:
+        """``prepare(model, *args)`` (the feature-store round trip and tensor building), score, serialise.
+
+        A lone request (no other in progress, store healthy) prepares right here on the event loop: handing
+        the work to an I/O thread and back costs ~0.1 ms here, a twentieth of a 100-candidate request, and no
+        other request is kept waiting. Under concurrency, or while the store fails (a timeout must not stall
+        the loop), it runs on the I/O threads and the loop keeps accepting.
+        """
         self._in_progress += 1
         try:
-            prepared = await self._prepare(self._prepare_recommend, model, user_id, k, encoded)
+            try:
+                if self._in_progress == 1 and self._store_healthy:
+                    prepared = prepare(model, *args)
+                else:
+                    prepared = await asyncio.get_running_loop().run_in_executor(self.io, prepare, model, *args)
+            except FeatureStoreUnavailable:
+                self._store_healthy = False
+                raise
+            self._store_healthy = True
             return await self._finish(model, prepared, k, started, debug)
         finally:
             self._in_progress -= 1
-
-    async def _prepare(self, fn: Callable[..., _Prepared], *args: Any) -> _Prepared:
-        """The feature-store round trip and tensor building of one request.
-
-        A lone request (no other in progress, store healthy) does them right here on the event loop: handing
-        them to an I/O thread and back costs ~0.1 ms here, a twentieth of a 100-candidate request, and no other
-        request is kept waiting. Under concurrency, or while the store fails (a timeout must not stall the
-        loop), they run on the I/O threads and the loop keeps accepting.
-        """
-        try:
-            if self._in_progress == 1 and self._store_healthy:
-                prepared = fn(*args)
-            else:
-                prepared = await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
-        except FeatureStoreUnavailable:
-            self._store_healthy = False
-            raise
-        self._store_healthy = True
-        return prepared
 
     def _prepare_rank(self, model: ServedModel, user_id: str, item_ids: Sequence[str],
                       context: EncodedContext) -> _Prepared:
