@@ -68,8 +68,7 @@ def set_features(store: FeatureStore, schema: Schema, encoder: RawEncoder, entit
                               f"{', '.join(schema.features_of(entity)) or 'none'})")
         if owner[name] is not entity:
             raise RecsysError(f"feature '{name}' describes the {owner[name]}, not the {entity}")
-    fetched = store.fetch(entity_id, []) if entity is Entity.USER else None
-    current = fetched.user if fetched is not None else store.get_items([entity_id])[0]
+    current = (store.get_users if entity is Entity.USER else store.get_items)([entity_id])[0]
     dense, ids = codec.decode(current if current is not None else codec.default)
     dense_index = {f.name: j for j, f in enumerate(codec.dense_features)}
     max_length = {f.name: f.max_length for f in schema.sequences}
