@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from bench_data import machine  # noqa: E402
 from loadgen import build_request, run_load  # noqa: E402
 
 from recsys.schema import Entity, Schema  # noqa: E402
+from recsys.system import free_port  # noqa: E402
 from services.feature_store.embedded import EmbeddedRedis  # noqa: E402
 from services.feature_store.materialize import materialize  # noqa: E402
 from services.feature_store.redis_store import RedisFeatureStore  # noqa: E402
@@ -55,12 +55,6 @@ from services.ranking.served import ServedModel  # noqa: E402
 WORK = HERE / "work" / "serve"
 PREFIX = "bench"
 STAGES = ("fetch", "tensors", "model", "serialize")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _artifact(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -236,7 +230,7 @@ def main() -> None:
         runs: list[dict[str, Any]] = []
         floor: dict[str, Any] = {}
         for precision in ("fp32", "int8"):
-            port = _free_port()
+            port = free_port()
             server = Server([sys.executable, "-m", "recsys.cli.main", "-q", "serve", "--artifact", str(artifact),
                              "--port", str(port), "--precision", precision, "--redis-prefix", PREFIX],
                             env, REPO, port, "/readyz")
@@ -245,7 +239,7 @@ def main() -> None:
                 runs += measured
             finally:
                 server.stop()
-        port = _free_port()
+        port = free_port()
         naive = Server([sys.executable, "-m", "uvicorn", "naive_service:app", "--port", str(port), "--http",
                         "httptools", "--loop", "uvloop", "--log-level", "warning"],
                        {**env, "NAIVE_ARTIFACT": str(artifact), "REDIS_PREFIX": PREFIX,

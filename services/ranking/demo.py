@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from recsys.schema import Entity, Schema
+from recsys.system import free_port
 
 console = Console()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(client: httpx.Client, service: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -80,7 +74,7 @@ def main() -> None:
 
     schema = Schema.load(args.artifact)
     user, items, context = _examples(args.data, schema)
-    port = _free_port()
+    port = free_port()
     recsys = [sys.executable, "-m", "recsys.cli.main"]
     service = subprocess.Popen([*recsys, "serve", "--artifact", str(args.artifact), "--port", str(port)],
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from recsys import artifact as artifacts
 from recsys.data.layout import split_files
 from recsys.data.reader import ParquetReader
 from recsys.schema import Encoding, Entity
+from recsys.system import free_port
 from services.feature_store.codec import transform_dense
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.materialize import materialize
@@ -32,12 +32,6 @@ from services.feature_store.redis_store import RedisFeatureStore
 from tests.conftest import REPO_ROOT, train_cli
 
 API_KEY = "test-admin-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
