@@ -1,9 +1,19 @@
-"""Small process and socket helpers shared by the trainer, the embedded Redis, the service and the tests."""
+"""Small process, socket and lock helpers shared by the trainer, the data commands, the embedded Redis, the
+service and the tests."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from recsys.errors import RecsysError
 
 
 def free_port() -> int:
@@ -22,3 +32,46 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class OutputBusy(RecsysError):
+    """Another process holds the lock on an output (a data set being prepared, a run being trained)."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+        return f"pid {int(info['pid'])} on {info['host']} ({info['command']}, since {since})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` for the block, or fail at once with a one-line ``OutputBusy``
+    naming ``what`` and the holder (pid, host, command, since).
+
+    ``flock`` locks end with the process that holds them, so a run killed with SIGKILL leaves no stale lock
+    (on a shared file system, only where it supports flock). The lock file stays behind, holding the last
+    holder's description; it is never deleted, as deleting it would let two processes lock two files.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RecsysError(f"{lock_file}: cannot create the lock for {what} ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusy(f"{what} is in use by {_holder(lock_file)}; wait for it to finish or choose "
+                             "another output") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

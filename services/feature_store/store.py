@@ -106,3 +106,12 @@ class FeatureStore(ABC):
     @abstractmethod
     def versions(self) -> dict[str, dict[str, str]]:
         """Known versions and their metadata (rows, artifact, committed-at)."""
+
+    def activation_floor(self) -> float | None:
+        """Commit time (unix seconds) of the newest version this store is known to have made active, as recorded
+        outside the server, so that it survives the server losing data; None when nothing records it.
+
+        A reader whose active version was committed before it is looking at lost data (a server that came back
+        from an old dump) and must not call itself ready.
+        """
+        return None
