@@ -332,7 +332,10 @@ def _write_splits(schema: Schema, spool: Path, out: Path, vocabs: dict[str, pl.D
                 rows = encoded.filter(pl.col(_SPLIT) == code).drop(_SPLIT)
                 if rows.height == 0:
                     continue
-                pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=options.row_group_size)
+                # Page checksums let the reader tell a corrupted page from data: without them most flipped
+                # bytes decode to wrong values silently.
+                pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=options.row_group_size,
+                               write_page_checksum=True)
                 counts[split]["rows"] += rows.height
                 if first_label is not None:
                     counts[split]["positives"] += float(rows[first_label].sum())
