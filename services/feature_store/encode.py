@@ -55,7 +55,8 @@ class RawEncoder:
         try:
             if raw is not None and not math.isfinite(raw):
                 raise RecsysError(f"feature '{feature}': {shown} is not a finite number")
-            value = transform_dense(self._dense[feature], raw)
+            with np.errstate(over="ignore"):  # an overflow to float32 is refused just below, not warned about
+                value = transform_dense(self._dense[feature], raw)
         except (OverflowError, ValueError) as exc:  # an int past float's range; log1p of a value below -1
             raise RecsysError(f"feature '{feature}': {shown} cannot be encoded ({exc})") from None
         if not math.isfinite(value):
