@@ -27,7 +27,7 @@ def _encoder(tmp_path: Path) -> RawEncoder:
 
 
 @pytest.mark.parametrize("raw", [json.loads("1e400"), -math.inf, math.nan, json.loads("NaN"), json.loads("Infinity"),
-                                 10**400])
+                                 10**400], ids=["1e400", "-inf", "nan", "NaN", "Infinity", "10**400"])
 def test_non_finite_numbers_are_refused(tmp_path: Path, raw: float | int) -> None:
     encoder = _encoder(tmp_path)
     for feature in ("clicks", "price"):
