@@ -74,7 +74,7 @@ class CtrConfig:
     min_count: int = 3  # ids seen fewer times in train share the OOV row, as in Criteo preprocessing
 
     def __post_init__(self) -> None:
-        check_embedding_dim(self.embedding_dim)
+        _check_embedding_dim(self.embedding_dim)
 
     @property
     def n_users(self) -> int:
@@ -85,7 +85,7 @@ class CtrConfig:
         return self.items or max(50, self.rows // 100)
 
 
-def check_embedding_dim(dim: int) -> None:
+def _check_embedding_dim(dim: int) -> None:
     """The schema's bounds on a table's width, as one line naming the flag rather than a validation trace."""
     try:
         Table(name="t", embedding_dim=dim)
@@ -375,7 +375,7 @@ class ImplicitConfig:
     embedding_dim: int = 32
 
     def __post_init__(self) -> None:
-        check_embedding_dim(self.embedding_dim)
+        _check_embedding_dim(self.embedding_dim)
 
     @property
     def n_users(self) -> int:
