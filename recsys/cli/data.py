@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from recsys.data.pipeline import PrepareOptions
+from recsys.data.pipeline import MAX_FIELD_BYTES, PrepareOptions
 from recsys.errors import RecsysError
 from recsys.schema import Task
 
@@ -95,6 +95,7 @@ def prepare(
     task: Task = typer.Option(Task.CTR, "--task", help="movielens: ctr (rating >= --positive-rating is a click) or implicit (positive interactions only)."),
     positive_rating: float = typer.Option(4.0, "--positive-rating", help="movielens: lowest rating that counts as positive."),
     history_length: int = typer.Option(50, "--history-length", min=1, help="movielens: max length of the per-user history sequence."),
+    max_field_bytes: int = typer.Option(MAX_FIELD_BYTES, "--max-field-bytes", min=1, help="A row with a field (cell) longer than this many bytes is quarantined as malformed: one huge value would otherwise become a vocabulary entry copied into every artifact."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Turn raw data into train/valid/test Parquet + schema.json + stats.json, quarantining malformed rows."""
@@ -108,18 +109,18 @@ def prepare(
     if input_format is InputFormat.CRITEO:
         from recsys.data.formats.criteo import CriteoSource
 
-        source = CriteoSource(input_path, schema)
+        source = CriteoSource(input_path, schema, max_field_bytes=max_field_bytes)
     elif input_format is InputFormat.MOVIELENS:
         from recsys.data.formats.movielens import MovieLensSource
 
         source = MovieLensSource(input_path, task=task.value, positive_rating=positive_rating,
-                                 history_length=history_length, schema=schema)
+                                 history_length=history_length, schema=schema, max_field_bytes=max_field_bytes)
     else:
         from recsys.data.formats.tabular import TabularSource
 
         if schema is None:
             raise RecsysError(f"--format {input_format.value} needs --schema (a YAML file describing the columns)")
-        source = TabularSource(input_path, schema, file_format=input_format.value)
+        source = TabularSource(input_path, schema, file_format=input_format.value, max_field_bytes=max_field_bytes)
     result = run(source, out, options)
     print_summary(result.out, brief=True)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.schema import SCHEMA_FILE, Schema
-from recsys.system import pid_alive
+from recsys.system import exclusive_lock
 
 SPLITS = ("train", "valid", "test")
 STATS_FILE = "stats.json"
@@ -51,44 +51,72 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+def make_parent(out: Path) -> None:
+    """Create the folder ``out`` goes in, or fail with one line naming ``--out`` and why (a file in the way...)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        in_the_way = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"{in_the_way} is a file, not a folder" if in_the_way is not None else exc.strerror or str(exc)
+        raise RecsysError(f"--out {out}: cannot create the folder {out.parent} ({why})") from None
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; rename it to ``out`` only if the block succeeds.
 
     Readers never see a half-written data set: on any error (or Ctrl-C) the
-    temporary folder is removed and ``out`` is left as it was.
+    temporary folder is removed and ``out`` is left as it was. The whole job
+    holds an exclusive lock on ``out`` (``.NAME.lock`` beside it), so a second
+    job into the same folder fails at once, naming the first, instead of both
+    succeeding and the slower one silently replacing the other.
     """
     out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        if not out.is_dir() or any(out.iterdir()):
+    make_parent(out)
+    with exclusive_lock(out.parent / f".{out.name}.lock", f"output {out}"):
+        if out.exists() and not out.is_dir():
+            raise RecsysError(f"--out {out}: is a file, not a folder")
+        if out.exists() and not overwrite and any(out.iterdir()):
             raise RecsysError(f"{out}: already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(trash)
+        _remove_abandoned(out)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise RecsysError(f"--out {out}: cannot create {tmp.name} in {out.parent} ({exc.strerror})") from None
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _replace(tmp, out)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` to ``out``; a replaced ``out`` goes to ``.NAME.old-PID`` first, then is deleted.
+
+    A run killed while deleting it leaves that folder behind: the next run into ``out`` removes it.
+    """
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        return
+    trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(trash)
+    tmp.rename(out)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _remove_abandoned(out: Path) -> None:
-    """Delete temporary folders left by runs that were killed (their process is gone)."""
-    for leftover in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+    """Delete the work and replaced folders (``.NAME.tmp-PID``, ``.NAME.old-PID``) of runs that were killed.
 
+    Called under the output's lock: a live run into ``out`` would hold it, so every such folder is a dead run's,
+    whatever process now has the pid in its name (pids are reused, quickly so in containers).
+    """
+    prefixes = (f".{out.name}.tmp-", f".{out.name}.old-")
+    for leftover in out.parent.iterdir():
+        name = leftover.name
+        if name.startswith(prefixes) and name.rsplit("-", 1)[-1].isdigit():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_schema(data_dir: str | Path) -> Schema:

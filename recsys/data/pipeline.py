@@ -39,6 +39,11 @@ from recsys.schema import Encoding, Schema
 log = logging.getLogger(__name__)
 
 BAD_ROW_COLUMNS = {"source": pl.String, "line": pl.Int64, "reason": pl.String, "raw": pl.String}
+# A field longer than this quarantines its row (``--max-field-bytes``): one 50 MB cell once became a 209 MB
+# vocabulary entry copied into every artifact. Real ids, texts and lists of ids are far shorter.
+MAX_FIELD_BYTES = 64 << 10
+# Characters of a bad row's raw text kept in the quarantine file; the rest is cut (its length is noted).
+QUARANTINE_RAW_CHARS = 4096
 _ROW = "_row"
 _UNIFORM = "_u"
 _SPLIT = "_split"
@@ -98,6 +103,19 @@ def bad_rows(source: str, lines: pl.Series, reasons: pl.Series, raw: pl.Series) 
     ).cast(BAD_ROW_COLUMNS)  # type: ignore[arg-type]
 
 
+def too_long(label: str, size: pl.Expr, limit: int) -> pl.Expr:
+    """The bad-row reason for a field of ``size`` bytes over ``limit``, e.g. "field 'C3' is N bytes, over ..."."""
+    # concat_str, not pl.format: polars 1.35's format panics on some multi-chunk columns.
+    return pl.concat_str(pl.lit(f"{label} is "), size.cast(pl.String),
+                         pl.lit(f" bytes, over the limit of {limit} (--max-field-bytes)"))
+
+
+def _shortened(raw: str | None) -> str | None:
+    if raw is None or len(raw) <= QUARANTINE_RAW_CHARS:
+        return raw
+    return f"{raw[:QUARANTINE_RAW_CHARS]}... [cut: {len(raw)} characters in all]"
+
+
 class _Quarantine:
     """Appends bad rows to one JSON-lines file and keeps the first few for the summary."""
 
@@ -112,9 +130,10 @@ class _Quarantine:
         if bad.height == 0:
             return
         for record in bad.select(list(BAD_ROW_COLUMNS)).iter_rows(named=True):
+            record["raw"] = _shortened(record["raw"])  # a row quarantined for its size stays small here
             self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if len(self.examples) < 5:
-            self.examples += bad.head(5 - len(self.examples)).to_dicts()
+            if len(self.examples) < 5:
+                self.examples.append(record)
         self.count += bad.height
 
     def close(self) -> None:
@@ -332,7 +351,10 @@ def _write_splits(schema: Schema, spool: Path, out: Path, vocabs: dict[str, pl.D
                 rows = encoded.filter(pl.col(_SPLIT) == code).drop(_SPLIT)
                 if rows.height == 0:
                     continue
-                pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=options.row_group_size)
+                # Page checksums let the reader tell a corrupted page from data: without them most flipped
+                # bytes decode to wrong values silently.
+                pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=options.row_group_size,
+                               write_page_checksum=True)
                 counts[split]["rows"] += rows.height
                 if first_label is not None:
                     counts[split]["positives"] += float(rows[first_label].sum())

@@ -342,12 +342,13 @@ def _read_segments(layout: _Layout, segments: list[_Segment],
                    handles: dict[int, pq.ParquetFile]) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     columns = layout.columns
     for segment in segments:
+        path = layout.files[segment.file]
         if segment.file not in handles:
-            handles[segment.file] = pq.ParquetFile(layout.files[segment.file])
+            handles[segment.file] = _open(path)
         position = 0  # row of the row group at the start of the current record batch
         batches = handles[segment.file].iter_batches(
             batch_size=_READ_ROWS, row_groups=[segment.row_group], columns=columns, use_threads=False)
-        for record_batch in batches:
+        for record_batch in _checked(batches, path, segment.row_group):
             lo, hi = max(segment.start - position, 0), min(segment.stop - position, record_batch.num_rows)
             if lo < hi:
                 piece = record_batch.slice(lo, hi - lo)
@@ -361,6 +362,27 @@ def _read_segments(layout: _Layout, segments: list[_Segment],
             position += record_batch.num_rows
             if position >= segment.stop:
                 break
+
+
+def _open(path: str) -> pq.ParquetFile:
+    """A part opened for reading; pages written with checksums (``prepare`` writes them) are verified."""
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise RecsysError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def _checked(batches: Iterator[pa.RecordBatch], path: str, row_group: int) -> Iterator[pa.RecordBatch]:
+    """The record batches, with a corrupted or truncated page turned into an error naming the file."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as exc:
+            raise RecsysError(f"{path}: row group {row_group} is corrupt ({str(exc).splitlines()[0]}); "
+                              "prepare the data again or restore the file") from None
+        yield batch
 
 
 def _check_nulls(piece: pa.RecordBatch, layout: _Layout, segment: _Segment) -> None:
@@ -475,6 +497,22 @@ def _iter_worker(layout: _Layout, segments: list[_Segment], cutting: _Cutting, r
 
 
 @dataclass(frozen=True)
+class _WorkerError:
+    """A user error raised in a worker, sent as an item: the DataLoader would re-raise the exception with the
+    worker's traceback in its message, and a user error is one line."""
+
+    message: str
+
+
+def _packed(batches: Iterator[_Columns]) -> Iterator[torch.Tensor | _WorkerError]:
+    try:
+        for columns in batches:
+            yield _pack(columns)
+    except RecsysError as exc:
+        yield _WorkerError(str(exc))
+
+
+@dataclass(frozen=True)
 class _WorkerPlan:
     segments: list[_Segment]
     seed: tuple[int, int, int, int]  # (seed, epoch, rank, worker); rank 0 on every rank under "global"
@@ -488,13 +526,13 @@ class _RankDataset(IterableDataset):
         super().__init__()
         self.layout, self.plans, self.cutting, self.shuffle = layout, plans, cutting, shuffle
 
-    def __iter__(self) -> Iterator[_Columns | torch.Tensor]:
+    def __iter__(self) -> Iterator[_Columns | torch.Tensor | _WorkerError]:
         """``_Columns`` in the calling process; packed into one tensor each in a worker process."""
         info = get_worker_info()
         plan = self.plans[info.id if info is not None else 0]
         rng = np.random.default_rng(list(plan.seed)) if self.shuffle else None
         batches = _iter_worker(self.layout, plan.segments, self.cutting, rng, plan.skip)
-        return batches if info is None else map(_pack, batches)
+        return batches if info is None else _packed(batches)
 
 
 # ---- the reader ------------------------------------------------------------------------------------
@@ -715,6 +753,8 @@ class ParquetReader:
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
         dims = (len(self._layout.dense), len(self._layout.keys), len(self._layout.labels))
         for packed in loader:
+            if isinstance(packed, _WorkerError):
+                raise RecsysError(packed.message)
             yield _unpack(packed, *dims)
 
     def _batch(self, columns: _Columns) -> Batch:

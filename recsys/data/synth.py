@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from pydantic import ValidationError
 from sklearn.metrics import log_loss, roc_auc_score
 
 from recsys.data import layout
@@ -72,6 +73,9 @@ class CtrConfig:
     embedding_dim: int = 16
     min_count: int = 3  # ids seen fewer times in train share the OOV row, as in Criteo preprocessing
 
+    def __post_init__(self) -> None:
+        _check_embedding_dim(self.embedding_dim)
+
     @property
     def n_users(self) -> int:
         return self.users or max(100, self.rows // 50)
@@ -79,6 +83,14 @@ class CtrConfig:
     @property
     def n_items(self) -> int:
         return self.items or max(50, self.rows // 100)
+
+
+def _check_embedding_dim(dim: int) -> None:
+    """The schema's bounds on a table's width, as one line naming the flag rather than a validation trace."""
+    try:
+        Table(name="t", embedding_dim=dim)
+    except ValidationError as exc:
+        raise RecsysError(f"--embedding-dim {dim}: {exc.errors()[0]['msg']}") from None
 
 
 def _zipf_sampler(size: int, exponent: float) -> np.ndarray:
@@ -361,6 +373,9 @@ class ImplicitConfig:
     communities: int = 8
     in_community: float = 0.85
     embedding_dim: int = 32
+
+    def __post_init__(self) -> None:
+        _check_embedding_dim(self.embedding_dim)
 
     @property
     def n_users(self) -> int:

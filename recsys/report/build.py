@@ -16,6 +16,7 @@ import numpy as np
 
 from recsys import __version__
 from recsys import artifact as artifacts
+from recsys.data.layout import make_parent
 from recsys.errors import RecsysError
 from recsys.report import html
 from recsys.report.context import ReportArtifact, ReportContext, load_bench, resolve_data_dir, unique_labels
@@ -58,6 +59,7 @@ def build_report(options: ReportOptions) -> ReportPaths:
         raise RecsysError(f"--out {out}: is a directory; name the HTML file, e.g. {out / 'report.html'}")
     if options.max_rows < 1:
         raise RecsysError(f"--max-rows must be at least 1, got {options.max_rows}")
+    make_parent(out)  # before the scoring: a bad --out fails at once
     bench = load_bench(options.bench) if options.bench is not None else {}
     items = []
     for path, label in zip(options.artifacts, unique_labels(options.artifacts), strict=True):
@@ -92,7 +94,6 @@ def build_report(options: ReportOptions) -> ReportPaths:
                        "data_dir": str(item.data_dir) if item.data_dir else None} for item in items],
         "sections": numbers,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(json_path(out), json.dumps(_plain(payload), indent=1, allow_nan=False) + "\n")
     _write_atomic(out, document)
     return ReportPaths(out, json_path(out), time.perf_counter() - start)

@@ -8,6 +8,7 @@ offline (``recsys.data.transforms.encode_expr``).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,21 @@ class RawEncoder:
         return feature in self._dense or feature in self._sparse
 
     def dense(self, feature: str, raw: RawValue) -> float:
+        """The model input for a raw number; NaN and infinities (JSON's NaN, Infinity, 1e400) are refused, as
+        is a value its transform cannot take or takes out of float32's range: a model input must be finite."""
         if raw is not None and (isinstance(raw, (bool, list, str)) or not isinstance(raw, (int, float))):
             raise RecsysError(f"feature '{feature}': expected a number, got {type(raw).__name__}")
-        return transform_dense(self._dense[feature], raw)
+        shown = str(raw) if len(str(raw)) <= 30 else f"{str(raw)[:27]}..."
+        try:
+            if raw is not None and not math.isfinite(raw):
+                raise RecsysError(f"feature '{feature}': {shown} is not a finite number")
+            with np.errstate(over="ignore"):  # an overflow to float32 is refused just below, not warned about
+                value = transform_dense(self._dense[feature], raw)
+        except (OverflowError, ValueError) as exc:  # an int past float's range; log1p of a value below -1
+            raise RecsysError(f"feature '{feature}': {shown} cannot be encoded ({exc})") from None
+        if not math.isfinite(value):
+            raise RecsysError(f"feature '{feature}': {shown} is out of range for a float32 once transformed")
+        return value
 
     def sparse(self, feature: str, raw: RawValue) -> np.ndarray:
         """Row indices of ``feature``'s table for a raw value (or list of values; None → OOV)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def test_over_the_bad_fraction_fails_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(BadDataError, match=r"5 of 100 rows are malformed \(5.00%, above --max-bad-fraction 0.01\)"):
         run(CriteoSource(path), out, PrepareOptions())
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".out.lock"]  # the lock stays
     kept = tmp_path / "out.bad_rows.jsonl"
     assert len(kept.read_text().splitlines()) == 5
 
@@ -158,7 +159,7 @@ def test_an_aborted_run_leaves_no_partial_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk went away"):
         run(_FailingSource(path), out, PrepareOptions())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["day_0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "day_0"]
     # An existing data set survives a failed --overwrite untouched.
     run(CriteoSource(path), out, PrepareOptions())
     before = (out / "stats.json").read_text()
@@ -174,9 +175,14 @@ def test_folders_of_killed_runs_are_cleaned_up(tmp_path: Path) -> None:
     path.write_text("\n".join(good_lines(50)) + "\n")
     abandoned = tmp_path / ".out.tmp-999999999"  # no such process
     (abandoned / "_spool").mkdir(parents=True)
+    exited = subprocess.Popen(["true"])
+    exited.wait()  # reaped: its pid names no process now
+    replaced = tmp_path / f".out.old-{exited.pid}"  # a run killed while deleting the data set it replaced
+    (replaced / "train").mkdir(parents=True)
+    (replaced / "train" / "part-00000.parquet").write_bytes(b"x" * 1000)
     run(CriteoSource(path), tmp_path / "out", PrepareOptions())
-    assert not abandoned.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["day_0", "out"]
+    assert not abandoned.exists() and not replaced.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "day_0", "out"]
 
 
 def test_schema_column_that_criteo_lacks_is_named(tmp_path: Path) -> None:

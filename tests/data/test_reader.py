@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -20,6 +21,7 @@ from recsys.data.reader import ParquetReader
 from recsys.data.synth import CtrConfig, ImplicitConfig, synth_ctr, synth_implicit
 from recsys.errors import RecsysError
 from recsys.schema import Column, DenseFeature, Entity, Label, Schema, SequenceFeature, SparseFeature, Table, Task
+from tests.conftest import train_cli
 
 
 @pytest.fixture(scope="session")
@@ -416,6 +418,44 @@ def test_errors_name_what_is_wrong(ctr_dir: Path, tmp_path: Path) -> None:
     pl.read_parquet(source).with_columns(pl.col("C3").cast(pl.String)).write_parquet(broken / "train" / source.name)
     with pytest.raises(RecsysError, match=r"sparse feature column 'C3' has type large_string"):
         ParquetReader(broken, "train", batch_size=8)
+
+
+def _flip_a_byte(part: Path, column: str, row_group: int = 0) -> None:
+    """Flip one bit near the end of a column chunk: inside its last data page's values, as a bad disk would."""
+    metadata = pq.ParquetFile(part).metadata
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    chunk = metadata.row_group(row_group).column(paths.index(column))
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    data = bytearray(part.read_bytes())
+    data[start + chunk.total_compressed_size - 8] ^= 0x01
+    part.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_corrupted_page_is_an_error_naming_the_file_not_wrong_data(ctr_dir: Path, tmp_path: Path,
+                                                                      num_workers: int) -> None:
+    corrupt = tmp_path / "ctr"
+    shutil.copytree(ctr_dir, corrupt)
+    part = split_files(corrupt, "train")[0]
+    _flip_a_byte(part, "I1")
+    reader = ParquetReader(corrupt, "train", batch_size=512, num_workers=num_workers)
+    with pytest.raises(RecsysError) as caught:
+        for _ in reader:
+            pass
+    message = str(caught.value)  # one line, also from a worker process
+    assert message.startswith(f"{part}: row group 0 is corrupt (") and "\n" not in message, message
+
+
+def test_training_on_a_corrupted_part_stops_with_one_line(ctr_dir: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "ctr"
+    shutil.copytree(ctr_dir, corrupt)
+    part = split_files(corrupt, "train")[0]
+    _flip_a_byte(part, "C1")
+    result = train_cli(corrupt, tmp_path / "run", "trainer.max_steps=3")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {part}: row group 0 is corrupt ("), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_row_ids_count_each_row_once_per_epoch_over_epochs(ctr_dir: Path, train: pl.DataFrame) -> None:

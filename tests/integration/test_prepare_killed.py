@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,3 +39,45 @@ def test_sigkill_mid_run_leaves_no_output(tmp_path: Path) -> None:
     assert finished.returncode == 0, finished.stderr
     assert (out / "stats.json").is_file() and (out / "schema.json").is_file()
     assert not leftovers[0].exists(), "the next run removed the killed run's folder"
+
+
+# Runs the CLI with an audit hook that SIGKILLs the process once it has deleted a file of the data set it
+# replaced: a kill at exactly that moment, with no timing to hope for.
+_KILLED_WHILE_REMOVING = """
+import os, runpy, signal, sys
+
+removing = False
+
+def hook(event, args):
+    global removing
+    if event == "shutil.rmtree" and ".old-" in os.fspath(args[0]):
+        removing = True
+    elif removing and event == "os.remove":
+        if hook.removed == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        hook.removed += 1
+
+hook.removed = 0
+sys.addaudithook(hook)
+sys.argv = ["recsys", *sys.argv[1:]]
+runpy.run_module("recsys.cli.main", run_name="__main__")
+"""
+
+
+def test_sigkill_while_removing_the_replaced_output_is_cleaned_by_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "ctr"
+    synth = ["data", "synth", "--kind", "ctr", "--rows", "2000", "--out", str(out)]
+    assert run_cli(*synth).returncode == 0
+    job = subprocess.Popen([sys.executable, "-c", _KILLED_WHILE_REMOVING, *synth, "--seed", "1", "--overwrite"],
+                           cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, errors = job.communicate(timeout=300)
+    assert job.returncode == -signal.SIGKILL, errors[-3000:]
+    replaced = tmp_path / f".ctr.old-{job.pid}"  # the old data set, half deleted, hidden beside the new one
+    assert any(replaced.rglob("*.parquet"))
+    assert json.loads((out / "stats.json").read_text())["seed"] == 1  # the new one is in place
+
+    again = run_cli(*synth, "--seed", "2", "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not replaced.exists(), "the next run into the output removed the killed run's leftover"
+    assert json.loads((out / "stats.json").read_text())["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ctr.lock", "ctr"]

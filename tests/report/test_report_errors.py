@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recsys.errors import RecsysError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_cli
 
 
 def _one_line(args: list[str], *expected: str) -> None:
@@ -39,3 +39,16 @@ def test_bad_bench_path_and_unreadable_results(tmp_path: Path) -> None:
     (tmp_path / "nan.json").write_text('{"runs": [{"p50_ms": NaN}]}')
     loaded = load_bench(tmp_path)
     assert loaded["bad.json"].error.startswith("not readable JSON") and loaded["nan.json"].data is not None
+
+
+def test_an_out_that_cannot_be_written_is_one_line(small_ctr: Path, tmp_path: Path) -> None:
+    trained = train_cli(small_ctr, tmp_path / "run", "trainer.max_steps=3")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    artifact = str(tmp_path / "run" / "artifact")
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder\n")
+    _one_line(["--artifact", artifact, "--out", str(in_the_way / "report.html")], f"{in_the_way} is a file, not a folder")
+    # Nothing can be created in /proc, even by root (chmod would not stop the root that runs the tests).
+    _one_line(["--artifact", artifact, "--out", "/proc/recsys-report/report.html"], "/proc/recsys-report")
+    _one_line(["--artifact", artifact, "--out", "/proc/recsys-report.html"], "/proc/recsys-report", "cannot write")
+    assert in_the_way.read_text() == "not a folder\n"

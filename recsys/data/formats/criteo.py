@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data.lines import data_files, iter_line_chunks
-from recsys.data.pipeline import RawPart, bad_rows
+from recsys.data.pipeline import MAX_FIELD_BYTES, RawPart, bad_rows, too_long
 from recsys.errors import RecsysError
 from recsys.schema import DenseFeature, Entity, Label, Schema, SparseFeature, Table
 
@@ -47,10 +47,16 @@ def input_files(path: Path) -> list[Path]:
 
 
 class CriteoSource:
-    """Yields parsed chunks of Criteo lines; malformed lines become bad rows with their reason."""
+    """Yields parsed chunks of Criteo lines; malformed lines become bad rows with their reason.
 
-    def __init__(self, path: Path, schema: Schema | None = None) -> None:
+    A line with a field over ``max_field_bytes`` is malformed too: Criteo values are a few bytes long.
+    """
+
+    def __init__(self, path: Path, schema: Schema | None = None, max_field_bytes: int = MAX_FIELD_BYTES) -> None:
+        if max_field_bytes < 1:
+            raise RecsysError(f"--max-field-bytes must be at least 1, got {max_field_bytes}")
         self.files = input_files(path)
+        self.max_field_bytes = max_field_bytes
         self.schema = schema or default_schema()
         wanted = {c for c in self.schema.columns}
         missing = [c for c in wanted if c not in FIELDS]
@@ -67,7 +73,7 @@ class CriteoSource:
                     first = lines["text"][0] if lines.height else ""
                     if first.split(separator, 1)[0].strip().lower() == "label":
                         lines = lines.slice(1)  # a header line, not a row
-                yield _parse(lines, separator, chunk.source)
+                yield _parse(lines, separator, chunk.source, self.max_field_bytes)
 
 
 def _detect_separator(sample: pl.Series) -> str:
@@ -77,7 +83,7 @@ def _detect_separator(sample: pl.Series) -> str:
     return "," if commas > tabs else "\t"
 
 
-def _parse(lines: pl.DataFrame, separator: str, source: str) -> RawPart:
+def _parse(lines: pl.DataFrame, separator: str, source: str, max_field_bytes: int) -> RawPart:
     fields = lines.with_columns(
         pl.col("text").str.count_matches(separator, literal=True).alias("separators"),
         pl.col("text").str.splitn(separator, len(FIELDS)).struct.rename_fields(FIELDS).alias("f"),
@@ -86,8 +92,12 @@ def _parse(lines: pl.DataFrame, separator: str, source: str) -> RawPart:
         (pl.col("undecodable"), "undecodable bytes (not UTF-8)"),
         (pl.col("separators") != len(FIELDS) - 1,
          pl.format("wrong field count: {} (expected {})", pl.col("separators") + 1, pl.lit(len(FIELDS)))),
-        (~pl.col("label").str.strip_chars().is_in(["0", "1"]), "label is not 0 or 1"),
     ]
+    # Only a line longer than the limit can hold a field that is: most chunks skip the 40 checks.
+    if lines.height and lines["text"].str.len_bytes().max() > max_field_bytes:  # type: ignore[operator]
+        checks += [(pl.col(name).str.len_bytes() > max_field_bytes,
+                    too_long(f"field '{name}'", pl.col(name).str.len_bytes(), max_field_bytes)) for name in FIELDS]
+    checks.append((~pl.col("label").str.strip_chars().is_in(["0", "1"]), "label is not 0 or 1"))
     typed = [pl.col("label").str.strip_chars().cast(pl.Float64, strict=False)]
     for name in DENSE_NAMES:
         raw = pl.col(name).str.strip_chars()

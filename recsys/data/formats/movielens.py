@@ -27,7 +27,8 @@ What the prepared data adds to or changes from the raw ratings:
   User features (gender, age, occupation, zip3) exist only where a users file does.
 
 Malformed rating lines become bad rows (file, line, reason, text); malformed lines of the side
-tables only lose that movie's or user's features, with a warning.
+tables only lose that movie's or user's features, with a warning. A field longer than
+``max_field_bytes`` (``--max-field-bytes``, 64 KiB by default) makes its line malformed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import polars as pl
 import pyarrow as pa
 
 from recsys.data.lines import iter_line_chunks
-from recsys.data.pipeline import RawPart, bad_rows
+from recsys.data.pipeline import MAX_FIELD_BYTES, RawPart, bad_rows, too_long
 from recsys.errors import RecsysError
 from recsys.schema import (
     Column, DenseFeature, DenseTransform, Encoding, Entity, Label, Pooling, Schema, SequenceFeature, SparseFeature,
@@ -145,7 +146,10 @@ class MovieLensSource:
     """
 
     def __init__(self, path: str | Path, task: str = "ctr", positive_rating: float = 4.0, history_length: int = 50,
-                 schema: Schema | None = None) -> None:
+                 schema: Schema | None = None, max_field_bytes: int = MAX_FIELD_BYTES) -> None:
+        if max_field_bytes < 1:
+            raise RecsysError(f"--max-field-bytes must be at least 1, got {max_field_bytes}")
+        self.max_field_bytes = max_field_bytes
         self.path, self.layout = detect_layout(Path(path))
         try:
             self.task = Task(task)
@@ -156,9 +160,10 @@ class MovieLensSource:
         if history_length < 1:
             raise RecsysError(f"--history-length must be at least 1, got {history_length}")
         self.positive_rating = float(positive_rating)
-        self.movies = read_movies(self.path / self.layout.movies, self.layout)
+        self.movies = read_movies(self.path / self.layout.movies, self.layout, max_field_bytes)
         users_file = self.path / self.layout.users if self.layout.users else None
-        self.users = read_users(users_file, self.layout) if users_file is not None and users_file.is_file() else None
+        self.users = (read_users(users_file, self.layout, max_field_bytes)
+                      if users_file is not None and users_file.is_file() else None)
         if schema is None:
             years = self.movies["release_year"].drop_nulls()
             fill = float(years.median()) if years.len() else 0.0  # type: ignore[arg-type]
@@ -194,7 +199,7 @@ class MovieLensSource:
                                       f"{role} column (use one of {', '.join(allowed)})")
 
     def parts(self) -> Iterator[RawPart]:
-        ratings, bad = read_ratings(self.path / self.layout.ratings, self.layout)
+        ratings, bad = read_ratings(self.path / self.layout.ratings, self.layout, self.max_field_bytes)
         log.info("MovieLens %s: %d ratings, %d malformed lines", self.layout.name, ratings.height, bad.height)
         history = History(ratings) if self.history_length and ratings.height else None
         if self.task is Task.IMPLICIT:
@@ -235,7 +240,8 @@ def _empty_ratings() -> pl.DataFrame:
                                 "timestamp": pl.Int64})
 
 
-def read_ratings(path: Path, layout: Layout) -> tuple[pl.DataFrame, pl.DataFrame]:
+def read_ratings(path: Path, layout: Layout,
+                 max_field_bytes: int = MAX_FIELD_BYTES) -> tuple[pl.DataFrame, pl.DataFrame]:
     """All well-formed ratings (line, user, item, rating, timestamp) in file order, and the bad lines."""
     good, bad = [_empty_ratings()], []
     for chunk in iter_line_chunks(path):
@@ -244,7 +250,7 @@ def read_ratings(path: Path, layout: Layout) -> tuple[pl.DataFrame, pl.DataFrame
         if layout.name == "latest" and lines.height and lines["line"][0] == 1 \
                 and not any(c.isdigit() for c in lines["text"][0]):
             lines = lines.slice(1)
-        rows, wrong = _parse_ratings(lines, layout.separator, chunk.source)
+        rows, wrong = _parse_ratings(lines, layout.separator, chunk.source, max_field_bytes)
         good.append(rows)
         bad.append(wrong)
     bad_frame = pl.concat(bad) if bad else bad_rows(str(path), pl.Series([], dtype=pl.Int64),
@@ -252,7 +258,8 @@ def read_ratings(path: Path, layout: Layout) -> tuple[pl.DataFrame, pl.DataFrame
     return pl.concat(good), bad_frame
 
 
-def _parse_ratings(lines: pl.DataFrame, separator: str, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _parse_ratings(lines: pl.DataFrame, separator: str, source: str,
+                   max_field_bytes: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     lines = lines.filter(pl.col("text").str.strip_chars() != "")  # blank lines hold no rating
     fields = lines.with_columns(
         pl.col("text").str.count_matches(separator, literal=True).alias("_separators"),
@@ -268,6 +275,13 @@ def _parse_ratings(lines: pl.DataFrame, separator: str, source: str) -> tuple[pl
         (pl.col("undecodable"), "undecodable bytes (not UTF-8)"),
         (pl.col("_separators") != len(_RATING_FIELDS) - 1,
          pl.format("wrong field count: {} (expected {})", pl.col("_separators") + 1, pl.lit(len(_RATING_FIELDS)))),
+    ]
+    # Only a line longer than the limit can hold a field that is: most chunks skip these checks.
+    if lines.height and lines["text"].str.len_bytes().max() > max_field_bytes:  # type: ignore[operator]
+        checks += [(pl.col(name).str.len_bytes() > max_field_bytes,
+                    too_long(f"field '{name}'", pl.col(name).str.len_bytes(), max_field_bytes))
+                   for name in _RATING_FIELDS]
+    checks += [
         (typed["user"].is_null(), "user id is not an integer"),
         (typed["item"].is_null(), "movie id is not an integer"),
         (~typed["rating"].is_finite(), "rating is not a number"),
@@ -361,10 +375,16 @@ def _drop_malformed(frame: pl.DataFrame, ok: pl.Expr, path: Path, what: str) -> 
     return checked.filter(pl.col("_ok")).drop("_ok")
 
 
-def _movie_table(frame: pl.DataFrame, path: Path, release_year: pl.Expr | None = None) -> pl.DataFrame:
+def _movie_table(frame: pl.DataFrame, path: Path, max_field_bytes: int,
+                 release_year: pl.Expr | None = None) -> pl.DataFrame:
     """(id, title, genres: List(String)) → item, genres, year, release_year; one row per movie."""
     frame = frame.with_columns(pl.col("id").str.strip_chars().cast(pl.Int64, strict=False).alias("item"))
     frame = _drop_malformed(frame, pl.col("item").is_not_null(), path, "movie lines")
+    genre_bytes = pl.col("genres").list.eval(pl.element().str.len_bytes()).list.sum()
+    fits = pl.all_horizontal(size.fill_null(0) <= max_field_bytes
+                             for size in (pl.col("title").str.len_bytes(), genre_bytes))
+    frame = _drop_malformed(frame, fits, path, f"movie lines with a field over {max_field_bytes} bytes "
+                            "(--max-field-bytes)")
     year = pl.col("title").str.strip_chars().str.extract(_TITLE_YEAR, 1)
     if release_year is not None:
         year = pl.coalesce(release_year, year)
@@ -376,7 +396,7 @@ def _movie_table(frame: pl.DataFrame, path: Path, release_year: pl.Expr | None =
     ).unique("item", keep="first", maintain_order=True)  # a duplicated id must not duplicate its ratings
 
 
-def read_movies(path: Path, layout: Layout) -> pl.DataFrame:
+def read_movies(path: Path, layout: Layout, max_field_bytes: int = MAX_FIELD_BYTES) -> pl.DataFrame:
     """The movies file as item (Int64), genres (List(String)), year (String), release_year (Float64)."""
     if layout.name == "latest":
         try:
@@ -387,14 +407,15 @@ def read_movies(path: Path, layout: Layout) -> pl.DataFrame:
         if missing:
             raise RecsysError(f"{path}: no '{missing[0]}' column (expected movieId,title,genres)")
         frame = raw.select(pl.col("movieId").alias("id"), "title", pl.col("genres").str.split("|"))
-        return _movie_table(frame.with_row_index("_row", offset=2), path)  # row 2 is the first after the header
+        # Row 2 is the first after the header.
+        return _movie_table(frame.with_row_index("_row", offset=2), path, max_field_bytes)
     lines = _read_lines(path)
     if layout.name == "1m":
         groups = pl.col("text").str.extract_groups(r"^([^:]*)::(.*)::([^:]*)$").struct.rename_fields(
             ["id", "title", "genres"])
         frame = lines.select("line", groups.alias("f")).unnest("f")
         frame = _drop_malformed(frame, pl.col("id").is_not_null(), path, "movie lines")
-        return _movie_table(frame.with_columns(pl.col("genres").str.split("|")), path)
+        return _movie_table(frame.with_columns(pl.col("genres").str.split("|")), path, max_field_bytes)
     fields = pl.col("f")
     frame = lines.select("line", pl.col("text").str.split("|").alias("f"))
     frame = _drop_malformed(frame, fields.list.len() >= 5 + len(GENRES_100K), path, "movie lines")
@@ -408,10 +429,10 @@ def read_movies(path: Path, layout: Layout) -> pl.DataFrame:
         pl.concat_list(flags).list.drop_nulls().alias("genres"),
         fields.list.get(-22).alias("release"),
     )
-    return _movie_table(frame, path, release_year=pl.col("release").str.extract(r"(\d{4})\s*$", 1))
+    return _movie_table(frame, path, max_field_bytes, release_year=pl.col("release").str.extract(r"(\d{4})\s*$", 1))
 
 
-def read_users(path: Path, layout: Layout) -> pl.DataFrame:
+def read_users(path: Path, layout: Layout, max_field_bytes: int = MAX_FIELD_BYTES) -> pl.DataFrame:
     """The users file as user (Int64), gender, age, occupation, zip3 (String, null when empty)."""
     lines = _read_lines(path)
     if layout.name == "1m":
@@ -425,6 +446,9 @@ def read_users(path: Path, layout: Layout) -> pl.DataFrame:
     frame = frame.with_columns(pl.col("id").str.strip_chars().cast(pl.Int64, strict=False).alias("user"))
     ok = (pl.col("_separators") == len(names) - 1) & pl.col("user").is_not_null()
     frame = _drop_malformed(frame, ok, path, "user lines")
+    fits = pl.all_horizontal(pl.col(name).str.len_bytes().fill_null(0) <= max_field_bytes for name in names)
+    frame = _drop_malformed(frame, fits, path, f"user lines with a field over {max_field_bytes} bytes "
+                            "(--max-field-bytes)")
 
     def text(column: pl.Expr) -> pl.Expr:
         value = column.str.strip_chars()

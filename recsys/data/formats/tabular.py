@@ -25,7 +25,9 @@ timestamp                     Int64 unix time as written, or an ISO-8601 date /
 ============================  ==================================================
 
 Scalar cells are stripped of surrounding whitespace; empty list elements are
-dropped. A row whose value breaks these rules is quarantined with its file,
+dropped. A text cell (or the text of a list cell) longer than
+``max_field_bytes`` (``--max-field-bytes``, 64 KiB by default) quarantines its
+row. A row whose value breaks these rules is quarantined with its file,
 line (CSV: the 1-based physical line, the header being line 1; Parquet: the
 1-based row number in the file), a reason naming the column, and its raw text
 (Parquet: the columns the schema reads, as JSON). A column the schema needs
@@ -60,7 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data.lines import CHUNK_BYTES, data_files, iter_line_chunks, open_binary
-from recsys.data.pipeline import RawPart, bad_rows
+from recsys.data.pipeline import MAX_FIELD_BYTES, RawPart, bad_rows, too_long
 from recsys.errors import RecsysError
 from recsys.schema import Encoding, Schema
 
@@ -121,6 +123,8 @@ class _Plan:
     fields: list[_Field]
     typed: list[_Typed]
     dtypes: dict[str, pl.DataType]  # output dtypes, to keep every file's parts alike
+    sizes: dict[str, pl.Expr] = field(default_factory=dict)  # text-like raw column → its bytes per row
+    max_field_bytes: int = MAX_FIELD_BYTES
     delimiter: str = ","
     n_fields: int = 0
     indices: dict[str, int] = field(default_factory=dict)  # CSV: raw column → field position
@@ -148,9 +152,12 @@ class TabularSource:
     """CSV or Parquet rows typed by a hand-written schema; bad rows are quarantined with their reason."""
 
     def __init__(self, path: str | Path, schema: Schema, file_format: str = "csv", delimiter: str | None = None,
-                 chunk_bytes: int = CHUNK_BYTES, batch_rows: int = PARQUET_BATCH_ROWS) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, batch_rows: int = PARQUET_BATCH_ROWS,
+                 max_field_bytes: int = MAX_FIELD_BYTES) -> None:
         if file_format not in ("csv", "parquet"):
             raise RecsysError(f"unknown tabular format '{file_format}' (expected csv or parquet)")
+        if max_field_bytes < 1:
+            raise RecsysError(f"--max-field-bytes must be at least 1, got {max_field_bytes}")
         if delimiter is not None and len(delimiter) != 1:
             raise RecsysError(f"CSV delimiter must be one character, got {delimiter!r}")
         self.schema = schema
@@ -166,6 +173,7 @@ class TabularSource:
                 plan, extra = _csv_plan(file, self._fields, delimiter)
             else:
                 plan, extra = _parquet_plan(file, self._fields)
+            plan.max_field_bytes = max_field_bytes
             if self._plans:
                 _check_same_types(self._plans[0], plan)
             if extra and extra != logged_extra:
@@ -208,8 +216,18 @@ def _build_plan(path: Path, fields: list[_Field], dtypes: dict[str, pl.DataType]
     """How to type each field for a file whose raw columns have ``dtypes`` (type errors raise here)."""
     typed = [_convert(f, dtypes[f.source], path) for f in fields]
     columns = list(dict.fromkeys(f.source for f in fields))
+    sizes = {column: size for column in columns if (size := _bytes_of(column, dtypes[column])) is not None}
     return _Plan(path=path, columns=columns, fields=fields, typed=typed,
-                 dtypes={f.name: t.target for f, t in zip(fields, typed, strict=True)})
+                 dtypes={f.name: t.target for f, t in zip(fields, typed, strict=True)}, sizes=sizes)
+
+
+def _bytes_of(column: str, dtype: pl.DataType) -> pl.Expr | None:
+    """The bytes of a text cell, or of a list cell's texts; None for numbers (bounded by their type)."""
+    if _is_text(dtype):
+        return pl.col(column).cast(pl.String).str.len_bytes()
+    if isinstance(dtype, pl.List) and _is_text(dtype.inner):
+        return pl.col(column).list.eval(pl.element().cast(pl.String).str.len_bytes()).list.sum()
+    return None
 
 
 def _missing_column(path: Path, f: _Field, available: list[str]) -> RecsysError:
@@ -392,6 +410,11 @@ def _finish(frame: pl.DataFrame, plan: _Plan, raw_of: Callable[[pl.DataFrame], p
             parsed = frame.filter(todo).select(parser).to_series()
             frame = frame.with_columns(frame[name].scatter(todo.arg_true(), parsed))
     reasons = [pl.col(_PRE)]
+    # No field of a CSV line is longer than the line: parts of short lines skip the size checks.
+    limit = plan.max_field_bytes
+    if _TEXT not in frame.columns or frame[_TEXT].str.len_bytes().max() > limit:  # type: ignore[operator]
+        reasons += [pl.when(size > limit).then(too_long(f"column '{column}'", size, limit))
+                    for column, size in plan.sizes.items()]
     for f, t, name in zip(plan.fields, plan.typed, temps, strict=True):
         reasons += [pl.when(condition.fill_null(False)).then(pl.lit(f"column '{f.source}': {why}"))
                     for condition, why in t.checks(pl.col(name))]

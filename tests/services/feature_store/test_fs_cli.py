@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -57,3 +58,40 @@ def test_materialize_then_upsert_in_separate_processes(served_artifact: tuple[Pa
         _, ids = codec.decode(store.get_users([user])[0])
         assert ids[codec.keys.index("hist_item_id")][0] == item_index
         assert len(store.popular(100)[1]) == 20
+
+
+def test_upsert_refuses_blank_ids_and_non_finite_numbers(served_artifact: tuple[Path, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir, artifact_dir = served_artifact
+    home = tmp_path / "home"
+    done = _features(home, "materialize", "--data", str(data_dir), "--artifact", str(artifact_dir),
+                     "--version", "v1", "--chunk-rows", "2000")
+    assert done.returncode == 0, done.stderr
+    train = pl.read_parquet(split_files(data_dir, "train")[0], columns=["user_key", "item_key", "I5"])
+    user, item, i5 = train.row(0)
+
+    def refused(*args: str) -> str:
+        result = _features(home, "upsert", "--artifact", str(artifact_dir), *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]  # after the embedded server's start-up line, if any
+        assert last.startswith("error: "), (args, result.stderr)
+        return last
+
+    # prepare never keeps an empty or blank key, so such a record could never be served
+    assert "--user '': an id may not be empty or blank" in refused("--user", "", "--event", item)
+    assert "--user '  ': an id may not be empty or blank" in refused("--user", "  ", "--event", item)
+    assert "--item '': an id may not be empty or blank" in refused("--item", "", "--set", "I5=1")
+    assert "--event '\\t': an id may not be empty or blank" in refused("--user", user, "--event", "\t")
+    # JSON reads 1e400 as inf; NaN and Infinity are Python's JSON extensions; a 401-digit int overflows a float
+    for raw in ("1e400", "-1e400", "NaN", "Infinity", "1" + "0" * 400):
+        assert refused("--item", item, "--set", f"I5={raw}").startswith("error: feature 'I5': ")
+
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with open_store() as store:
+        assert store.get_users([""]) == [None] and store.get_items([""]) == [None]
+        codec = RecordCodec(Schema.load(artifact_dir / "schema.json"), Entity.ITEM)
+        dense, _ = codec.decode(store.get_items([item])[0])
+        position = [f.name for f in codec.dense_features].index("I5")
+        assert dense[position] == np.float32(i5)  # as materialised
