@@ -10,7 +10,8 @@ racing a ``materialize`` commit lands in the version that was active when it wro
 
 Both first check that the active version was materialised for records laid out as the
 artifact they encode with lays them out (``codec.layout_fingerprint``): an update encoded
-with another model's vocabularies would be read as other ids.
+with another model's vocabularies would be read as other ids. (A ``materialize`` for
+another model committing between that check and the write is not caught.)
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import pytest
 import redis as redis_client
 from safetensors.numpy import load_file, save_file
 
+from recsys.errors import RecsysError
 from recsys.schema import Entity, Schema
 from services.feature_store.codec import RecordCodec
 from services.feature_store.embedded import EmbeddedRedis
@@ -230,13 +231,34 @@ def test_reload_of_non_finite_weights_keeps_the_current_model(server: Server, se
         refused = client.post("/admin/reload", json={"artifact": str(nan)}, headers=ADMIN)
         try:
             assert 400 <= refused.status_code < 500, refused.text
-            assert "non-finite" in refused.json()["detail"] and "\n" not in refused.json()["detail"]
+            assert str(nan) in refused.json()["detail"] and "\n" not in refused.json()["detail"]
             assert client.get("/readyz").json()["model_version"] == serving
             after = client.post("/v1/rank", json=body)
             assert after.status_code == 200 and after.json()["items"] == before["items"]
         finally:
             if refused.status_code == 200:  # today's code swapped it in: put the served model back for the others
                 client.post("/admin/rollback", headers=ADMIN)
+
+
+def test_a_model_with_non_finite_scores_is_not_started(redis_server: EmbeddedRedis, served_artifact: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """The start-up warm-up pass checks its scores too (whether or not the artifact loader caught the weights)."""
+    nan = tmp_path / "nan-artifact"
+    shutil.copytree(served_artifact[1], nan)
+    weights = load_file(str(nan / "weights.safetensors"))
+    name = next(k for k, v in weights.items() if v.ndim == 2 and "embedding" not in k)
+    weights[name][:] = np.nan
+    save_file(weights, str(nan / "weights.safetensors"))
+    store = RedisFeatureStore.from_url(redis_server.url)
+
+    async def start() -> None:
+        async with RankingService.serving(ServeSettings(artifact=nan), store):
+            pass
+
+    with pytest.raises(RecsysError) as refused:  # the loader may refuse the weights first, or the warm-up does
+        asyncio.run(start())
+    assert str(nan) in str(refused.value) and "\n" not in str(refused.value)
+    store.close()
 
 
 def test_readyz_refuses_a_version_older_than_one_seen_active(redis_server: EmbeddedRedis,
