@@ -133,7 +133,7 @@ def upsert(
         if values:
             set_features(store, schema, RawEncoder(schema, artifact), entity, entity_id, values)
         if event is not None:
-            append_event(store, schema, entity_id, event)
+            append_event(store, schema, entity_id, event, artifact=artifact)
         version = store.active_version()
     done = ([f"set {', '.join(values)}"] if values else []) + ([f"appended item '{event}'"] if event else [])
     console.print(f"{entity.value} '{entity_id}': {' and '.join(done)} in version {version}.")

@@ -7,6 +7,9 @@ What it writes (see ``redis_store`` for the keys):
   schema has no timestamp), packed by ``codec.RecordCodec`` of the artifact's schema;
 - the popular list: item ids by descending count of rows in the train split (ties by id);
 - seen lists: per user, the distinct items of their rows, newest first, at most ``seen_cap``;
+- in the version's meta: the artifact it was made for and the fingerprint of the records'
+  layout (``codec.layout_fingerprint``: features, transforms, tables, vocabularies), which
+  readers (the ranking service, online upserts) compare with their own before reading;
 - embeddings of users and items: the rows of each entity's *id table*, i.e. the table of
   the entity's sparse feature with the largest cardinality (``user_id`` / ``item_id`` in
   the synthetic and MovieLens schemas), read from the artifact's weights
@@ -41,8 +44,8 @@ from recsys.data.layout import split_files
 from recsys.data.progress import row_progress
 from recsys.errors import RecsysError
 from recsys.schema import SCHEMA_FILE, Entity, Schema
-from services.feature_store.codec import RecordCodec
-from services.feature_store.store import FeatureStore, VersionWriter
+from services.feature_store.codec import RecordCodec, layout_difference, layout_fingerprint, record_layouts
+from services.feature_store.store import LAYOUT_META, FeatureStore, VersionWriter
 
 log = logging.getLogger("recsys.feature_store")
 
@@ -267,6 +270,10 @@ def materialize(store: FeatureStore, data_dir: str | Path, artifact_dir: str | P
     data_schema = Schema.load(data_dir)
     schema = Schema.load(artifact_dir / SCHEMA_FILE)
     check_compatible(data_schema, schema, str(data_dir / SCHEMA_FILE), str(artifact_dir / SCHEMA_FILE))
+    layouts = record_layouts(schema, artifact_dir)
+    different = layout_difference(record_layouts(data_schema, data_dir), layouts)
+    if different:  # same sizes, other vocabularies: the data's ids are not the artifact's rows
+        raise RecsysError(f"{data_dir} does not match {artifact_dir}: {different} (prepared again since training?)")
     if schema.user_key is None or schema.item_key is None:
         raise RecsysError(f"{artifact_dir / SCHEMA_FILE}: the feature store needs user_key and item_key columns")
     manifest_path = artifact_dir / "manifest.json"
@@ -312,6 +319,7 @@ def materialize(store: FeatureStore, data_dir: str | Path, artifact_dir: str | P
         seconds = time.perf_counter() - started
         meta = {
             "artifact": str(manifest.get("version", "")), "artifact_dir": str(artifact_dir.resolve()),
+            LAYOUT_META: layout_fingerprint(layouts),
             "data_dir": str(data_dir.resolve()), "splits": ",".join(splits), "rows": str(rows),
             "users": str(users.height), "items": str(items.height), "popular": str(len(popular)),
             "embeddings": json.dumps(written_embeddings), "seconds": f"{seconds:.1f}",

@@ -20,7 +20,9 @@ and reads with one MGET of ``P:active`` plus that version's keys; when ``P:activ
 names another version (once per switch), it runs a Lua script (EVALSHA; redis-py
 reloads it after a server restart) that GETs ``P:active`` and MGETs the new
 version's keys in one atomic step. The plain MGET costs the server ~40 µs for 500
-items against ~250 µs for the script. Scripts build key names from the version, so
+items against ~250 µs for the script. A read of a version named (``version=``) is the
+same MGET while that version is the active one, else the script, which first checks
+the version is committed and not collected. Scripts build key names from the version, so
 this works on one Redis server (or a replica), not on Redis Cluster.
 
 A writer fills ``P:V:*`` with non-transactional pipelines: readers never see it until
@@ -67,16 +69,26 @@ _HEARTBEAT_SECONDS = 10.0
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:]{1,64}$")
 
-# KEYS[1] active; ARGV: prefix, embmeta field ('' for none), key suffixes... → {version, meta, values...}
-# or {} when nothing is active; values of P:V:<suffix> in ARGV order.
+# A version asked for by name is readable while committed (active or retired); ARGV[3] '' asks for the active one.
+# KEYS[1] active, KEYS[2] versions; ARGV: prefix, embmeta field ('' for none), version, key suffixes... →
+# {} when nothing is active and no version is asked for; else {version, meta, active, values of P:V:<suffix>
+# in ARGV order...}, version false when the one asked for is not readable, active false when none is active.
 _READ = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {} end
+local active = redis.call('GET', KEYS[1])
+local v = ARGV[3]
+if v == '' then
+  if not active then return {} end
+  v = active
+elseif v ~= active then
+  local raw = redis.call('HGET', KEYS[2], v)
+  local state = raw and cjson.decode(raw)['state']
+  if state ~= 'active' and state ~= 'retired' then return {false, false, active or false} end
+end
 local base = ARGV[1] .. ':' .. v .. ':'
-local out, m = {v, false}, 2
+local out, m = {v, false, active or false}, 3
 if ARGV[2] ~= '' then out[2] = redis.call('HGET', base .. 'embmeta', ARGV[2]) end
 local keys, n = {}, 0
-for i = 3, #ARGV do n = n + 1; keys[n] = base .. ARGV[i] end
+for i = 4, #ARGV do n = n + 1; keys[n] = base .. ARGV[i] end
 for s = 1, n, 4000 do
   local got = redis.call('MGET', unpack(keys, s, math.min(s + 3999, n)))
   for j = 1, #got do m = m + 1; out[m] = got[j] end
@@ -84,10 +96,19 @@ end
 return out
 """
 
-# KEYS[1] active; ARGV: prefix, suffix, stop → {version, list items...} or {}.
+# KEYS[1] active, KEYS[2] versions; ARGV: prefix, suffix, stop, version ('' for the active one) →
+# {version, list items...}, or {} when nothing is active or the version asked for is not readable.
 _LRANGE = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {} end
+local active = redis.call('GET', KEYS[1])
+local v = ARGV[4]
+if v == '' then
+  if not active then return {} end
+  v = active
+elseif v ~= active then
+  local raw = redis.call('HGET', KEYS[2], v)
+  local state = raw and cjson.decode(raw)['state']
+  if state ~= 'active' and state ~= 'retired' then return {} end
+end
 local got = redis.call('LRANGE', ARGV[1] .. ':' .. v .. ':' .. ARGV[2], 0, tonumber(ARGV[3]))
 table.insert(got, 1, v)
 return got
@@ -299,40 +320,48 @@ class RedisFeatureStore(FeatureStore):
             value = self.client.get(self._active_key)
         return None if value is None else _text(value)
 
-    def fetch(self, user_id: str | None, item_ids: Sequence[str]) -> Fetched:
+    def fetch(self, user_id: str | None, item_ids: Sequence[str], version: str | None = None) -> Fetched:
         suffixes = [f"i:{i}" for i in item_ids]
         if user_id is None:
-            version, _, items = self._read(suffixes)
-            return Fetched(version, None, items)
-        version, _, values = self._read([f"u:{user_id}", *suffixes])
-        return Fetched(version, values[0], values[1:])
+            read, active, _, items = self._read(suffixes, version=version)
+            return Fetched(read, None, items, active)
+        read, active, _, values = self._read([f"u:{user_id}", *suffixes], version=version)
+        return Fetched(read, values[0], values[1:], active)
 
-    def _read(self, suffixes: list[str], meta_field: str = "") -> tuple[str | None, Any, list[Any]]:
-        """(version, its ``embmeta`` field, values) of the active version's keys ``P:V:<suffix>``, one round trip.
+    def _read(self, suffixes: list[str], meta_field: str = "",
+              version: str | None = None) -> tuple[str | None, str | None, Any, list[Any]]:
+        """(version read, active version, its ``embmeta`` field, values) of keys ``P:V:<suffix>``, one round trip,
+        from the active version or the one named (see ``_READ``).
 
         The common case is one plain MGET of ``P:active`` and the keys of the version the last read found
-        active; when ``P:active`` has moved on, the Lua script reads the new version (and updates the hint).
+        active (asked for or not); otherwise, or when ``P:active`` has moved on, the Lua script reads (a version
+        named only while it is still readable) and updates the hint.
         """
-        version = self._version_hint
-        meta = self._emb_meta.get((version, meta_field)) if meta_field else None
-        if version is not None and (meta is not None or not meta_field):
-            base = f"{self.prefix}:{version}:"
+        wanted = self._version_hint if version is None else version
+        meta = self._emb_meta.get((wanted, meta_field)) if meta_field else None
+        if wanted is not None and wanted == self._version_hint and (meta is not None or not meta_field):
+            base = f"{self.prefix}:{wanted}:"
             with self._guard():
                 reply = self.client.mget([self._active_key, *(base + suffix for suffix in suffixes)])
-            if reply[0] is not None and _text(reply[0]) == version:
-                return version, meta, reply[1:]
+            if reply[0] is not None and _text(reply[0]) == wanted:
+                return wanted, wanted, meta, reply[1:]
         with self._guard():
-            reply = self._read_script(keys=[self._active_key], args=[self.prefix, meta_field, *suffixes])
+            reply = self._read_script(keys=[self._active_key, self._versions_key],
+                                      args=[self.prefix, meta_field, version or "", *suffixes])
         if not reply:
             self._version_hint = None
-            return None, None, [None] * len(suffixes)
-        version = self._version_hint = _text(reply[0])
+            return None, None, None, [None] * len(suffixes)
+        read, active = (None if x is None else _text(x) for x in (reply[0], reply[2]))
+        self._version_hint = active
+        if read is None:
+            return None, active, None, [None] * len(suffixes)
         if meta_field and reply[1] is not None:  # embeddings of a version never change after its commit
-            self._emb_meta[(version, meta_field)] = reply[1]
-        return version, reply[1], reply[2:]
+            self._emb_meta[(read, meta_field)] = reply[1]
+        return read, active, reply[1], reply[3:]
 
     def _read_many(self, infix: str, ids: Sequence[str], meta_field: str = "") -> tuple[str | None, Any, list[Any]]:
-        return self._read([f"{infix}:{i}" for i in ids], meta_field)
+        read, _, meta, values = self._read([f"{infix}:{i}" for i in ids], meta_field)
+        return read, meta, values
 
     def get_users(self, ids: Sequence[str]) -> list[bytes | None]:
         return self._read_many("u", ids)[2]
@@ -347,19 +376,21 @@ class RedisFeatureStore(FeatureStore):
         meta = _text(meta)
         return [None if b is None else unpack_embedding(b, meta) for b in blobs]
 
-    def popular(self, k: int) -> tuple[str | None, list[str]]:
+    def popular(self, k: int, version: str | None = None) -> tuple[str | None, list[str]]:
         if k <= 0:
-            return self.active_version(), []
-        with self._guard():
-            reply = self._lrange(keys=[self._active_key], args=[self.prefix, "pop", k - 1])
+            return version or self.active_version(), []
+        reply = self._list("pop", k - 1, version)
         if not reply:
             return None, []
         return _text(reply[0]), [_text(x) for x in reply[1:]]
 
-    def seen(self, user_id: str) -> list[str]:
+    def seen(self, user_id: str, version: str | None = None) -> list[str]:
+        return [_text(x) for x in self._list(f"seen:{user_id}", -1, version)[1:]]
+
+    def _list(self, suffix: str, stop: int, version: str | None) -> list[bytes]:
         with self._guard():
-            reply = self._lrange(keys=[self._active_key], args=[self.prefix, f"seen:{user_id}", -1])
-        return [_text(x) for x in reply[1:]]
+            return self._lrange(keys=[self._active_key, self._versions_key],
+                                args=[self.prefix, suffix, stop, version or ""])
 
     def versions(self) -> dict[str, dict[str, str]]:
         with self._guard():

@@ -4,6 +4,11 @@ Records are the packed bytes of ``codec.RecordCodec``; the store never interpret
 them. Data lives in versions: a writer fills a new version while readers keep reading
 the active one, then ``commit`` makes it active in one atomic step. Every read
 returns the version it was served from, so a caller can prove no response mixes two.
+
+A reader can also ask for one version by name (``version=``): a retired version stays
+readable until it is collected (``grace_seconds`` after it was retired, in Redis). The
+ranking service reads that way when the active version was materialised for another
+model (its ``layout`` meta, ``codec.layout_fingerprint``, differs from the model's).
 Redis (``redis_store.RedisFeatureStore``) is one implementation; any other must pass
 ``tests/services/feature_store/test_fs_contract.py``.
 """
@@ -21,13 +26,17 @@ class FeatureStoreUnavailable(RuntimeError):
     """The backing server cannot be reached; the service answers 503 and retries on the next request."""
 
 
+LAYOUT_META = "layout"  # version meta: codec.layout_fingerprint of the records (set by materialize)
+
+
 @dataclass
 class Fetched:
     """One request's features, read in one round trip from one version."""
 
-    version: str | None  # None: nothing materialised yet
+    version: str | None  # None: nothing materialised yet, or the version asked for no longer exists
     user: bytes | None  # None: unknown user
     items: list[bytes | None]  # None: unknown item, in request order
+    active: str | None = None  # the active version at the time of the read (the one read, unless another was asked)
 
 
 class VersionWriter(ABC):
@@ -71,8 +80,12 @@ class FeatureStore(ABC):
     def active_version(self) -> str | None: ...
 
     @abstractmethod
-    def fetch(self, user_id: str | None, item_ids: Sequence[str]) -> Fetched:
-        """The user's and the items' records from the active version, in one round trip."""
+    def fetch(self, user_id: str | None, item_ids: Sequence[str], version: str | None = None) -> Fetched:
+        """The user's and the items' records from the active version (or ``version``), in one round trip.
+
+        With ``version``: ``Fetched.version`` is None (and every record None) when that version no longer exists
+        or is not committed; ``Fetched.active`` names the active one either way.
+        """
 
     @abstractmethod
     def get_users(self, ids: Sequence[str]) -> list[bytes | None]: ...
@@ -81,11 +94,11 @@ class FeatureStore(ABC):
     def get_items(self, ids: Sequence[str]) -> list[bytes | None]: ...
 
     @abstractmethod
-    def popular(self, k: int) -> tuple[str | None, list[str]]:
-        """(version, the k most popular item ids)."""
+    def popular(self, k: int, version: str | None = None) -> tuple[str | None, list[str]]:
+        """(version, the k most popular item ids) of the active version or ``version`` (None, []: no such version)."""
 
     @abstractmethod
-    def seen(self, user_id: str) -> list[str]: ...
+    def seen(self, user_id: str, version: str | None = None) -> list[str]: ...
 
     @abstractmethod
     def get_embeddings(self, entity: str, ids: Sequence[str]) -> list[np.ndarray | None]: ...

@@ -7,19 +7,40 @@ the user's seen list. ``set_features`` re-encodes raw values (as ``prepare`` wou
 rewrites one entity's record. Both read the current record and write it back: two
 concurrent updates of the same entity can lose one (last writer wins), and an update
 racing a ``materialize`` commit lands in the version that was active when it wrote.
+
+Both first check that the active version was materialised for records laid out as the
+artifact they encode with lays them out (``codec.layout_fingerprint``): an update encoded
+with another model's vocabularies would be read as other ids. (A ``materialize`` for
+another model committing between that check and the write is not caught.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
 from recsys.errors import RecsysError
 from recsys.schema import Entity, Schema
-from services.feature_store.codec import RecordCodec
+from services.feature_store.codec import RecordCodec, layout_fingerprint, record_layouts
 from services.feature_store.encode import RawEncoder, RawValue
-from services.feature_store.store import FeatureStore
+from services.feature_store.store import LAYOUT_META, FeatureStore
+
+
+def check_layout(store: FeatureStore, schema: Schema, artifact: Path) -> str:
+    """The active version, when its records are laid out as ``artifact``'s schema and vocabularies lay them out."""
+    version = store.active_version()
+    if version is None:
+        raise RecsysError("feature store: nothing materialised yet (run `recsys features materialize`)")
+    meta = store.versions().get(version, {})
+    theirs, ours = meta.get(LAYOUT_META), layout_fingerprint(record_layouts(schema, artifact))
+    if theirs != ours:
+        made_for = meta.get("artifact_dir") or meta.get("artifact") or "an unknown artifact"
+        raise RecsysError(f"--artifact {artifact}: the active feature version {version} was materialised for "
+                          f"{made_for}, whose records differ (layout {theirs or 'not recorded'} vs {ours}); "
+                          "upsert with that artifact, or materialise for this one first")
+    return version
 
 
 def _sequence_sources(schema: Schema, user: RecordCodec, item: RecordCodec) -> dict[str, str]:
@@ -32,8 +53,12 @@ def _sequence_sources(schema: Schema, user: RecordCodec, item: RecordCodec) -> d
             if f.entity is Entity.USER and f.name in user.sequence_keys and f.table in by_table}
 
 
-def append_event(store: FeatureStore, schema: Schema, user_id: str, item_id: str) -> bytes:
-    """Prepend ``item_id`` to the user's histories (a new user starts from the default record); the new record."""
+def append_event(store: FeatureStore, schema: Schema, user_id: str, item_id: str, *, artifact: Path) -> bytes:
+    """Prepend ``item_id`` to the user's histories (a new user starts from the default record); the new record.
+
+    ``schema`` is ``artifact``'s, whose record layout the active version must have.
+    """
+    check_layout(store, schema, Path(artifact))
     user_codec, item_codec = RecordCodec(schema, Entity.USER), RecordCodec(schema, Entity.ITEM)
     fetched = store.fetch(user_id, [item_id])  # one version for both
     if fetched.version is None:
@@ -56,7 +81,10 @@ def append_event(store: FeatureStore, schema: Schema, user_id: str, item_id: str
 
 def set_features(store: FeatureStore, schema: Schema, encoder: RawEncoder, entity: Entity | str, entity_id: str,
                  values: Mapping[str, RawValue]) -> bytes:
-    """Encode raw ``values`` of ``entity``'s features and rewrite its record (others kept); the new record."""
+    """Encode raw ``values`` of ``entity``'s features and rewrite its record (others kept); the new record.
+
+    ``encoder`` reads the vocabularies of the artifact whose record layout the active version must have.
+    """
     entity = Entity(entity)
     if entity is Entity.CONTEXT:
         raise RecsysError("context features come with each request; only user and item records are stored")
@@ -68,6 +96,7 @@ def set_features(store: FeatureStore, schema: Schema, encoder: RawEncoder, entit
                               f"{', '.join(schema.features_of(entity)) or 'none'})")
         if owner[name] is not entity:
             raise RecsysError(f"feature '{name}' describes the {owner[name]}, not the {entity}")
+    check_layout(store, schema, encoder.root)
     current = (store.get_users if entity is Entity.USER else store.get_items)([entity_id])[0]
     dense, ids = codec.decode(current if current is not None else codec.default)
     dense_index = {f.name: j for j, f in enumerate(codec.dense_features)}

@@ -30,7 +30,7 @@ from services.ranking.metrics import ServiceMetrics
 from services.ranking.middleware import RequestMetrics
 from services.ranking.routers import admin, operations, ranking
 from services.ranking.service import (
-    ModelConflict, NoFeatureVersion, RankingService, RecordMismatch, TooManyCandidates,
+    ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch, TooManyCandidates,
 )
 from services.ranking.settings import ServeSettings
 
@@ -140,6 +140,10 @@ def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     @app.exception_handler(RecordMismatch)
     async def _mismatch(request: Request, exc: RecordMismatch) -> JSONResponse:
+        return detail(500, str(exc))
+
+    @app.exception_handler(NonFiniteScores)
+    async def _nonfinite(request: Request, exc: NonFiniteScores) -> JSONResponse:
         return detail(500, str(exc))
 
 

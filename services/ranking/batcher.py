@@ -10,7 +10,8 @@ recipe for latency-bounded throughput: batching costs a lone request nothing
 
 A job keeps the model it was submitted with, so a model swapped in while it
 waits does not touch it: jobs of different models in one take are scored in
-separate passes.
+separate passes. When a pass of several jobs fails, each job is scored again on
+its own, so one request the model cannot score fails alone, not its batch.
 
 Why one thread does all the torch work: torch's CPU kernels run on OpenMP (libgomp),
 which gives every thread that enters a parallel region a pool of helper threads for
@@ -149,32 +150,41 @@ class MicroBatcher:
         for job in jobs:  # one pass per model: a swap never mixes models within a pass
             groups.setdefault(id(job.model), []).append(job)
         for group in groups.values():
-            started = time.perf_counter()
-            try:
-                model = group[0].model
-                batch = merge([job.block for job in group], model.keys)
-                with torch.inference_mode():
-                    probabilities = torch.sigmoid(model.model(batch)).numpy()  # (ΣB,)
-            except Exception as exc:  # a bug or a bad record: fail these requests, keep the thread alive
-                log.exception("forward pass failed")
+            self._pass(group)
+
+    def _pass(self, group: list[_Job]) -> None:
+        """One forward pass over the jobs of one model; if it fails, one pass per job (only the bad ones fail)."""
+        started = time.perf_counter()
+        try:
+            model = group[0].model
+            batch = merge([job.block for job in group], model.keys)
+            with torch.inference_mode():
+                probabilities = torch.sigmoid(model.model(batch)).numpy()  # (ΣB,)
+        except Exception as exc:  # a bug or a bad record: fail these requests, keep the thread alive
+            if len(group) > 1:
+                log.warning("forward pass of %d requests failed (%s); scoring them one by one",
+                            len(group), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 for job in group:
-                    job.loop.call_soon_threadsafe(_fail, job.future, exc)
-                continue
-            elapsed = time.perf_counter() - started
-            rows = len(probabilities)
-            if self._observe is not None:
-                self._observe(rows, len(group))
-            offset = 0
-            results = []
-            for job in group:
-                n = job.block.rows
-                results.append((job.future, Scored(probabilities[offset:offset + n], started - job.submitted,
-                                                   elapsed, rows, len(group))))
-                offset += n
-            loops = {id(job.loop): job.loop for job in group}
-            for loop_id, loop in loops.items():  # one wake-up per event loop, not per request
-                mine = [r for job, r in zip(group, results) if id(job.loop) == loop_id]
-                loop.call_soon_threadsafe(_deliver, mine)
+                    self._pass([job])
+                return
+            log.exception("forward pass failed")
+            group[0].loop.call_soon_threadsafe(_fail, group[0].future, exc)
+            return
+        elapsed = time.perf_counter() - started
+        rows = len(probabilities)
+        if self._observe is not None:
+            self._observe(rows, len(group))
+        offset = 0
+        results = []
+        for job in group:
+            n = job.block.rows
+            results.append((job.future, Scored(probabilities[offset:offset + n], started - job.submitted,
+                                               elapsed, rows, len(group))))
+            offset += n
+        loops = {id(job.loop): job.loop for job in group}
+        for loop_id, loop in loops.items():  # one wake-up per event loop, not per request
+            mine = [r for job, r in zip(group, results) if id(job.loop) == loop_id]
+            loop.call_soon_threadsafe(_deliver, mine)
 
 
 def _deliver(results: list[tuple[asyncio.Future[Scored], Scored]]) -> None:

@@ -12,6 +12,10 @@ key, never per row:
 
 so a ``RowBlock`` is the KeyedJaggedTensor's own layout, and blocks of several
 requests concatenate into one forward pass (``merge``) with one numpy call per part.
+
+Ids outside the model's tables (records of another data set) are read as the
+out-of-vocabulary row and the entity is reported unknown; a record that cannot be
+decoded at all raises ``codec.RecordError`` naming its entity and position.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class RowBlock:
     dense: np.ndarray  # (B, D) float32
     lengths: np.ndarray  # (K, B) int32
     values: list[np.ndarray]  # K arrays of int64
+    # Records that held ids outside the model's tables (read as the OOV row): the user, and items by position.
+    out_of_range_user: bool = False
+    out_of_range_items: tuple[int, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -129,7 +136,10 @@ class FeatureLayout:
         """One user's record, B item records and the context → the B rows' model inputs."""
         users = self.user.decode_many([user])
         decoded = self.item.decode_many(list(items))
-        return self.assemble(users, decoded, context)
+        block = self.assemble(users, decoded, context)
+        block.out_of_range_user = bool(len(users.out_of_range))
+        block.out_of_range_items = tuple(decoded.out_of_range.tolist())
+        return block
 
     def assemble(self, user: EntityBatch, items: EntityBatch, context: EncodedContext) -> RowBlock:
         rows = items.dense.shape[0]

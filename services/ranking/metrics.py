@@ -1,4 +1,5 @@
-"""Prometheus metrics of one ranking app: requests, per-stage latency, batch sizes, the model served.
+"""Prometheus metrics of one ranking app: requests, per-stage latency, batch sizes, the model and feature version
+served.
 
 Each app owns a ``CollectorRegistry`` (two apps in one process, as in tests and
 in-process benchmarks, do not collide). Under ``recsys serve --workers N`` the
@@ -45,6 +46,19 @@ class ServiceMetrics:
         self.swaps = Counter("recsys_model_swaps", "Model swaps by kind (reload, rollback)", ["kind"], registry=r)
         self.store_errors = Counter("recsys_feature_store_errors", "Requests answered 503 because the feature "
                                     "store was unavailable", registry=r)
+        self.feature_version = Gauge("recsys_feature_version_info", "The active feature version as last seen (1) "
+                                     "and earlier ones (0); compatible: whether its records have the model's layout",
+                                     ["version", "compatible"], registry=r, multiprocess_mode="livemax")
+        self.feature_version_served = Gauge("recsys_feature_version_served_info", "The feature version responses "
+                                            "are read from (1) and earlier ones (0)", ["version"], registry=r,
+                                            multiprocess_mode="livemax")
+        self.incompatible = Gauge("recsys_incompatible_feature_version", "1 while the active feature version was "
+                                  "materialised for another record layout than the model's: the service reads the "
+                                  "last compatible version (or answers 503 when none is left)", registry=r,
+                                  multiprocess_mode="livemax")
+        self.nonfinite = Counter("recsys_nonfinite_scores", "Requests answered 500 because the model gave "
+                                 "non-finite scores", registry=r)
+        self._versions: tuple[tuple[str, str], str | None] | None = None  # the labels last set to 1
         for stage in STAGES:  # every stage is listed from the start, even before the first request
             self.stage.labels(stage)
 
@@ -56,6 +70,22 @@ class ServiceMetrics:
         if previous is not None and previous != (version, precision, artifact):
             self.model_info.labels(*previous).set(0)
         self.model_info.labels(version, precision, artifact).set(1)
+
+    def feature_versions(self, active: str, compatible: bool, served: str | None) -> None:
+        """The active version as just seen, whether the model can read it, and the version read instead (or None)."""
+        labels = ((active, "true" if compatible else "false"), served)
+        if labels == self._versions:
+            return
+        if self._versions is not None:
+            (old_active, old_compatible), old_served = self._versions
+            self.feature_version.labels(old_active, old_compatible).set(0)
+            if old_served is not None:
+                self.feature_version_served.labels(old_served).set(0)
+        self.feature_version.labels(*labels[0]).set(1)
+        if served is not None:
+            self.feature_version_served.labels(served).set(1)
+        self.incompatible.set(0 if compatible else 1)
+        self._versions = labels
 
     def exposition(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

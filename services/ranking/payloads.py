@@ -109,7 +109,11 @@ class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
     model_version: str | None = None
     precision: Precision | None = None
-    feature_version: str | None = None
+    feature_version: str | None = Field(None, description="the feature version requests read")
+    active_feature_version: str | None = Field(None, description="the store's active version; differs from "
+                                               "feature_version when it was materialised for another model")
+    incompatible_feature_version: str | None = Field(None, description="the active version, when the model "
+                                                     "cannot read its records")
 
 
 class ErrorBody(BaseModel):

@@ -13,7 +13,6 @@ CPU kernels of fbgemm-gpu-cpu); the MLPs stay fp32.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from torch import nn
 
 from recsys import artifact as artifacts
 from recsys.errors import RecsysError
-from recsys.schema import Encoding, Entity, Schema, Table
+from recsys.schema import Schema
+from services.feature_store.codec import RecordLayouts, layout_fingerprint, record_layouts
 from services.feature_store.encode import RawEncoder
 from services.ranking.features import FeatureLayout
 from services.ranking.settings import Precision
@@ -40,53 +40,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         quantized = quantize_embeddings(model, dtype=torch.qint8, inplace=True)
     quantized.eval()
     return quantized
-
-
-Layout = dict[Entity, list[tuple[str, ...]]]
-
-
-def record_layouts(schema: Schema, root: Path) -> Layout:
-    """What the feature store's user and item records hold for ``schema``: the features in order, their
-    transforms, and their tables' encodings and vocabularies (``root``: the artifact or data directory).
-
-    Two schemas with equal layouts read each other's records identically (same values, same rows).
-    """
-    layouts: Layout = {}
-    for entity in (Entity.USER, Entity.ITEM):
-        layout: list[tuple[str, ...]] = []
-        for f in schema.dense:
-            if f.entity is entity:
-                layout.append(("dense", f.name, f.transform.value, f"mean={f.mean}", f"std={f.std}",
-                               f"clip_min={f.clip_min}", f"fill_value={f.fill_value}"))
-        for f in [*schema.sparse, *schema.sequences]:
-            if f.entity is entity:
-                table = schema.table(f.table_name)
-                layout.append(("ids", f.name, f"table={table.name}", table.encoding.value,
-                               f"cardinality={table.cardinality}", f"vocab={_vocab_digest(table, root)}"))
-        layouts[entity] = layout
-    return layouts
-
-
-def _vocab_digest(table: Table, root: Path) -> str:
-    if table.encoding is not Encoding.VOCAB:
-        return "-"
-    path = root / (table.vocab_file or f"{artifacts.VOCAB}/{table.name}.parquet")
-    try:
-        return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
-    except OSError:
-        return "missing"
-
-
-def layout_difference(reference: Layout, candidate: Layout) -> str | None:
-    """The first feature whose record layout differs, in words (None: none differs)."""
-    for entity in (Entity.USER, Entity.ITEM):
-        mine, theirs = reference[entity], candidate[entity]
-        for a, b in zip(mine, theirs):
-            if a != b:
-                return f"{entity.value} feature {a[1]} ({', '.join(a[2:])}) vs {b[1]} ({', '.join(b[2:])})"
-        if len(mine) != len(theirs):
-            return f"{len(mine)} vs {len(theirs)} {entity.value} features"
-    return None
 
 
 def check_artifact(path: Path) -> None:
@@ -112,7 +65,8 @@ class ServedModel:
     precision: Precision
     model: nn.Module  # eval, CPU; embedding tables quantised for Precision.INT8
     features: FeatureLayout
-    layouts: Layout  # what the feature-store records it reads hold (see record_layouts)
+    layouts: RecordLayouts  # what the feature-store records it reads hold (see codec.record_layouts)
+    fingerprint: str  # their digest: it reads the feature versions materialised with the same one
 
     @property
     def version(self) -> str:
@@ -143,7 +97,8 @@ class ServedModel:
         features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path))
         for key in features.context_keys:  # read the context vocabularies now, not on a request
             features.encoder.sparse(key, "")
-        return cls(loaded, precision, loaded.model, features, record_layouts(loaded.schema, loaded.path))
+        layouts = record_layouts(loaded.schema, loaded.path)
+        return cls(loaded, precision, loaded.model, features, layouts, layout_fingerprint(layouts))
 
 
 class ModelSlot:

@@ -11,6 +11,11 @@ Per request::
 
 Every stage is timed into ``recsys_rank_stage_seconds`` and, with ``X-Debug-Timing: 1``,
 returned as ``timings_ms``.
+
+The feature version a request reads is the active one only when it was materialised for
+the model's record layout (``versions.FeatureVersions``); a response never carries a
+non-finite score (the request answers 500 instead), and a model whose warm-up pass gives
+non-finite scores is not served.
 """
 
 from __future__ import annotations
@@ -32,21 +37,18 @@ import numpy as np
 import orjson
 
 from recsys.errors import RecsysError
-from recsys.schema import Schema
+from recsys.schema import Entity
+from services.feature_store.codec import RecordError, layout_difference
 from services.feature_store.store import FeatureStore, FeatureStoreUnavailable, Fetched
 from services.ranking.batcher import MicroBatcher, in_fresh_thread
 from services.ranking.features import EncodedContext, RowBlock
 from services.ranking.metrics import ServiceMetrics
-from services.ranking.served import Layout, ModelSlot, ServedModel, layout_difference, record_layouts
+from services.ranking.served import ModelSlot, ServedModel
 from services.ranking.settings import Precision, ServeSettings
+from services.ranking.versions import FeatureVersions, IncompatibleVersion, NoFeatureVersion
 
 log = logging.getLogger("recsys.ranking")
-
-NO_VERSION = "no feature version is active in the feature store: run `recsys features materialize`"
-
-
-class NoFeatureVersion(RuntimeError):
-    """Nothing materialised yet: 503."""
+_REREADS = 3  # reads of one request when the active version keeps switching under it
 
 
 class TooManyCandidates(ValueError):
@@ -54,7 +56,11 @@ class TooManyCandidates(ValueError):
 
 
 class RecordMismatch(RuntimeError):
-    """A store record the served model's schema cannot decode: a deployment error, 500."""
+    """A store record the served model's schema cannot decode: a deployment error, 500 naming the entity."""
+
+
+class NonFiniteScores(RuntimeError):
+    """The model gave NaN or infinite scores for a request: 500 (never a null score in a 200)."""
 
 
 class ModelConflict(ValueError):
@@ -69,6 +75,7 @@ class Swap:
 
 @dataclass
 class _Prepared:
+    user_id: str
     fetched: Fetched
     block: RowBlock
     item_ids: Sequence[str]
@@ -84,6 +91,7 @@ class RankingService:
         self.settings, self.store = settings, store
         self.metrics = metrics or ServiceMetrics()
         self.slot = ModelSlot(model)
+        self.versions = FeatureVersions(store, self.metrics, model.fingerprint)
         self.batcher = MicroBatcher(settings.max_batch_rows, settings.batch_wait_ms / 1000,
                                     observe=self.metrics.observe_batch, threads=settings.torch_threads)
         self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="recsys-io")
@@ -137,8 +145,15 @@ class RankingService:
     async def start(self) -> None:
         self.batcher.start()
         model = self.slot.current
-        await self.batcher.score(model, model.features.dummy(8))  # first pass allocates; keep it off requests
+        await self._warm_up(model)
         self.metrics.serving(model.version, model.precision.value, str(model.path), None)
+
+    async def _warm_up(self, model: ServedModel) -> None:
+        """One pass on the model thread: the first allocates (keep it off requests), and proves the scores finite."""
+        scored = await self.batcher.score(model, model.features.dummy(8))
+        if not np.isfinite(scored.scores).all():
+            raise RecsysError(f"{model.path}: the model gives non-finite scores (NaN or infinite weights?); "
+                              "not serving it")
 
     def close(self) -> None:
         self.batcher.stop()
@@ -193,30 +208,55 @@ class RankingService:
     def _prepare_rank(self, model: ServedModel, user_id: str, item_ids: Sequence[str],
                       context: EncodedContext) -> _Prepared:
         started = time.perf_counter()
-        fetched = self.store.fetch(user_id, item_ids)
-        return self._build(model, fetched, item_ids, context, started)
+        fetched = self._fetch(model, user_id, item_ids)
+        return self._build(model, user_id, fetched, item_ids, context, started)
+
+    def _fetch(self, model: ServedModel, user_id: str, item_ids: Sequence[str]) -> Fetched:
+        """The records from the version the model reads: one round trip, unless the active version has just
+        switched (then once more from the version settled on)."""
+        fingerprint = model.fingerprint
+        version = self.versions.target(fingerprint)
+        for _ in range(_REREADS):
+            fetched = self.store.fetch(user_id, item_ids, version)
+            if version is not None and fetched.version is None:
+                self.versions.lost(fingerprint, version)
+            wanted = self.versions.settle(fingerprint, fetched.active)
+            if fetched.version == wanted:
+                return fetched
+            version = wanted
+        raise NoFeatureVersion(f"the active feature version switched {_REREADS} times during one request; retry")
 
     def _prepare_recommend(self, model: ServedModel, user_id: str, k: int, context: EncodedContext) -> _Prepared:
         started = time.perf_counter()
+        fingerprint = model.fingerprint
+        # Popular items, seen items and records all from the version the model reads.
+        version = self.versions.target(fingerprint) or self.versions.settle(fingerprint, self.store.active_version())
         wanted = min(self.settings.max_candidates, k * self.settings.recommend_oversample)
-        seen = set(self.store.seen(user_id))
-        version, popular = self.store.popular(wanted + len(seen))
-        if version is None:
-            raise NoFeatureVersion(NO_VERSION)
+        seen = set(self.store.seen(user_id, version))
+        read, popular = self.store.popular(wanted + len(seen), version)
+        if read is None:
+            self.versions.lost(fingerprint, version)
         candidates = [item for item in popular if item not in seen][:wanted]
-        fetched = self.store.fetch(user_id, candidates)
-        return self._build(model, fetched, candidates, context, started)
-
-    def _build(self, model: ServedModel, fetched: Fetched, item_ids: Sequence[str], context: EncodedContext,
-               started: float) -> _Prepared:
-        fetched_at = time.perf_counter()
+        fetched = self.store.fetch(user_id, candidates, version)
         if fetched.version is None:
-            raise NoFeatureVersion(NO_VERSION)
+            self.versions.lost(fingerprint, version)
+        with contextlib.suppress(NoFeatureVersion):  # this request is served; notice a switch for the next ones
+            self.versions.settle(fingerprint, fetched.active)
+        return self._build(model, user_id, fetched, candidates, context, started)
+
+    def _build(self, model: ServedModel, user_id: str, fetched: Fetched, item_ids: Sequence[str],
+               context: EncodedContext, started: float) -> _Prepared:
+        fetched_at = time.perf_counter()
         try:
             block = model.features.block(fetched.user, fetched.items, context)
         except RecsysError as exc:
-            raise RecordMismatch(f"feature store version {fetched.version}: {exc} (model {model.version})") from None
-        return _Prepared(fetched, block, item_ids, fetched_at - started, time.perf_counter() - fetched_at)
+            who = ""
+            if isinstance(exc, RecordError):
+                who = f"user '{user_id}'" if exc.entity is Entity.USER else f"item '{item_ids[exc.row]}'"
+                who += ": "
+            raise RecordMismatch(f"feature store version {fetched.version}: {who}{exc} (model {model.version})") \
+                from None
+        return _Prepared(user_id, fetched, block, item_ids, fetched_at - started, time.perf_counter() - fetched_at)
 
     async def _finish(self, model: ServedModel, prepared: _Prepared, k: int, started: float, debug: bool) -> bytes:
         block, item_ids, fetched = prepared.block, prepared.item_ids, prepared.fetched
@@ -225,16 +265,24 @@ class RankingService:
             scores, queue_s, model_s = scored.scores, scored.queue_s, scored.model_s
         else:  # nothing to score (every popular item already seen)
             scores, queue_s, model_s = np.empty(0, np.float32), 0.0, 0.0
+        if not np.isfinite(scores).all():  # JSON has no NaN: it would be a null score in a 200
+            self.metrics.nonfinite.inc()
+            bad = int((~np.isfinite(scores)).sum())
+            raise NonFiniteScores(f"the model gave non-finite scores for {bad} of {len(scores)} candidates of user "
+                                  f"'{prepared.user_id}' (model {model.version}, feature version {fetched.version})")
         serialize_started = time.perf_counter()
         # Best first; a stable sort keeps ties in request order.
         order = np.argsort(-scores, kind="stable")[:k].tolist()
         items = [{"item_id": item_ids[i], "score": s} for i, s in zip(order, scores[order].tolist())]
+        unknown = [i for i, record in enumerate(fetched.items) if record is None]
+        if block.out_of_range_items:  # records with ids outside the model's tables: read as unknown
+            unknown = sorted({*unknown, *block.out_of_range_items})
         payload = {
             "model_version": model.version,
             "feature_version": fetched.version,
             "items": items,
-            "unknown_user": fetched.user is None,
-            "unknown_items": [item_ids[i] for i, record in enumerate(fetched.items) if record is None],
+            "unknown_user": fetched.user is None or block.out_of_range_user,
+            "unknown_items": [item_ids[i] for i in unknown],
         }
         body = orjson.dumps(payload)
         finished = time.perf_counter()
@@ -250,64 +298,79 @@ class RankingService:
 
     # ---- health ----------------------------------------------------------------------------------
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, details): a model loaded, the store answering, a feature version active."""
+        """(ready, details): a model loaded, the store answering, a feature version with the model's record layout
+        readable, and the active version not older than the newest one activated (see ``versions``)."""
         model = self.slot.current
         info: dict[str, Any] = {"model_version": model.version, "precision": model.precision.value}
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(loop.run_in_executor(self.io, self.store.ping), timeout=2.0)
-            version = await asyncio.wait_for(loop.run_in_executor(self.io, self.store.active_version), timeout=2.0)
+            active, versions, floor = await asyncio.wait_for(loop.run_in_executor(self.io, self._store_state),
+                                                             timeout=2.0)
         except (FeatureStoreUnavailable, TimeoutError) as exc:
             return False, {**info, "status": f"feature store unavailable: {exc or 'no answer within 2 s'}"}
-        if version is None:
-            return False, {**info, "status": NO_VERSION}
-        return True, {**info, "status": "ready", "feature_version": version}
+        ready, details = self.versions.readiness(model.fingerprint, active, versions, floor)
+        return ready, {**info, **details}
+
+    def _store_state(self) -> tuple[str | None, dict[str, dict[str, str]], float | None]:
+        self.store.ping()
+        return self.store.active_version(), self.store.versions(), self.store.activation_floor()
 
     # ---- admin -----------------------------------------------------------------------------------
     async def reload(self, artifact: str | Path, precision: Precision | None = None, *, announce: bool = True) -> Swap:
         """Load an artifact off the event loop, check it reads the store's records, warm it up, swap it in.
 
         Requests already running finish on the model they started with. Raises RecsysError (bad
-        artifact) or ModelConflict; the current model keeps serving either way.
+        artifact, non-finite scores) or ModelConflict; the current model keeps serving either way.
         """
         async with self._admin_lock:
             precision = precision or self.settings.precision
             model = await in_fresh_thread(ServedModel.load, artifact, precision)
-            reference, source = await asyncio.to_thread(self._records_layouts)
-            problem = layout_difference(reference, model.layouts)
-            if problem:
-                raise ModelConflict(f"{model.path}: cannot read the feature store's records (written for "
-                                    f"{source}): {problem}")
-            await self.batcher.score(model, model.features.dummy(8))  # on the model thread, between requests
+            await asyncio.to_thread(self._check_reads, model)
+            await self._warm_up(model)  # on the model thread, between requests
             current, previous = self.slot.swap_in(model)
             return self._swapped("reload", current, previous, announce)
 
-    def _records_layouts(self) -> tuple[Layout, str]:
-        """The layout of the active version's records: from the artifact it was materialised for, when the
-        store says which and it is readable here; else the current model's (which reads them now)."""
+    def _check_reads(self, model: ServedModel) -> None:
+        """ModelConflict unless ``model`` reads the records the current model reads, or the active version's."""
         current = self.slot.current
+        if model.fingerprint == current.fingerprint:
+            return
         try:
             active = self.store.active_version()
-            meta = self.store.versions().get(active or "", {})
+            if active is not None and self.versions.layout_of(active) == model.fingerprint:
+                return  # e.g. features materialised for this model first, then the model loaded
         except FeatureStoreUnavailable:
-            meta = {}
-        source = Path(meta.get("artifact_dir", ""))
-        if meta.get("artifact_dir") and (source / "schema.json").is_file():
-            try:
-                return record_layouts(Schema.load(source / "schema.json"), source), f"{source}"
-            except RecsysError:
-                pass
-        return current.layouts, f"{current.path}, the model serving them"
+            active = None
+        reading = self.versions.reading(current.fingerprint) or active
+        where = f"feature version {reading}" if reading else "the feature store"
+        problem = layout_difference(current.layouts, model.layouts) or "another record layout"
+        raise ModelConflict(f"{model.path}: cannot read the records of {where}, which {current.path} reads: "
+                            f"{problem}")
 
     async def rollback(self, *, announce: bool = True) -> Swap:
         async with self._admin_lock:
+            previous = self.slot.previous
+            if previous is not None and previous.fingerprint != self.slot.current.fingerprint:
+                try:
+                    await asyncio.to_thread(self._check_readable, previous)
+                except IncompatibleVersion as exc:
+                    raise ModelConflict(f"cannot roll back to {previous.path}: {exc}") from None
             try:
                 current, previous = self.slot.roll_back()
             except RecsysError as exc:
                 raise ModelConflict(str(exc)) from None
             return self._swapped("rollback", current, previous, announce)
 
+    def _check_readable(self, model: ServedModel) -> None:
+        """IncompatibleVersion when no version with ``model``'s record layout is readable (unknown while the store
+        is down or empty: then nothing is refused)."""
+        with contextlib.suppress(FeatureStoreUnavailable):
+            active = self.store.active_version()
+            if active is not None:
+                self.versions.settle(model.fingerprint, active)
+
     def _swapped(self, kind: str, current: ServedModel, previous: ServedModel | None, announce: bool) -> Swap:
+        self.versions.serving(current.fingerprint)
         before = (previous.version, previous.precision.value, str(previous.path)) if previous else None
         self.metrics.serving(current.version, current.precision.value, str(current.path), before)
         self.metrics.swaps.labels(kind).inc()

@@ -171,3 +171,26 @@ def test_version_names_are_checked(store: RedisFeatureStore) -> None:
     with pytest.raises(RecsysError, match="already exists"):
         store.begin_version("v1")
     assert store.begin_version().version.startswith("v")  # a generated name
+
+
+def test_reads_of_a_version_by_name(make_store: Callable[..., RedisFeatureStore]) -> None:
+    """A retired version is read by name (records, popular, seen) while the active one is named beside it; a version
+    collected or never committed reads as nothing."""
+    store = make_store()
+    fill(store, "v1", {"u1": b"u1@v1"}, {"a": b"a@v1"}, ["a"], {"u1": ["a"]})
+    fill(store, "v2", {"u1": b"u1@v2"}, {"a": b"a@v2", "b": b"b@v2"}, ["b", "a"], {})
+    for reader in (store, make_store(prefix=store.prefix)):  # with and without a hint of the active version
+        old = reader.fetch("u1", ["a", "b"], version="v1")
+        assert (old.version, old.active, old.user, old.items) == ("v1", "v2", b"u1@v1", [b"a@v1", None])
+        assert reader.popular(5, version="v1") == ("v1", ["a"]) and reader.seen("u1", version="v1") == ["a"]
+        new = reader.fetch(None, ["b"], version="v2")  # the active one, named
+        assert (new.version, new.active, new.items) == ("v2", "v2", [b"b@v2"])
+        assert reader.fetch("u1", []).active == "v2"  # unnamed reads name the active version too
+
+    store.begin_version("v3").put_users(["u1"], [b"u1@v3"])  # being written: not readable by name
+    assert store.delete_version("v1") > 0
+    for name in ("v1", "v3", "never"):
+        gone = store.fetch("u1", ["a"], version=name)
+        assert (gone.version, gone.active, gone.user, gone.items) == (None, "v2", None, [None])
+        assert store.popular(5, version=name) == (None, []) and store.seen("u1", version=name) == []
+    assert store.fetch("u1", []).user == b"u1@v2"  # and the active version reads on as before

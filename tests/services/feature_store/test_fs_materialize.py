@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from recsys.data.layout import split_files
 from recsys.errors import RecsysError
 from recsys.schema import Entity, Schema
-from services.feature_store.codec import RecordCodec
+from services.feature_store.codec import RecordCodec, layout_fingerprint, record_layouts
 from services.feature_store.materialize import encode_records, id_table, materialize
 from services.feature_store.redis_store import RedisFeatureStore, RedisVersionWriter
 
@@ -81,6 +81,7 @@ def test_records_popular_seen_and_embeddings(served_artifact: tuple[Path, Path],
     meta = store.versions()["m1"]
     assert meta["artifact"] == json.loads((artifact_dir / "manifest.json").read_text())["version"]
     assert meta["data_dir"] == str(data_dir.resolve())
+    assert meta["layout"] == layout_fingerprint(record_layouts(schema, artifact_dir))  # what readers compare
 
 
 def test_failure_aborts_and_keeps_the_active_version(served_artifact: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
@@ -118,6 +119,20 @@ def test_schema_mismatch_is_one_line(served_artifact: tuple[Path, Path], tmp_pat
     with pytest.raises(RecsysError, match=message) as failed:
         materialize(store, data_dir, other)
     assert "\n" not in str(failed.value) and str(other / "schema.json") in str(failed.value)
+    assert store.active_version() is None
+
+
+def test_other_vocabularies_of_the_same_size_are_refused(served_artifact: tuple[Path, Path], tmp_path: Path,
+                                                         store: RedisFeatureStore) -> None:
+    """Data prepared again (same schema and sizes, other rows for the same values) is not the artifact's."""
+    data_dir, artifact_dir = served_artifact
+    other = tmp_path / "artifact"
+    shutil.copytree(artifact_dir, other)
+    vocab = other / "vocab" / "item_id.parquet"
+    pl.read_parquet(vocab).with_columns(pl.col("index").reverse()).write_parquet(vocab)
+    with pytest.raises(RecsysError, match=r"does not match .*\(table=item_id, vocab, ") as failed:
+        materialize(store, data_dir, other)
+    assert "\n" not in str(failed.value)
     assert store.active_version() is None
 
 

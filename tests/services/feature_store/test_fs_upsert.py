@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +38,8 @@ def _decode(store: RedisFeatureStore, schema: Schema, user: str) -> dict[str, np
 
 
 def test_append_event(filled: RedisFeatureStore, served_artifact: tuple[Path, Path]) -> None:
-    schema = Schema.load(served_artifact[1] / "schema.json")
+    artifact = served_artifact[1]
+    schema = Schema.load(artifact / "schema.json")
     item_codec = RecordCodec(schema, Entity.ITEM)
     _, item = filled.popular(2)
     _, item_ids = item_codec.decode(filled.get_items([item[1]])[0])
@@ -44,7 +47,7 @@ def test_append_event(filled: RedisFeatureStore, served_artifact: tuple[Path, Pa
     user = pl.read_parquet(split_files(served_artifact[0], "train")[0], columns=["user_key"])["user_key"][0]
     before = _decode(filled, schema, user)
 
-    append_event(filled, schema, user, item[1])
+    append_event(filled, schema, user, item[1], artifact=artifact)
     after = _decode(filled, schema, user)
     sequences = {f.name: f for f in schema.sequences}
     assert set(sequences) == {"hist_item_id", "hist_category"}
@@ -57,17 +60,17 @@ def test_append_event(filled: RedisFeatureStore, served_artifact: tuple[Path, Pa
     assert filled.seen(user)[0] == item[1]
 
     for _ in range(sequences["hist_item_id"].max_length + 3):  # histories stay capped
-        append_event(filled, schema, user, item[0])
+        append_event(filled, schema, user, item[0], artifact=artifact)
     capped = _decode(filled, schema, user)
     assert len(capped["hist_item_id"]) == sequences["hist_item_id"].max_length
     assert filled.seen(user)[:2] == [item[0], item[1]]
 
-    new = append_event(filled, schema, "brand-new-user", item[0])  # starts from the default record
+    new = append_event(filled, schema, "brand-new-user", item[0], artifact=artifact)  # starts from the default record
     dense, ids = RecordCodec(schema, Entity.USER).decode(new)
     np.testing.assert_array_equal(dense, RecordCodec(schema, Entity.USER).default_dense)
     assert filled.seen("brand-new-user") == [item[0]]
     with pytest.raises(RecsysError, match="item 'no-such-item': not in the feature store"):
-        append_event(filled, schema, user, "no-such-item")
+        append_event(filled, schema, user, "no-such-item", artifact=artifact)
 
 
 def test_set_features(filled: RedisFeatureStore, served_artifact: tuple[Path, Path]) -> None:
@@ -94,3 +97,33 @@ def test_set_features(filled: RedisFeatureStore, served_artifact: tuple[Path, Pa
         set_features(filled, schema, encoder, Entity.ITEM, item, {user_dense: 1.0})
     with pytest.raises(RecsysError, match="feature 'bogus': not in the schema"):
         set_features(filled, schema, encoder, Entity.ITEM, item, {"bogus": 1})
+
+
+def test_updates_encoded_for_another_layout_are_refused(filled: RedisFeatureStore, served_artifact: tuple[Path, Path],
+                                                        tmp_path: Path) -> None:
+    """An artifact whose vocabularies differ from those the active version was materialised with would write other
+    ids: refused, naming the version, and nothing is written."""
+    artifact = tmp_path / "artifact"
+    shutil.copytree(served_artifact[1], artifact)
+    vocab = artifact / "vocab" / "C1.parquet"
+    pl.read_parquet(vocab).with_columns(pl.col("index").reverse()).write_parquet(vocab)
+    schema = Schema.load(artifact / "schema.json")
+    version = filled.active_version()
+    _, (item, *_) = filled.popular(1)
+    user = "some-user"
+    before = filled.get_users([user])
+    with pytest.raises(RecsysError, match=f"active feature version {version} was materialised for .* whose "
+                       "records differ") as refused:
+        set_features(filled, schema, RawEncoder(schema, artifact), "user", user, {"C1": "x"})
+    assert "\n" not in str(refused.value)
+    with pytest.raises(RecsysError, match=f"active feature version {version}"):
+        append_event(filled, schema, user, item, artifact=artifact)
+    assert filled.get_users([user]) == before and filled.seen(user) == []
+
+    # A version materialised without a recorded layout (before layouts were recorded) is refused too.
+    meta = json.loads(filled.client.hget(f"{filled.prefix}:versions", version))
+    del meta["layout"]
+    filled.client.hset(f"{filled.prefix}:versions", version, json.dumps(meta))
+    with pytest.raises(RecsysError, match="layout not recorded"):
+        append_event(filled, Schema.load(served_artifact[1] / "schema.json"), user, item,
+                     artifact=served_artifact[1])

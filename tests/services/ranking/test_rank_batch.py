@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -127,6 +128,60 @@ def test_a_lone_request_does_not_wait_and_big_takes_are_split() -> None:
     finally:
         batcher.stop()
     assert all(rows <= 4 for rows, _ in passes) and sum(r for r, _ in passes) == 12
+
+
+class _Poisoned(nn.Module):
+    """Sums each row's dense features, but raises on a row holding ``POISON``; its first pass waits for ``release``
+    (signalling ``busy``), so that the jobs submitted meanwhile queue up and are taken together."""
+
+    POISON = -7.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy, self.release = threading.Event(), threading.Event()
+        self.passes: list[int] = []
+
+    def forward(self, batch: object) -> torch.Tensor:
+        dense = batch.dense  # type: ignore[attr-defined]
+        if not self.passes:
+            self.busy.set()
+            assert self.release.wait(60), "the test never released the first pass"
+        self.passes.append(dense.shape[0])
+        if (dense == self.POISON).any():
+            raise ValueError("cannot score a poisoned row")
+        return dense.sum(dim=1)
+
+
+def test_a_failing_request_fails_alone_not_its_batch() -> None:
+    passes: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_rows=64, observe=lambda rows, requests: passes.append((rows, requests)))
+    batcher.start()
+    model = _Model(0.0)
+    model.model = _Poisoned()
+    values = [0.1, 0.2, _Poisoned.POISON, 0.3, 0.4]
+
+    async def run() -> list[object]:
+        first = asyncio.create_task(batcher.score(model, _block(1, 0.0)))
+        await asyncio.to_thread(model.model.busy.wait, 60)  # the model thread is inside the first pass
+        rest = [asyncio.create_task(batcher.score(model, _block(i + 1, v))) for i, v in enumerate(values)]
+        while batcher._queue.qsize() < len(values):  # every job is queued before the first pass ends
+            await asyncio.sleep(0)
+        model.model.release.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        batcher.stop()
+    for i, (value, scored) in enumerate(zip(values, results[1:], strict=True)):
+        if value == _Poisoned.POISON:
+            assert isinstance(scored, ValueError) and "poisoned" in str(scored)
+        else:
+            assert not isinstance(scored, BaseException), scored
+            np.testing.assert_allclose(scored.scores, np.full(i + 1, 1 / (1 + np.exp(-2 * value))), rtol=1e-6)
+    # The five queued jobs were taken together (15 rows); that pass failed, so each was scored on its own.
+    assert model.model.passes == [1, 15, 1, 2, 3, 4, 5]
+    assert passes == [(1, 1), (1, 1), (2, 1), (4, 1), (5, 1)]
 
 
 @pytest.mark.parametrize("rows", [1, 300])
