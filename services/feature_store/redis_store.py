@@ -33,7 +33,10 @@ that dies without ``abort`` is collected once it has been silent for
 Connection failures (refused, reset, timed out, server loading its dump) raise
 ``FeatureStoreUnavailable`` naming the URL without its password. Timeouts are short and
 never retried; a dropped connection is retried once on a fresh one, so the first call
-after a server restart succeeds on the same store object.
+after a server restart succeeds on the same store object. The URL's user and password
+are sent with AUTH (the embedded server's ACL user ``recsys`` may run data commands,
+scripts, SCAN/UNLINK, INFO and CLIENT SETNAME, nothing administrative); no log line or
+error shows the password (``redact_url``).
 """
 
 from __future__ import annotations
@@ -236,13 +239,13 @@ class RedisFeatureStore(FeatureStore):
     def from_url(cls, url: str, prefix: str = "recsys", grace_seconds: float = 3600.0, *,
                  connect_timeout: float = 1.0, timeout: float = 2.0, **kwargs: Any) -> RedisFeatureStore:
         """``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or ``unix://``; bytes in and out."""
-        from services.feature_store.embedded import client_name
+        from services.feature_store.embedded import CLIENT_USER, client_name
 
         try:
             parts = urlsplit(url)
-            # Named connections let the embedded server's starter see who else uses it; only on loopback
-            # without an ACL user, as CLIENT SETNAME may be denied to a restricted production user.
-            local = parts.hostname in ("127.0.0.1", "localhost", "::1") and not parts.username
+            # Named connections let the embedded server's starter see who else uses it; only on loopback as
+            # no user or the embedded server's own, as CLIENT SETNAME may be denied to a production ACL user.
+            local = parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.username in (None, "", CLIENT_USER)
             client = redis.Redis.from_url(
                 url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, retry_on_timeout=False,
                 # One immediate retry on a fresh connection for a dropped one (server restarted, idle
