@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+# Local state (the embedded Redis, the feature store's activation records) of this test run, never the
+# user's ~/.local/state/recsys; tests that need a home of their own set RECSYS_HOME themselves.
+os.environ.setdefault("RECSYS_HOME", tempfile.mkdtemp(prefix="recsys-tests-"))
 
 
 def shared_dataset(relative: str) -> Path:
