@@ -61,7 +61,8 @@ def wait_until_in_aof(admin: redis.Redis, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         info = admin.info("persistence")
-        if int(info["aof_enabled"]) and int(info["aof_buffer_length"]) == 0:
+        assert int(info["aof_enabled"]), "the server keeps no AOF"
+        if int(info["aof_buffer_length"]) == 0:
             return
         assert time.monotonic() < deadline, f"AOF not written within {timeout:.0f} s: {info}"
         time.sleep(0.01)

@@ -88,8 +88,6 @@ def test_the_platform_user_works_but_cannot_administer(redis_server: EmbeddedRed
     client = store.client
     assert client.info("server")["redis_version"]
     admin = redis_server.admin_client()
-    names = {(c["name"], c["user"]) for c in admin.client_list()}
-    assert (f"recsys-{os.getpid()}", "recsys") in names  # connections are named: the starter sees who is attached
     config = redis_server.credentials.config_command
     assert_refused({
         "CONFIG SET dir": lambda: client.config_set("dir", str(tmp_path)),
@@ -110,6 +108,8 @@ def test_the_platform_user_works_but_cannot_administer(redis_server: EmbeddedRed
         " ".join(command): lambda command=command: admin.execute_command(*command)
         for command in (("MODULE", "LIST"), ("DEBUG", "SLEEP", "0"), ("CONFIG", "GET", "dir"))
     }, "^unknown command")
+    names = {(c["name"], c["user"]) for c in admin.client_list()}
+    assert (f"recsys-{os.getpid()}", "recsys") in names  # connections are named: the starter sees who is attached
     reply = admin.execute_command(config, "GET", "appendonly")  # the admin reaches CONFIG by its secret name
     assert reply in ({b"appendonly": b"yes"}, [b"appendonly", b"yes"])  # RESP3 or RESP2
     assert store.active_version() == "v1" and redis_server.running
