@@ -347,8 +347,8 @@ class EmbeddedRedis:
         if info["aof_last_bgrewrite_status"] != "ok" or not _has_aof(self.data_dir):
             raise RecsysError(f"redis-server on port {self.port}: writing the AOF in {self.data_dir} failed; "
                               f"log: {self.log_tail()}")
-        log.info("feature store: append-only file on in %s (data loaded from %s)", self.data_dir,
-                 DUMP_FILE if (self.data_dir / DUMP_FILE).exists() else "nothing")
+        log.info("feature store: switched the append-only file on in %s (%s)", self.data_dir,
+                 f"data loaded from {DUMP_FILE}" if (self.data_dir / DUMP_FILE).exists() else "a new data set")
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -43,19 +43,24 @@ def test_a_data_folder_from_before_the_aof_keeps_its_data(tmp_path: Path) -> Non
     process = subprocess.Popen([str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir",
                                 str(legacy), "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    old = RedisFeatureStore.from_url(f"redis://127.0.0.1:{port}/0", activation_file=None)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            old.ping()
-            break
-        except FeatureStoreUnavailable:
-            assert process.poll() is None and time.monotonic() < deadline, "the legacy redis-server did not start"
-            time.sleep(0.02)
-    _commit(old, "v1", {"u1": b"U1"})
-    old.client.shutdown(save=True)
-    process.wait()
-    old.close()
+    try:
+        old = RedisFeatureStore.from_url(f"redis://127.0.0.1:{port}/0", activation_file=None)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                old.ping()
+                break
+            except FeatureStoreUnavailable:
+                assert process.poll() is None and time.monotonic() < deadline, "the legacy redis-server did not start"
+                time.sleep(0.02)
+        _commit(old, "v1", {"u1": b"U1"})
+        old.client.shutdown(save=True)
+        process.wait(60)
+        old.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert sorted(p.name for p in legacy.iterdir()) == ["dump.rdb"]
     (legacy / "appendonly.aof").touch()  # Redis 6 creates it empty when the AOF is switched on, then fills it
 

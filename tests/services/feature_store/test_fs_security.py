@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -45,7 +46,7 @@ def open_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("RECSYS_HOME", str(home))
     monkeypatch.delenv("REDIS_URL", raising=False)
     yield home
-    subprocess.run(["rm", "-rf", str(home)], check=False)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_no_access_without_the_password(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
