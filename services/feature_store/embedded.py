@@ -26,8 +26,9 @@ never hold them. MODULE and DEBUG are renamed to nothing and CONFIG to a secret 
 not even a leaked password loads code or moves the dump into another folder. Files are
 created 0600 (umask 077).
 
-Writes are appended to the AOF, fsynced every second, so a crash loses at most about a
-second of writes. A data directory without an AOF (one written before AOFs, or a fresh
+Writes are appended to the AOF before they are acknowledged and fsynced every second: a
+killed server loses nothing acknowledged (unless the disk is so slow that Redis holds
+writes back, up to 2 s), a power cut about the last second. A data directory without an AOF (one written before AOFs, or a fresh
 one) starts from ``dump.rdb`` and turns the AOF on once loaded: Redis started with
 ``appendonly yes`` and no AOF would start empty and ignore the dump.
 
