@@ -10,6 +10,7 @@ state directory, ``$RECSYS_HOME`` or by default ``~/.local/state/recsys``::
     STATE/redis/appendonly.aof the data, appended as writes happen (Redis 7: appendonlydir/)
     STATE/redis/dump.rdb       a snapshot, written by SHUTDOWN SAVE when the server stops
     STATE/redis/server.json    {pid, port, url (no password), owner, supervisor} while a server runs
+    STATE/redis/port           the port it last listened on, tried first at the next start
     STATE/redis/redis.log      the server's log
     STATE/redis/lock           held while a process decides to attach, start, restart or stop
 
@@ -82,7 +83,7 @@ log = logging.getLogger("recsys.feature_store")
 HOME_ENV, URL_ENV = "RECSYS_HOME", "REDIS_URL"
 DEFAULT_HOME = Path("~/.local/state/recsys")
 SERVER_FILE, LOG_FILE, DUMP_FILE = "server.json", "redis.log", "dump.rdb"
-SECRETS_FILE, CONF_FILE = "secrets.json", "redis.conf"
+SECRETS_FILE, CONF_FILE, PORT_FILE = "secrets.json", "redis.conf", "port"
 CLIENT_USER, ADMIN_USER = "recsys", "default"
 # The platform's user: every data command, scripts, SCAN/UNLINK, INFO and naming its connections; no @admin
 # (CONFIG, SHUTDOWN, saves, ACL, MONITOR, CLIENT KILL/LIST, ...), no @dangerous (FLUSHALL, KEYS, MIGRATE,
@@ -214,6 +215,13 @@ def _ping(url: str, timeout: float = 1.0) -> bool:
         client.close()
 
 
+def _last_port(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / PORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _has_aof(data_dir: Path) -> bool:
     """Whether ``data_dir`` holds an AOF to start from. Redis 6 writes ``appendonly.aof`` (created empty when
     the AOF is switched on, filled when its first rewrite ends: an empty one is not one); Redis 7 an
@@ -259,7 +267,9 @@ class EmbeddedRedis:
     @classmethod
     def start(cls, data_dir: str | Path, port: int | None = None, *, timeout: float = 60.0,
               extra_args: Sequence[str] = ()) -> EmbeddedRedis:
-        """Start a server (on a free port unless ``port`` is given) and wait until it answers, its AOF on.
+        """Start a server and wait until it answers, its AOF on. Unless ``port`` is given, the port it had last
+        time, if free, so that URLs and the activation floor (kept per host and port) outlive a restart; else a
+        free one.
 
         ``extra_args`` are more ``redis-server`` options, e.g. ``("--maxmemory", "1gb")``.
         """
@@ -267,19 +277,20 @@ class EmbeddedRedis:
         _private_dir(data_dir)
         credentials = Credentials.load_or_create(data_dir)
         executable = find_redis_server()
-        attempts = 1 if port is not None else 3  # a free port can be taken before the server binds it
-        for attempt in range(attempts):
-            server = cls(data_dir, port if port is not None else free_port(), executable, credentials,
-                         tuple(extra_args))
+        # None: a free port, three times over, as one can be taken before the server binds it.
+        ports = [port] if port is not None else [p for p in [_last_port(data_dir)] if p] + [None] * 3
+        for attempt, wanted in enumerate(ports):
+            server = cls(data_dir, wanted or free_port(), executable, credentials, tuple(extra_args))
             try:
                 server._spawn(timeout)
             except RecsysError:
-                if server.running or attempt == attempts - 1:
+                if server.running or attempt == len(ports) - 1:
                     server.kill()
                     raise
                 server.kill()
                 continue
             server._write_server_file()
+            _write_private(data_dir / PORT_FILE, f"{server.port}\n")
             log.debug("started redis-server (pid %d) on port %d, data in %s", server.pid, server.port, data_dir)
             return server
         raise AssertionError("unreachable")

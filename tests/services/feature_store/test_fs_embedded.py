@@ -42,6 +42,7 @@ def test_start_stop_save_and_reload(tmp_path: Path) -> None:
     assert (tmp_path / "dump.rdb").is_file()
     again = EmbeddedRedis.start(tmp_path)
     try:
+        assert again.port == server.port  # the port it had: URLs and the activation floor stay valid
         store = RedisFeatureStore.from_url(again.url)
         assert store.fetch("u1", []).user == b"U1"
         store.close()
