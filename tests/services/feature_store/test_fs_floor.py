@@ -3,7 +3,6 @@ with older data (or none) is noticed."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,7 @@ def test_activation_floor_follows_activations_and_outlives_the_data(redis_server
     code = ("import sys; from services.feature_store.redis_store import RedisFeatureStore as S; "
             "print(repr(S.from_url(sys.argv[1]).activation_floor()))")
     seen = subprocess.run([sys.executable, "-c", code, redis_server.url], cwd=REPO_ROOT, capture_output=True,
-                          text=True, env={**os.environ}, check=True)
+                          text=True, check=True)
     assert seen.stdout.strip() == repr(floor)
 
     # An activation stamped earlier (another writer's slower clock) does not move the floor down.
