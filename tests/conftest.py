@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+# Local state (the embedded Redis, the feature store's activation records) of this test run, never the
+# user's ~/.local/state/recsys; tests that need a home of their own set RECSYS_HOME themselves.
+if "RECSYS_HOME" not in os.environ:
+    os.environ["RECSYS_HOME"] = tempfile.mkdtemp(prefix="recsys-tests-")
+    atexit.register(shutil.rmtree, os.environ["RECSYS_HOME"], ignore_errors=True)
 
 
 def shared_dataset(relative: str) -> Path:

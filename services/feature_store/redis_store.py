@@ -35,20 +35,34 @@ that dies without ``abort`` is collected once it has been silent for
 Connection failures (refused, reset, timed out, server loading its dump) raise
 ``FeatureStoreUnavailable`` naming the URL without its password. Timeouts are short and
 never retried; a dropped connection is retried once on a fresh one, so the first call
-after a server restart succeeds on the same store object.
+after a server restart succeeds on the same store object. The URL's user and password
+are sent with AUTH (the embedded server's ACL user ``recsys`` may run data commands,
+scripts, SCAN/UNLINK, INFO and CLIENT SETNAME, nothing administrative); no log line or
+error shows the password (``redact_url``).
+
+Each successful ``activate`` (and so each ``commit``) also records the version and its
+``committed_at`` in a small JSON file outside Redis, by default
+``STATE/activations/<sha1 of server and prefix>.json`` under ``$RECSYS_HOME``, only ever
+moving forward. ``activation_floor`` reads it back: a server that lost writes (restarted
+from an old dump) serves a version committed before the floor, and the ranking service
+then refuses to call itself ready.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -188,6 +202,22 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
 
 
+def _server_identity(url: str) -> str:
+    """The server and database a URL names, without user or password: ``redis://host:port/db``."""
+    parts = urlsplit(redact_url(url))
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}/{parts.path.strip('/') or '0'}"
+
+
+def activation_file_for(url: str, prefix: str) -> Path:
+    """Where a store on ``url`` under ``prefix`` records its activations: ``STATE/activations/<sha1>.json``."""
+    from services.feature_store.embedded import state_dir
+
+    key = hashlib.sha1(f"{_server_identity(url)} {prefix}".encode(), usedforsecurity=False).hexdigest()
+    return state_dir() / "activations" / f"{key}.json"
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
@@ -235,11 +265,14 @@ class RedisFeatureStore(FeatureStore):
     """``FeatureStore`` on one Redis server (see the module docstring for the key layout)."""
 
     def __init__(self, client: redis.Redis, prefix: str = "recsys", grace_seconds: float = 3600.0,
-                 seen_cap: int = 200, url: str | None = None) -> None:
+                 seen_cap: int = 200, url: str | None = None, activation_file: Path | None = None) -> None:
+        """``activation_file``: where ``activate`` records the newest activation (``activation_floor``); None
+        records nothing (``from_url`` picks one under the state directory)."""
         if not _PREFIX.match(prefix):
             raise RecsysError(f"feature store prefix '{prefix}': use letters, digits, '_', '.', '-', ':'")
         self.client, self.prefix, self.grace_seconds, self.seen_cap = client, prefix, grace_seconds, seen_cap
         self.url = redact_url(url) if url else self._describe(client)
+        self.activation_file = activation_file
         self._active_key, self._versions_key = f"{prefix}:active", f"{prefix}:versions"
         self._read_script = client.register_script(_READ)
         self._lrange = client.register_script(_LRANGE)
@@ -256,14 +289,18 @@ class RedisFeatureStore(FeatureStore):
     @classmethod
     def from_url(cls, url: str, prefix: str = "recsys", grace_seconds: float = 3600.0, *,
                  connect_timeout: float = 1.0, timeout: float = 2.0, **kwargs: Any) -> RedisFeatureStore:
-        """``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or ``unix://``; bytes in and out."""
-        from services.feature_store.embedded import client_name
+        """``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or ``unix://``; bytes in and out.
+
+        ``kwargs`` go to the constructor; ``activation_file`` defaults to ``activation_file_for(url, prefix)``
+        (pass None to record no activations).
+        """
+        from services.feature_store.embedded import CLIENT_USER, client_name
 
         try:
             parts = urlsplit(url)
-            # Named connections let the embedded server's starter see who else uses it; only on loopback
-            # without an ACL user, as CLIENT SETNAME may be denied to a restricted production user.
-            local = parts.hostname in ("127.0.0.1", "localhost", "::1") and not parts.username
+            # Named connections let the embedded server's starter see who else uses it; only on loopback as
+            # no user or the embedded server's own, as CLIENT SETNAME may be denied to a production ACL user.
+            local = parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.username in (None, "", CLIENT_USER)
             client = redis.Redis.from_url(
                 url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, retry_on_timeout=False,
                 # One immediate retry on a fresh connection for a dropped one (server restarted, idle
@@ -273,6 +310,7 @@ class RedisFeatureStore(FeatureStore):
             )
         except ValueError as exc:
             raise RecsysError(f"REDIS_URL {redact_url(url)}: {exc}") from None
+        kwargs.setdefault("activation_file", activation_file_for(url, prefix))
         return cls(client, prefix=prefix, grace_seconds=grace_seconds, url=url, **kwargs)
 
     @staticmethod
@@ -434,10 +472,49 @@ class RedisFeatureStore(FeatureStore):
     def activate(self, version: str, meta: dict[str, Any] | None = None) -> str | None:
         """Make ``version`` (being written, or retired and not yet collected) active; returns the previous one."""
         patch = json.dumps({str(k): str(v) for k, v in (meta or {}).items()})
+        committed_at = _stamp()
         with self._guard():
-            old = self._activate(keys=[self._active_key, self._versions_key], args=[version, patch, _stamp()])
+            old = self._activate(keys=[self._active_key, self._versions_key], args=[version, patch, committed_at])
         log.info("feature store: version %s is active (was %s)", version, _text(old) if old else "none")
+        self._record_activation(version, float(committed_at))
         return None if old is None else _text(old)
+
+    def _record_activation(self, version: str, committed_at: float) -> None:
+        """Move the floor up to this activation (never down: another process may have recorded a later one)."""
+        path = self.activation_file
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # One lock for the folder: read, compare and replace must not interleave with another writer's.
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                floor = self.activation_floor()
+                if floor is not None and floor >= committed_at:
+                    return
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"server": _server_identity(self.url), "prefix": self.prefix,
+                                           "version": version, "committed_at": committed_at}) + "\n")
+                tmp.replace(path)
+            finally:
+                os.close(fd)  # releases the lock
+        except OSError as exc:  # the activation stands; only the guard against lost writes is weaker
+            log.warning("feature store: cannot record the activation of %s in %s (%s); a server that loses "
+                        "it will not be noticed", version, path, exc.strerror or exc)
+
+    def activation_floor(self) -> float | None:
+        """``committed_at`` of the newest activation recorded for this server and prefix, or None."""
+        path = self.activation_file
+        if path is None:
+            return None
+        try:
+            return float(json.loads(path.read_text())["committed_at"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("feature store: %s is unreadable (%s); no activation floor", path, exc)
+            return None
 
     def delete_version(self, version: str) -> int:
         """Delete every key of a version that is not active; returns the number of keys removed."""

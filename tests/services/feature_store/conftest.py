@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.redis_store import RedisFeatureStore
@@ -51,3 +53,16 @@ def scan_keys(store: RedisFeatureStore, version: str | None = None) -> list[str]
 def keys_of() -> Callable[..., list[str]]:
     """``keys_of(store, version=None)``: every key under the store's prefix (and version)."""
     return scan_keys
+
+
+def wait_until_in_aof(admin: redis.Redis, timeout: float = 60.0) -> None:
+    """Wait until every write acknowledged so far has been written to the server's AOF (its buffer is empty):
+    a SIGKILL then loses none of them (only a power cut could, until the fsync within the second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = admin.info("persistence")
+        assert int(info["aof_enabled"]), "the server keeps no AOF"
+        if int(info["aof_buffer_length"]) == 0:
+            return
+        assert time.monotonic() < deadline, f"AOF not written within {timeout:.0f} s: {info}"
+        time.sleep(0.01)

@@ -12,7 +12,7 @@ import redis
 from recsys.errors import RecsysError
 from services.feature_store import embedded
 from services.feature_store.embedded import EmbeddedRedis, find_redis_server, open_store, redis_url, state_dir
-from services.feature_store.redis_store import RedisFeatureStore
+from services.feature_store.redis_store import RedisFeatureStore, redact_url
 
 
 def test_state_dir_and_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -42,6 +42,7 @@ def test_start_stop_save_and_reload(tmp_path: Path) -> None:
     assert (tmp_path / "dump.rdb").is_file()
     again = EmbeddedRedis.start(tmp_path)
     try:
+        assert again.port == server.port  # the port it had: URLs and the activation floor stay valid
         store = RedisFeatureStore.from_url(again.url)
         assert store.fetch("u1", []).user == b"U1"
         store.close()
@@ -55,12 +56,13 @@ def test_redis_url_starts_attaches_and_saves(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
     with open_store() as store:
-        url = f"redis://127.0.0.1:{json.loads((tmp_path / 'redis' / 'server.json').read_text())['port']}/0"
+        info = json.loads((tmp_path / "redis" / "server.json").read_text())
+        assert info["url"] == f"redis://recsys@127.0.0.1:{info['port']}/0"  # no password in server.json
         writer = store.begin_version("v1")
         writer.put_items(["a"], [b"A"])
         writer.commit()
         with redis_url() as attached:  # a second user of the same state dir attaches
-            assert attached == url
+            assert redact_url(attached) == info["url"]
         assert (tmp_path / "redis" / "server.json").exists()  # ... and leaves it running
         assert store.get_items(["a"]) == [b"A"]
     assert not (tmp_path / "redis" / "server.json").exists()  # the starter saved and stopped it

@@ -31,7 +31,7 @@ def test_killed_server_fails_fast_then_the_same_store_recovers(redis_server: Emb
     redis_server.kill()  # kill -9: nothing saved since the restart, but the dump is still there
 
     started = time.monotonic()
-    with pytest.raises(FeatureStoreUnavailable, match=rf"feature store at redis://127\.0\.0\.1:{redis_server.port}/0"):
+    with pytest.raises(FeatureStoreUnavailable, match=rf"feature store at redis://recsys@127\.0\.0\.1:{redis_server.port}/0"):
         store.fetch("u1", ["a"])
     with pytest.raises(FeatureStoreUnavailable):
         store.popular(3)
@@ -67,26 +67,24 @@ def test_loading_server_is_unavailable(store: RedisFeatureStore, monkeypatch: py
         store.active_version()
 
 
-def test_password_and_acl_user(tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = EmbeddedRedis.start(tmp_path_factory.mktemp("auth"), extra_args=("--requirepass", "s3cret"))
-    try:
-        host = f"127.0.0.1:{server.port}"
-        store = RedisFeatureStore.from_url(f"redis://:s3cret@{host}/0")
-        _commit(store)
-        assert store.fetch("u1", ["a"]).items == [b"A"]
-        store.client.acl_setuser("ranker", enabled=True, passwords=["+pw2"], keys=["*"], commands=["+@all"])
+def test_password_and_acl_user(redis_server: EmbeddedRedis) -> None:
+    host = f"127.0.0.1:{redis_server.port}"
+    store = RedisFeatureStore.from_url(redis_server.url)  # the embedded server's own ACL user and password
+    _commit(store)
+    assert store.fetch("u1", ["a"]).items == [b"A"]
+    admin = redis_server.admin_client()
+    admin.acl_setuser("ranker", enabled=True, passwords=["+pw2"], keys=["*"], commands=["+@all"])
+    admin.close()
 
-        acl = RedisFeatureStore.from_url(f"redis://ranker:pw2@{host}/0")
-        assert acl.fetch("u1", ["a"]).user == b"U1"
+    acl = RedisFeatureStore.from_url(f"redis://ranker:pw2@{host}/0")
+    assert acl.fetch("u1", ["a"]).user == b"U1"
 
-        for url in (f"redis://:wrong@{host}/0", f"redis://{host}/0"):
-            with pytest.raises(FeatureStoreUnavailable) as failed:
-                RedisFeatureStore.from_url(url).ping()
-            assert "wrong" not in str(failed.value) and f"redis://{host}/0" in str(failed.value)
-        store.close()
-        acl.close()
-    finally:
-        server.stop(save=False)
+    for url in (f"redis://:wrong@{host}/0", f"redis://recsys:wrong@{host}/0", f"redis://{host}/0"):
+        with pytest.raises(FeatureStoreUnavailable) as failed:
+            RedisFeatureStore.from_url(url).ping()
+        assert "wrong" not in str(failed.value) and f"{redact_url(url)}:" in str(failed.value)
+    store.close()
+    acl.close()
 
 
 def test_url_forms() -> None:
