@@ -19,7 +19,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from recsys import __version__
 from recsys.errors import RecsysError
@@ -33,6 +34,9 @@ from services.ranking.service import (
     ModelConflict, NoFeatureVersion, RankingService, RecordMismatch, TooManyCandidates,
 )
 from services.ranking.settings import ServeSettings
+from services.ranking.workers import exit_with_parent
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before its request was complete
 
 _DESCRIPTION = """Ranks candidate items for a user with a trained recsys artifact.
 
@@ -99,7 +103,10 @@ def _document_request_models(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """The uvicorn ``--factory`` entry point of ``recsys serve`` workers: settings from the environment."""
-    return create_app(ServeSettings.from_env())
+    settings = ServeSettings.from_env()
+    if settings.supervisor_pid is not None:
+        exit_with_parent(settings.supervisor_pid)  # a worker of --workers N: not left serving if it is killed
+    return create_app(settings)
 
 
 def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -141,6 +148,12 @@ def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(RecordMismatch)
     async def _mismatch(request: Request, exc: RecordMismatch) -> JSONResponse:
         return detail(500, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client closed the connection before its body was complete: nothing reaches it (uvicorn drops what
+        # is sent), and the request metrics count it as nginx logs it, 499 "client closed request".
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _unprocessable(exc: RequestValidationError) -> JSONResponse:
