@@ -29,6 +29,7 @@ from services.ranking.fastpath import HotRoutes
 from services.ranking.features import ContextError
 from services.ranking.metrics import ServiceMetrics
 from services.ranking.middleware import RequestMetrics
+from services.ranking.payloads import context_schema
 from services.ranking.routers import admin, operations, ranking
 from services.ranking.service import (
     ModelConflict, NoFeatureVersion, RankingService, RecordMismatch, TooManyCandidates,
@@ -86,7 +87,9 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
 
 
 def _document_request_models(app: FastAPI) -> None:
-    """Put the request models the hot routes parse themselves into the OpenAPI components."""
+    """Put the request models the hot routes parse themselves into the OpenAPI components, with ``context`` as
+    the served model takes it (its context features, no others): a ``Context`` component, rewritten when a
+    model swap changes them."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -95,7 +98,13 @@ def _document_request_models(app: FastAPI) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             for model in ranking.REQUEST_MODELS:
                 schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                # Before the app starts (no model yet), Context is the request model's own: any feature name.
+                schemas["Context"] = schemas[model.__name__]["properties"]["context"]
+                schemas[model.__name__]["properties"]["context"] = {"$ref": "#/components/schemas/Context"}
             app.openapi_schema = spec
+        service: RankingService | None = getattr(app.state, "service", None)
+        if service is not None:
+            app.openapi_schema["components"]["schemas"]["Context"] = context_schema(service.slot.current.schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
