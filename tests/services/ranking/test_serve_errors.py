@@ -68,22 +68,21 @@ def _one_error_line(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("fault", list(BREAK))
-def test_a_broken_artifact_is_one_line(fault: str, served_artifact: tuple[Path, Path], tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_artifact_is_one_line(fault: str, served_artifact: tuple[Path, Path], redis: EmbeddedRedis,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     artifact = tmp_path / "artifact"
     shutil.copytree(served_artifact[1], artifact)
     breaks, named = BREAK[fault]
     breaks(artifact)
-    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))  # nothing may start; if it did, not in ~
+    monkeypatch.setenv("REDIS_URL", redis.url)  # a server that started anyway would start no embedded Redis
     result = run_cli("serve", "--artifact", str(artifact), "--port", "0", timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert named in _one_error_line(result.stderr)
 
 
 def test_a_bad_redis_prefix_is_one_line(served_artifact: tuple[Path, Path], redis: EmbeddedRedis,
-                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", redis.url)
-    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "home"))
     result = run_cli("serve", "--artifact", str(served_artifact[1]), "--port", "0", "--redis-prefix", "has space",
                      timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
