@@ -33,6 +33,7 @@ from recsys.errors import RecsysError
 from services.ranking.settings import Precision, ServeSettings
 
 log = logging.getLogger("recsys.serve")
+_MAX_CONNECTIONS = 2048  # per worker, by default
 _FILES_RESERVED = 128  # descriptors a worker needs besides connections (store, files, pipes), with room to spare
 
 
@@ -68,9 +69,10 @@ def serve(
     keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", min=0.001, help="An idle keep-alive connection is "
                                        "closed after this (keep a reverse proxy's upstream idle timeout below "
                                        "it)."),
-    max_connections: int = typer.Option(2048, "--max-connections", min=1, help="Open connections per worker; "
-                                        "past it the ones idle longest are closed (capped below the open-file "
-                                        "limit)."),
+    max_connections: int | None = typer.Option(None, "--max-connections", min=1, help="Open connections per "
+                                               "worker; past it the ones idle longest are closed (default: "
+                                               f"{_MAX_CONNECTIONS}, fewer if the open-file limit, ulimit -n, is "
+                                               "lower)."),
     limit_concurrency: int = typer.Option(512, "--limit-concurrency", min=1, help="Requests in progress per "
                                           "worker; past it a request answers 503 at once (/healthz exempt)."),
 ) -> None:
@@ -155,16 +157,19 @@ def _check_loads(artifact: Path, precision: Precision) -> None:
     raise RecsysError(lines[0] if lines else f"--artifact {artifact}: cannot be loaded") from None
 
 
-def _within_open_files(max_connections: int) -> int:
-    """``--max-connections`` lowered, with a warning, to leave the process room under its open-file limit (each
-    connection is a file descriptor; at the limit accept() fails and nobody gets in, /healthz included)."""
+def _within_open_files(requested: int | None) -> int:
+    """The connection cap: below the process's open-file limit, with room for its other files (each connection
+    is a file descriptor; at the limit accept() fails and nobody gets in, /healthz included). A ``requested``
+    cap over it is lowered with a warning."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or max_connections <= soft - _FILES_RESERVED:
-        return max_connections
-    fitting = max(1, soft - _FILES_RESERVED)
-    log.warning("--max-connections %d lowered to %d: the open-file limit is %d (ulimit -n; %d kept for the "
-                "store, the model and logs)", max_connections, fitting, soft, _FILES_RESERVED)
-    return fitting
+    fitting = _MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, soft - _FILES_RESERVED)
+    if requested is None:
+        return min(_MAX_CONNECTIONS, fitting)
+    if requested > fitting:
+        log.warning("--max-connections %d lowered to %d: the open-file limit is %d (ulimit -n; %d kept for the "
+                    "store, the model and logs)", requested, fitting, soft, _FILES_RESERVED)
+        return fitting
+    return requested
 
 
 @contextlib.contextmanager
