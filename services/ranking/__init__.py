@@ -14,6 +14,7 @@ Modules: ``settings`` (ServeSettings), ``payloads`` (request/response models),
 ``features`` (records + context → Batch), ``served`` (artifact loading, int8, model
 slot), ``batcher`` (the model thread), ``service`` (the request pipeline),
 ``metrics``, ``middleware``, ``fastpath`` (the hot routes before FastAPI's routing), ``deps`` and
-``routers/`` (the HTTP layer), ``app``, ``demo`` (the end of ``make demo``).
+``routers/`` (the HTTP layer), ``app``, ``http`` (uvicorn's protocol with timeouts and limits),
+``workers`` (workers end with ``recsys serve``), ``demo`` (the end of ``make demo``).
 Nothing is imported here: ``recsys --help`` imports the settings without torch.
 """

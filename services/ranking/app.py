@@ -19,7 +19,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from recsys import __version__
 from recsys.errors import RecsysError
@@ -28,11 +29,15 @@ from services.ranking.fastpath import HotRoutes
 from services.ranking.features import ContextError
 from services.ranking.metrics import ServiceMetrics
 from services.ranking.middleware import RequestMetrics
+from services.ranking.payloads import context_schema
 from services.ranking.routers import admin, operations, ranking
 from services.ranking.service import (
     ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch, TooManyCandidates,
 )
 from services.ranking.settings import ServeSettings
+from services.ranking.workers import exit_with_parent
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before its request was complete
 
 _DESCRIPTION = """Ranks candidate items for a user with a trained recsys artifact.
 
@@ -82,7 +87,9 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
 
 
 def _document_request_models(app: FastAPI) -> None:
-    """Put the request models the hot routes parse themselves into the OpenAPI components."""
+    """Put the request models the hot routes parse themselves into the OpenAPI components, with ``context`` as
+    the served model takes it (its context features, no others): a ``Context`` component, rewritten when a
+    model swap changes them."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -91,7 +98,13 @@ def _document_request_models(app: FastAPI) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             for model in ranking.REQUEST_MODELS:
                 schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                # Before the app starts (no model yet), Context is the request model's own: any feature name.
+                schemas["Context"] = schemas[model.__name__]["properties"]["context"]
+                schemas[model.__name__]["properties"]["context"] = {"$ref": "#/components/schemas/Context"}
             app.openapi_schema = spec
+        service: RankingService | None = getattr(app.state, "service", None)
+        if service is not None:
+            app.openapi_schema["components"]["schemas"]["Context"] = context_schema(service.slot.current.schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -99,7 +112,10 @@ def _document_request_models(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """The uvicorn ``--factory`` entry point of ``recsys serve`` workers: settings from the environment."""
-    return create_app(ServeSettings.from_env())
+    settings = ServeSettings.from_env()
+    if settings.supervisor_pid is not None:
+        exit_with_parent(settings.supervisor_pid)  # a worker of --workers N: not left serving if it is killed
+    return create_app(settings)
 
 
 def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -145,6 +161,12 @@ def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(NonFiniteScores)
     async def _nonfinite(request: Request, exc: NonFiniteScores) -> JSONResponse:
         return detail(500, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client closed the connection before its body was complete: nothing reaches it (uvicorn drops what
+        # is sent), and the request metrics count it as nginx logs it, 499 "client closed request".
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _unprocessable(exc: RequestValidationError) -> JSONResponse:

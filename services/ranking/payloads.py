@@ -8,16 +8,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from recsys.schema import Entity, Schema
 from services.ranking.settings import Precision
+
+
+def _integral(value: Any) -> Any:
+    """2.0 → 2: JSON Schema's ``integer`` admits a number with a zero fraction, so the API does too."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 # pydantic refuses strings with lone surrogates ("\ud800" in JSON), which no store key could hold.
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 Text = Annotated[str, Field(max_length=4096)]
+Count = Annotated[StrictInt, BeforeValidator(_integral)]  # strings, booleans and 2.5 are still refused
 Scalar = StrictBool | StrictInt | StrictFloat | Text | None
-ContextValue = Scalar | Annotated[list[Scalar], Field(max_length=1024)]
+MAX_LIST = 1024
+ContextValue = Scalar | Annotated[list[Scalar], Field(max_length=MAX_LIST)]
 
 _RANK_EXAMPLE = {
     "user_id": "42",
@@ -34,6 +42,36 @@ _RESPONSE_EXAMPLE = {
 }
 
 
+_CONTEXT_DOC = ("raw values of the served model's context features (e.g. time, device); missing ones take their "
+                "default (fill value / out-of-vocabulary), others answer 422")
+_NUMBER = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+_SCALAR = {"anyOf": [{"type": "string", "maxLength": 4096}, {"type": "number"}, {"type": "boolean"},
+                     {"type": "null"}]}
+_LIST = {"type": "array", "items": _SCALAR, "maxItems": MAX_LIST}
+
+
+def context_schema(schema: Schema) -> dict[str, Any]:
+    """The JSON schema of ``context`` for a model: its context features and nothing else (what
+    ``FeatureLayout.encode_context`` takes): numbers for dense ones, a scalar (or, for multi-valued and sequence
+    features, a list of scalars) for categorical ones; null is the default value."""
+    properties: dict[str, Any] = {}
+    for dense in schema.dense:
+        if dense.entity is Entity.CONTEXT:
+            properties[dense.name] = {**_NUMBER, "description": f"dense ({dense.transform.value}); null: the fill "
+                                      "value"}
+    several = {f.name for f in schema.sequences} | {f.name for f in schema.sparse if f.separator is not None}
+    for feature in [*schema.sparse, *schema.sequences]:
+        if feature.entity is not Entity.CONTEXT:
+            continue
+        if feature.name in several:
+            split = f", or one string split on {feature.separator!r}" if feature.separator else ""
+            properties[feature.name] = {"anyOf": [*_SCALAR["anyOf"], _LIST],
+                                        "description": f"categorical, several values (a list{split})"}
+        else:
+            properties[feature.name] = {**_SCALAR, "description": "categorical; null: out of vocabulary"}
+    return {"type": "object", "properties": properties, "additionalProperties": False, "description": _CONTEXT_DOC}
+
+
 class _Body(BaseModel):
     # Unknown fields are refused (a misspelt "context" is an error, not ignored); NaN/Infinity too.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -47,10 +85,9 @@ class RankRequest(_Body):
     user_id: Id = Field(description="the user's key, as materialised in the feature store")
     item_ids: list[Id] = Field(min_length=1, description="candidate item keys; duplicates are scored each "
                                "(no dedupe); more than the server's --max-candidates answers 413")
-    k: StrictInt = Field(10, ge=1, le=100_000, description="how many items to return, best first")
-    context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(
-        default_factory=dict, description="raw values of the schema's context features (e.g. time, device); "
-        "missing ones take their default (fill value / out-of-vocabulary), unknown ones answer 422")
+    k: Count = Field(10, ge=1, le=100_000, description="how many items to return, best first")
+    context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(default_factory=dict,
+                                                                               description=_CONTEXT_DOC)
 
 
 class RecommendRequest(_Body):
@@ -59,8 +96,9 @@ class RecommendRequest(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "42", "k": 10}]})
 
     user_id: Id
-    k: StrictInt = Field(10, ge=1, le=10_000)
-    context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(default_factory=dict)
+    k: Count = Field(10, ge=1, le=10_000)
+    context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(default_factory=dict,
+                                                                               description=_CONTEXT_DOC)
 
 
 class ScoredItem(BaseModel):

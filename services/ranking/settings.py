@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
+
+if TYPE_CHECKING:
+    from services.ranking.http import HttpLimits
 
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"
 
@@ -45,10 +49,30 @@ class ServeSettings(BaseModel):
     api_key_env: str = Field("RECSYS_API_KEY", description="environment variable holding the admin API key")
     control_file: Path | None = Field(None, description="shared by the workers of one `recsys serve`: the admin "
                                       "endpoints write the wanted artifact here and every worker follows it")
+    supervisor_pid: int | None = Field(None, description="under --workers N, the `recsys serve` process: a worker "
+                                       "exits when it dies")
+    # HTTP limits (services.ranking.http); per worker process
+    header_timeout_s: float = Field(10.0, gt=0, description="a request line and headers must be complete within "
+                                    "this of connecting (or of the request's first byte); else the connection closes")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must be complete within this of its "
+                                  "headers; else the connection closes")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="a longer request line and headers answer 431")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection closes after this")
+    max_connections: int = Field(2048, ge=1, description="past this many open connections the ones idle longest "
+                                 "are closed")
+    limit_concurrency: int = Field(512, ge=1, description="past this many requests in progress a request answers "
+                                   "503 at once (/healthz exempt)")
 
     @property
     def torch_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    def http_limits(self) -> HttpLimits:
+        from services.ranking.http import HttpLimits  # uvicorn: not needed by `recsys --help`
+
+        return HttpLimits(header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+                          max_header_bytes=self.max_header_bytes, max_connections=self.max_connections,
+                          limit_concurrency=self.limit_concurrency)
 
     def api_key(self) -> str | None:
         """The admin key, read when asked (not stored in the settings, which travel through the environment)."""

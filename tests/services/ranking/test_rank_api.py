@@ -67,6 +67,8 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"user_id": "1", "item_ids": ["1"], "k": 0}, "k"),
     ({"user_id": "1", "item_ids": ["1"], "k": "3"}, "k"),
     ({"user_id": "1", "item_ids": ["1"], "k": 10**40}, "k"),
+    ({"user_id": "1", "item_ids": ["1"], "k": 2.5}, "k"),
+    ({"user_id": "1", "item_ids": ["1"], "k": True}, "k"),
     ({"user_id": "1", "item_ids": ["1"], "context": {"no_such_feature": 1}}, "no_such_feature"),
     ({"user_id": "1", "item_ids": ["1"], "context": {"I9": "many"}}, "I9"),
     ({"user_id": "1", "item_ids": ["1"], "context": {"I9": 10**400}}, "I9"),
@@ -82,6 +84,16 @@ def test_invalid_bodies_answer_422_naming_the_field(server: Server, body: Any, f
         response = client.post("/v1/rank", json=body)
     assert response.status_code == 422, response.text
     assert field in json.dumps(response.json()["detail"])
+
+
+def test_k_may_be_an_integral_number(server: Server) -> None:
+    """JSON Schema's integer (the OpenAPI document's type of k) admits 2.0: so does the server."""
+    with server.client() as client:
+        for path, body in (("/v1/rank", {"user_id": "1", "item_ids": ["1", "2", "3"], "k": 2.0}),
+                           ("/v1/recommend", {"user_id": "1", "k": 2.0})):
+            response = client.post(path, json=body)
+            assert response.status_code == 200, response.text
+            assert len(response.json()["items"]) == 2
 
 
 def test_size_limits_answer_413(server: Server) -> None:
