@@ -96,7 +96,7 @@ def _shared_digests(folder: Path, names: list[str]) -> dict[str, str]:
     return {name: digest for part in parts if part for name, digest in part.items()}
 
 
-def finite(model: nn.Module) -> str | None:
+def non_finite(model: nn.Module) -> str | None:
     """The first state-dict entry with a NaN or infinite value in any process (None: all finite). Collective."""
     bad = ""
     for key, value in model.state_dict().items():
@@ -271,7 +271,7 @@ def load(path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> dict[str
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
     torch.set_rng_state(state["rng"])
-    bad = finite(model)
+    bad = non_finite(model)
     if bad is not None:
         raise RecsysError(f"{path}: weights '{bad}' hold NaN or infinite values; resume from an earlier checkpoint")
     return state_file

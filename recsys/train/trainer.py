@@ -252,7 +252,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
 
     def check_weights(before: str) -> None:
         """Collective: every process checks its shards, all agree."""
-        bad = checkpoint.finite(dmp)
+        bad = checkpoint.non_finite(dmp)
         if bad is not None:
             raise diverged(f"weights '{bad}' hold NaN or infinite values (checked before {before})")
 
