@@ -2,7 +2,8 @@
 
 ``RUN/artifact/``::
 
-    manifest.json        model name, recsys/torch versions, git sha, created-at, files
+    manifest.json        model name, version, recsys/torch versions, git sha, created-at, files, and the
+                         sha256 of the weights, schema and config
     weights.safetensors  unsharded state dict (full tables, MLPs)
     schema.json          the Schema the model was trained on
     config.yaml          the resolved training config
@@ -11,11 +12,21 @@
 
 ``load(path)`` rebuilds the model from schema and config (no torch.distributed)
 and fills it from the safetensors file: ready for inference in a fresh process.
+An artifact is input from elsewhere (a shared folder, an admin request): every
+way a file can be missing, unreadable, changed after export (its sha256 differs
+from the manifest's), malformed, of the wrong shapes or non-finite is one line
+naming the file. The version, which the service reports as ``model_version``,
+ends with the weights' digest, so other weights never pass for the same model.
+
+The JSON files hold strict JSON (``json_text``): a non-finite figure (an AUC of a
+split with one class) is written as ``null``, never as a bare ``NaN``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -24,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,11 +42,12 @@ from torch import nn
 from recsys import __version__
 from recsys.config import TrainConfig
 from recsys.errors import RecsysError
-from recsys.models import build_model
+from recsys.models import build_model, model_names
 from recsys.schema import Schema
 
 MANIFEST, WEIGHTS, SCHEMA, CONFIG, METRICS, VOCAB = (
     "manifest.json", "weights.safetensors", "schema.json", "config.yaml", "metrics.json", "vocab")
+DIGESTED = (WEIGHTS, SCHEMA, CONFIG)  # the files that decide the scores: their sha256 is in the manifest
 
 
 @dataclass
@@ -48,11 +59,43 @@ class Artifact:
     config: TrainConfig
     metrics: dict[str, Any]
     manifest: dict[str, Any]
+    weights_sha256: str
 
     @property
     def version(self) -> str:
-        """A short identity for the artifact: model name, creation time and weights digest."""
-        return str(self.manifest.get("version", self.model_name))
+        """A short identity for the artifact: model name, creation time and weights digest (appended for
+        artifacts written before the manifest recorded it)."""
+        version, digest = str(self.manifest.get("version", self.model_name)), self.weights_sha256[:12]
+        return version if version.endswith(digest) else f"{version}-{digest}"
+
+
+def json_text(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (RFC 8259) of ``value``: non-finite floats become null, where ``json.dumps`` writes NaN."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point entry holding NaN or an infinity (None: every value is finite)."""
+    return next((key for key, value in state.items()
+                 if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
 
 
 def git_sha() -> str:
@@ -70,75 +113,145 @@ def git_sha() -> str:
 
 def save(out: Path, *, model_name: str, state: dict[str, torch.Tensor], schema: Schema, config: TrainConfig,
          metrics: dict[str, Any], data_dir: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the artifact atomically: into a hidden sibling, renamed into place when complete."""
+    """Write the artifact atomically: into a hidden sibling, renamed into place when complete.
+
+    Refuses non-finite weights (RecsysError naming the tensor): a model that scores NaN is never exported.
+    """
+    bad = non_finite(state)
+    if bad is not None:
+        raise RecsysError(f"{out}: not exported: weights '{bad}' hold NaN or infinite values")
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
     schema.save(tmp / SCHEMA)
     (tmp / CONFIG).write_text(config.to_yaml())
-    (tmp / METRICS).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    (tmp / METRICS).write_text(json_text(metrics, indent=1, sort_keys=True))
     vocab = data_dir / VOCAB
     if vocab.is_dir():
         shutil.copytree(vocab, tmp / VOCAB)
     created = datetime.now(UTC)
+    digests = {name: sha256_file(tmp / name) for name in DIGESTED}
     manifest = {
         "model": model_name,
-        "version": f"{model_name}-{created.strftime('%Y%m%dT%H%M%SZ')}",
+        "version": f"{model_name}-{created.strftime('%Y%m%dT%H%M%SZ')}-{digests[WEIGHTS][:12]}",
         "created_at": created.isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         "recsys_version": __version__,
         "torch_version": torch.__version__,
         "data_dir": str(data_dir.resolve()),
         "files": sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()),
+        "sha256": digests,
         **(extra or {}),
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (tmp / MANIFEST).write_text(json_text(manifest, indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
 
 
+def _shown(path: Path) -> str:
+    """The path for a one-line message: an over-long one (a request's) is cut in the middle."""
+    text = str(path)
+    return text if len(text) <= 300 else f"{text[:150]}…{text[-100:]}"
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RecsysError(f"{_shown(path)}: missing from the artifact") from None
+    except OSError as exc:
+        raise RecsysError(f"{_shown(path)}: unreadable ({exc.strerror or exc})") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except OSError:
-        raise RecsysError(f"{path}: missing from the artifact") from None
-    except ValueError as exc:
-        raise RecsysError(f"{path}: not valid JSON ({exc})") from None
+        data = json.loads(_read_bytes(path))
+    except (ValueError, RecursionError) as exc:  # ValueError covers bytes that are not UTF-8
+        raise RecsysError(f"{_shown(path)}: not valid JSON ({str(exc).splitlines()[0] or type(exc).__name__})") \
+            from None
     if not isinstance(data, dict):
-        raise RecsysError(f"{path}: expected a JSON object")
+        raise RecsysError(f"{_shown(path)}: expected a JSON object")
     return data
 
 
+def _check_digests(path: Path, manifest: dict[str, Any]) -> str:
+    """Every digested file as exported (sha256 as in the manifest); returns the weights' sha256. Artifacts
+    written before the manifest held digests are taken as they are."""
+    recorded = manifest.get("sha256")
+    if recorded is not None and not isinstance(recorded, dict):
+        raise RecsysError(f"{_shown(path / MANIFEST)}: 'sha256' must map file names to digests")
+    digests = {}
+    for name in DIGESTED if recorded is not None else (WEIGHTS,):
+        file = path / name
+        try:
+            digests[name] = sha256_file(file)
+        except FileNotFoundError:
+            raise RecsysError(f"{_shown(file)}: missing from the artifact") from None
+        except OSError as exc:
+            raise RecsysError(f"{_shown(file)}: unreadable ({exc.strerror or exc})") from None
+        if recorded is not None and recorded.get(name) != digests[name]:
+            raise RecsysError(f"{_shown(file)}: changed after export (its sha256 differs from the one in "
+                              f"{MANIFEST}); export the model again rather than editing its files")
+    return digests[WEIGHTS]
+
+
+def _fill(model: nn.Module, state: dict[str, torch.Tensor], path: Path, model_name: str) -> None:
+    """Load ``state`` into ``model``, naming the first tensor that is missing, unexpected or of another shape."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise RecsysError(f"{_shown(path / WEIGHTS)}: does not match the {model_name} model "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise RecsysError(f"{_shown(path / WEIGHTS)}: '{key}' has shape {list(value.shape)}, but the "
+                              f"{model_name} model of {SCHEMA} and {CONFIG} needs {list(expected[key].shape)}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RecsysError(f"{_shown(path / WEIGHTS)}: does not fit the {model_name} model "
+                          f"({str(exc).splitlines()[0]})") from None
+
+
 def load(path: str | Path) -> Artifact:
-    """The artifact's model, ready for inference, with its schema, config and metrics."""
+    """The artifact's model, ready for inference, with its schema, config and metrics.
+
+    RecsysError (one line naming the file) for anything wrong with it; see the module docstring.
+    """
     path = Path(path)
-    if not path.is_dir():
-        raise RecsysError(f"{path}: artifact directory not found")
+    try:
+        found = path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise RecsysError(f"{_shown(path)}: not a usable artifact path ({exc.strerror or exc})") from None
+    if not found:
+        raise RecsysError(f"{_shown(path)}: artifact directory not found")
     manifest = _read_json(path / MANIFEST)
     metrics = _read_json(path / METRICS)
+    weights_sha256 = _check_digests(path, manifest)
     schema = Schema.load(path / SCHEMA)
-    if not (path / CONFIG).is_file():
-        raise RecsysError(f"{path / CONFIG}: missing from the artifact")
-    try:
-        config = TrainConfig.from_dict(yaml.safe_load((path / CONFIG).read_text()), where=str(path / CONFIG))
-    except yaml.YAMLError as exc:
-        raise RecsysError(f"{path / CONFIG}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    config = TrainConfig.read(path / CONFIG)
     model_name = manifest.get("model")
     if not isinstance(model_name, str):
-        raise RecsysError(f"{path / MANIFEST}: no model name")
+        raise RecsysError(f"{_shown(path / MANIFEST)}: no model name")
+    if model_name not in model_names():
+        raise RecsysError(f"{_shown(path / MANIFEST)}: unknown model '{model_name}'; known: "
+                          f"{', '.join(model_names())}")
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:
-        raise RecsysError(f"{path / WEIGHTS}: missing from the artifact") from None
-    except (SafetensorError, OSError) as exc:
-        raise RecsysError(f"{path / WEIGHTS}: unreadable weights ({exc})") from None
-    model = build_model(model_name, schema, config.model, config.embedding)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RecsysError(f"{path / WEIGHTS}: does not match the {model_name} model "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise RecsysError(f"{_shown(path / WEIGHTS)}: missing from the artifact") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RecsysError(f"{_shown(path / WEIGHTS)}: unreadable weights ({exc})") from None
+    bad = non_finite(state)
+    if bad is not None:
+        raise RecsysError(f"{_shown(path / WEIGHTS)}: weights '{bad}' hold NaN or infinite values")
+    try:
+        model = build_model(model_name, schema, config.model, config.embedding)
+    except RecsysError as exc:
+        raise RecsysError(f"{_shown(path)}: {exc}") from None
+    _fill(model, state, path, model_name)
     model.eval()
-    return Artifact(path, model, model_name, schema, config, metrics, manifest)
+    return Artifact(path, model, model_name, schema, config, metrics, manifest, weights_sha256)

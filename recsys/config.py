@@ -6,12 +6,19 @@ checked by the chosen model's own config class (``recsys.models``), so each mode
 declares its knobs beside its code.
 
     config = TrainConfig.load("cfg.yaml", overrides=["optimizer.dense.lr=0.002", "trainer.epochs=2"])
+
+A resumed run starts from the run's saved config (``base``) and may change only the
+keys in ``RESUMABLE``: how long it runs, how often it logs and saves, how it is
+evaluated and what hardware the planner assumes. Every other key decides which
+batches are taken or what a step computes, so changing it would silently continue
+another run on weights trained by this one.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import yaml
@@ -20,9 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
 
+# Dotted keys (or sections) a resumed run may change; see the module docstring.
+RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.checkpoint_every",
+             "trainer.keep_checkpoints", "trainer.progress", "trainer.eval_batch_size", "trainer.pipeline",
+             "sharding.topology")
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A non-finite rate or cap (``lr=.inf``, ``1e400``) would only surface as a diverged run.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SparseOptimizer(StrEnum):
@@ -171,9 +184,14 @@ class TrainConfig(_Section):
             raise RecsysError(f"{where}: {describe_validation_error(exc, data)}") from None
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-        """The file's values (none: all defaults) with ``key.path=value`` overrides applied in order."""
-        data: dict[str, Any] = {}
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+             base: TrainConfig | None = None) -> TrainConfig:
+        """The file's values (none: all defaults) with ``key.path=value`` overrides applied in order.
+
+        With ``base`` (a resumed run's saved config), the file's and overrides' values are applied on top of
+        it instead of on top of the defaults.
+        """
+        data: dict[str, Any] = base.model_dump(mode="json") if base is not None else {}
         where = "config"
         if path is not None:
             path = Path(path)
@@ -184,17 +202,68 @@ class TrainConfig(_Section):
                 loaded = yaml.safe_load(path.read_text())
             except yaml.YAMLError as exc:
                 raise RecsysError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise RecsysError(f"{path}: unreadable config ({getattr(exc, 'strerror', None) or exc})") from None
+            except RecursionError:
+                raise RecsysError(f"{path}: not valid YAML: nested too deeply") from None
             if loaded is not None and not isinstance(loaded, dict):
                 raise RecsysError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-            data = loaded or {}
+            _merge(data, loaded or {})
         for override in overrides or []:
             _apply_override(data, override)
         if overrides:
             where += " with --set " + " ".join(overrides)
         return cls.from_dict(data, where)
 
+    @classmethod
+    def read(cls, path: Path) -> TrainConfig:
+        """A saved resolved config (a run's or an artifact's ``config.yaml``)."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise RecsysError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecsysError(f"{path}: unreadable config ({getattr(exc, 'strerror', None) or exc})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecsysError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        except RecursionError:
+            raise RecsysError(f"{path}: not valid YAML: nested too deeply") from None
+        return cls.from_dict(data, where=str(path))
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def changes(self, other: TrainConfig) -> list[tuple[str, Any, Any]]:
+        """(dotted key, value here, value in ``other``) for every leaf that differs; absent values are None."""
+        mine, theirs = dict(_leaves(self.model_dump(mode="json"))), dict(_leaves(other.model_dump(mode="json")))
+        return [(key, mine.get(key), theirs.get(key)) for key in sorted(mine.keys() | theirs.keys())
+                if mine.get(key) != theirs.get(key)]
+
+
+def resumable(key: str) -> bool:
+    """Whether a resumed run may change the dotted ``key`` (see ``RESUMABLE``)."""
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
+
+
+def _leaves(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted paths to every non-mapping value (lists are values): a key added to a mapping shows by name."""
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def _merge(data: dict[str, Any], update: dict[str, Any]) -> None:
+    """Set every value of ``update`` into ``data``, descending into mappings both hold."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _merge(data[key], value)
+        else:
+            data[key] = value
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

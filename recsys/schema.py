@@ -307,16 +307,23 @@ class Schema(_Strict):
     def load(cls, path: str | Path) -> Schema:
         """Read a schema from JSON or YAML (a directory means its ``schema.json``)."""
         path = Path(path)
-        if path.is_dir():
-            path = path / SCHEMA_FILE
-        if not path.is_file():
-            raise RecsysError(f"{path}: schema file not found")
-        text = path.read_text()
+        try:
+            if path.is_dir():
+                path = path / SCHEMA_FILE
+            text = path.read_bytes().decode()
+        except FileNotFoundError:
+            raise RecsysError(f"{path}: schema file not found") from None
+        except OSError as exc:
+            raise RecsysError(f"{path}: unreadable schema ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise RecsysError(f"{path}: not valid text: not UTF-8 (byte {exc.start})") from None
+        kind = "JSON" if path.suffix == ".json" else "YAML"
         try:
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            first = str(exc).splitlines()[0]
-            raise RecsysError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from None
+            raise RecsysError(f"{path}: not valid {kind}: {str(exc).splitlines()[0]}") from None
+        except RecursionError:
+            raise RecsysError(f"{path}: not valid {kind}: nested too deeply") from None
         return cls.from_dict(data, where=str(path))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.config import Decay, SparseOptimizer, TrainConfig
+from recsys.config import Decay, SparseOptimizer, TrainConfig, resumable
 from recsys.errors import RecsysError
 from recsys.models import model_config
 
@@ -53,3 +53,37 @@ def test_model_section_is_checked_by_the_model() -> None:
         model_config("dlrm", {"top_mlp": [64, 2]})
     with pytest.raises(RecsysError, match="unknown model 'dlrn'; known: dlrm"):
         model_config("dlrn", {})
+
+
+def test_non_finite_values_are_refused() -> None:
+    for override in ("optimizer.dense.lr=.inf", "optimizer.sparse.lr=1e400", "sharding.topology.hbm_cap_gib=.nan"):
+        with pytest.raises(RecsysError, match=override.split("=")[0]):
+            TrainConfig.load(None, [override])
+
+
+def test_a_resume_starts_from_the_saved_config(tmp_path: Path) -> None:
+    saved = TrainConfig.load(None, ["trainer.epochs=2", "optimizer.dense.lr=0.01", "model.interaction=cat"])
+    (tmp_path / "config.yaml").write_text(saved.to_yaml())
+    base = TrainConfig.read(tmp_path / "config.yaml")
+    assert base == saved
+    path = tmp_path / "cfg.yaml"
+    path.write_text("trainer:\n  log_every: 5\n")
+    resumed = TrainConfig.load(path, ["trainer.max_steps=40"], base=base)
+    assert resumed.trainer.epochs == 2 and resumed.optimizer.dense.lr == 0.01
+    assert resumed.model == {"interaction": "cat"}
+    assert saved.changes(resumed) == [("trainer.log_every", 50, 5), ("trainer.max_steps", None, 40)]
+    assert all(resumable(key) for key, _, _ in saved.changes(resumed))
+    other = TrainConfig.load(None, ["model.interaction=dot", "sharding.tables.C1.min_partition=4",
+                                    "sharding.topology.hbm_cap_gib=8"], base=base)
+    changed = [key for key, _, _ in saved.changes(other)]
+    assert changed == ["model.interaction", "sharding.tables.C1.min_partition", "sharding.topology.hbm_cap_gib"]
+    assert [resumable(key) for key in changed] == [False, False, True]
+
+
+def test_unreadable_saved_config_is_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(RecsysError, match="config.yaml: unreadable config"):
+        TrainConfig.read(binary)
+    with pytest.raises(RecsysError, match="absent.yaml: config file not found"):
+        TrainConfig.read(tmp_path / "absent.yaml")

@@ -89,3 +89,15 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     listed.write_text("- a\n- b\n")
     with pytest.raises(RecsysError, match="expected a mapping"):
         Schema.load(listed)
+
+
+def test_unreadable_schema_files_are_one_line(tmp_path: Path) -> None:
+    """What an artifact or data folder may hold instead of a schema: bytes, deep nesting."""
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(bytes(range(256)))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    for path, expected in [(binary, "not valid text: not UTF-8"), (deep, "not valid JSON")]:
+        with pytest.raises(RecsysError, match=expected) as error:
+            Schema.load(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value)

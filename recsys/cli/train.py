@@ -4,14 +4,21 @@ With ``--nproc 1`` the job runs in this process; with N > 1 this process becomes
 torchrun (torch elastic) agent for N local workers; under an outer ``torchrun``
 (multi-host, see deploy/) every worker runs the job directly. Configuration,
 data and plan errors are found before any worker starts and print one line.
+
+One job per run folder: the process that owns the job (this one; under an outer
+torchrun, rank 0) holds an exclusive lock on ``RUN/.lock`` from before the checks
+until the job ends, so a second ``train`` on the same ``--out`` fails at once
+naming the holder. A resume starts from the run's saved ``config.yaml``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +44,10 @@ def train(
                                         "--set trainer.epochs=2 (repeatable; values parsed as YAML)."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this host (torchrun: gloo on CPU, nccl on "
                               "GPU). 1 runs the same code in this process."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out "
-                                "(any process count)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out (any "
+                                "process count), with the run's saved config.yaml; --config/--set may change "
+                                "only trainer.epochs, max_steps, log_every, checkpoint_every, keep_checkpoints, "
+                                "progress, eval_batch_size, pipeline and sharding.topology."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of initialisation and shuffling "
                                     "(overrides the config's seed)."),
 ) -> None:
@@ -49,27 +58,70 @@ def train(
     from recsys.distributed.env import launched_by_torchrun
     from recsys.train.trainer import TrainJob
 
-    settings = TrainConfig.load(config, overrides)
+    def job() -> TrainJob:
+        settings = _settings(model, out, config, overrides, seed, resume)
+        return TrainJob(model=model, data=data, out=out, config=settings, resume=resume)
+
+    if launched_by_torchrun():  # one process of an outer torchrun: rank 0 owns the run folder
+        with _run_folder(out) if os.environ.get("RANK") == "0" else contextlib.nullcontext():
+            _run_worker(job())
+        return
+    with _run_folder(out):
+        checked = job()
+        _check(checked, nproc)
+        if nproc == 1:
+            _run_worker(checked)
+        else:
+            _launch(checked, nproc)
+
+
+def _settings(model: str, out: Path, path: Path | None, overrides: list[str], seed: int | None,
+              resume: bool) -> TrainConfig:
+    """The resolved config: a resume starts from the run's saved config.yaml (when it has one), a new run from
+    the defaults; then --config, --set and --seed."""
+    from recsys.train.trainer import CONFIG_FILE, resolved_config
+
+    saved = out / CONFIG_FILE
+    base = TrainConfig.read(saved) if resume and saved.is_file() else None
+    settings = TrainConfig.load(path, overrides, base=base)
     if seed is not None:
         settings = settings.model_copy(update={"seed": seed})
-    job = TrainJob(model=model, data=data, out=out, config=settings, resume=resume)
-    if launched_by_torchrun():
-        _run_worker(job)
-        return
-    _check(job, nproc)
-    if nproc == 1:
-        _run_worker(job)
-    else:
-        _launch(job, nproc)
+    return resolved_config(model, settings)
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path) -> Iterator[None]:
+    """Create the run folder and hold its lock for the block. A folder this call created is removed again when
+    the block fails before writing anything into it (a config error leaves nothing behind)."""
+    from recsys.system import exclusive_lock
+    from recsys.train.trainer import LOCK_FILE
+
+    try:
+        created = not out.exists()
+        if not created and not out.is_dir():
+            raise RecsysError(f"--out {out}: is a file; the run directory must be a directory")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecsysError(f"--out {out}: cannot create the run directory ({exc.strerror or exc})") from None
+    with exclusive_lock(out / LOCK_FILE, f"run folder {out}"):
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()
+                with contextlib.suppress(OSError):  # another command has just created something in it
+                    out.rmdir()
+            raise
 
 
 def _check(job: TrainJob, nproc: int) -> None:
     """Fail before starting workers: model and config, data directory, run directory, sharding plan."""
     import torch
 
+    from recsys.distributed.checkpoint import latest
     from recsys.distributed.sharding import check_sparse_optimizer, plan
     from recsys.models import build_model, model_spec
-    from recsys.train.trainer import check_run_dir, local_batch_size
+    from recsys.train.trainer import CHECKPOINTS, check_resume, check_run_dir, local_batch_size
 
     model_spec(job.model)
     if not job.data.is_dir():
@@ -79,6 +131,9 @@ def _check(job: TrainJob, nproc: int) -> None:
         if not split_files(job.data, split):
             raise RecsysError(f"{job.data / split}: no Parquet files")
     check_run_dir(job.out, job.resume)
+    last = latest(job.out / CHECKPOINTS) if job.resume else None
+    if last is not None:
+        check_resume(job, last, schema)
     local_batch_size(job.config, nproc)
     model = build_model(job.model, schema, job.config.model, job.config.embedding, embedding_device="meta")
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -94,10 +149,21 @@ def _run_worker(job: TrainJob) -> None:
     try:
         run(job)
     except RecsysError as exc:
+        message = _message(exc)
         errors = os.environ.get(_ERROR_DIR)
         if errors:
-            Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(str(exc))
-        raise
+            Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(message)
+        raise RecsysError(message) from None
+
+
+def _message(exc: RecsysError) -> str:
+    """The error's one line. A DataLoader re-raises a reader process's error with that process's traceback in
+    the message ("Caught RecsysError in DataLoader worker process 0. Original Traceback ..."), whose last line
+    is ``recsys.errors.RecsysError: <the message>``."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].partition(": ")[2] or lines[-1]
+    return str(exc)
 
 
 def _launch(job: TrainJob, nproc: int) -> None:
@@ -107,7 +173,7 @@ def _launch(job: TrainJob, nproc: int) -> None:
 
     from recsys.system import free_port
 
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are reported below, in one line
     threads = max(1, (os.cpu_count() or 1) // nproc)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

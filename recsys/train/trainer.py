@@ -7,13 +7,24 @@ of one) and under torchrun with many.
 Resuming: a checkpoint records the epoch and the number of global batches already
 taken in it. With the default ``global`` partition the batch sequence does not
 depend on the process count, so a run resumes with any number of processes and
-continues with exactly the batches it would have seen.
+continues with exactly the batches it would have seen. It also records the model,
+the resolved config and the data's schema, and a resume that would change any of
+them (but the keys in ``recsys.config.RESUMABLE``) is refused.
+
+Divergence: a NaN or infinite loss stops the job with a one-line error, keeping
+the last good checkpoint. The loss is checked where it is read anyway (each
+``log_every`` window: reading it on every step would stall a GPU's queue, and a
+late stop costs at most ``log_every`` wasted steps), and the weights before every
+checkpoint and evaluation (and ``artifact.save`` before export), so a non-finite
+value is never saved and a diverged run never exports an artifact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from recsys import artifact
-from recsys.config import Partition, TrainConfig
+from recsys.config import RESUMABLE, Partition, TrainConfig, resumable
 from recsys.data.layout import load_schema, read_stats
 from recsys.data.reader import ParquetReader
 from recsys.distributed import checkpoint, sharding
@@ -33,14 +44,15 @@ from recsys.distributed.env import DistEnv, init_distributed, shutdown
 from recsys.distributed.export import gather_state_dict
 from recsys.distributed.init import init_embeddings
 from recsys.errors import RecsysError
-from recsys.models import build_model
+from recsys.models import build_model, model_config
+from recsys.schema import Schema
 from recsys.train.evaluate import evaluate
 from recsys.train.step import pipelined_steps, train_step
 
 log = logging.getLogger(__name__)
 
-METRICS_LOG, PLAN_FILE, CHECKPOINTS, ARTIFACT, CONFIG_FILE = (
-    "metrics.jsonl", "plan.txt", "checkpoints", "artifact", "config.yaml")
+METRICS_LOG, PLAN_FILE, CHECKPOINTS, ARTIFACT, CONFIG_FILE, LOCK_FILE = (
+    "metrics.jsonl", "plan.txt", "checkpoints", "artifact", "config.yaml", ".lock")
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,7 @@ class _MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(artifact.json_text(record) + "\n")
 
 
 def _mean_over_ranks(value: float, device: torch.device) -> float:
@@ -122,6 +134,50 @@ def check_run_dir(out: Path, resume: bool) -> None:
                           "or choose another --out")
 
 
+def resolved_config(model: str, config: TrainConfig) -> TrainConfig:
+    """The config with the model section's defaults filled in: what config.yaml and checkpoints record."""
+    return config.model_copy(update={"model": model_config(model, config.model).model_dump(mode="json")})
+
+
+def schema_digest(schema: Schema) -> str:
+    return hashlib.sha256(schema.to_json().encode()).hexdigest()
+
+
+def check_resume(job: TrainJob, latest: Path, schema: Schema) -> dict[str, Any]:
+    """Refuse to continue ``latest`` with another model, data schema or config (but the RESUMABLE keys);
+    returns its trainer state. Checkpoints written before these were recorded are compared with the run's
+    config.yaml."""
+    state = checkpoint.trainer_state(latest)
+    if state.get("model", job.model) != job.model:
+        raise RecsysError(f"--model {job.model}: {latest} was trained with --model {state['model']}")
+    if state.get("schema_sha256", schema_digest(schema)) != schema_digest(schema):
+        raise RecsysError(f"--data {job.data}: its schema differs from the data {latest} was trained on "
+                          f"({state.get('data', 'unknown')}); resume with that data or start a new --out")
+    if "config" in state:
+        trained = TrainConfig.from_dict(state["config"], where=f"{latest / checkpoint.TRAINER_FILE} config")
+    elif (job.out / CONFIG_FILE).is_file():
+        trained = TrainConfig.read(job.out / CONFIG_FILE)
+    else:
+        return state
+    for key, old, new in resolved_config(job.model, trained).changes(resolved_config(job.model, job.config)):
+        if not resumable(key):
+            raise RecsysError(f"--resume: {key} would change from {old!r} to {new!r}, but {latest} was trained "
+                              f"with {old!r}; a resumed run may change only {', '.join(RESUMABLE)} "
+                              "(start a new --out to train with other values)")
+    return state
+
+
+class Diverged(RecsysError):
+    """The loss or the weights became NaN or infinite."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers (other hosts' processes of a multi-host job) never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def train(job: TrainJob) -> dict[str, Any]:
     """Run the job in this process (one of ``world_size``); returns the final metrics (all ranks)."""
     env = init_distributed()
@@ -135,9 +191,12 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     config, main = job.config, env.is_main
     console = Console(stderr=True)
     schema = load_schema(job.data)
+    latest = checkpoint.latest(job.out / CHECKPOINTS) if job.resume else None
+    if latest is not None:
+        check_resume(job, latest, schema)  # before config.yaml is rewritten with this run's values
     if main:
         job.out.mkdir(parents=True, exist_ok=True)
-        (job.out / CONFIG_FILE).write_text(config.to_yaml())
+        _write_atomic(job.out / CONFIG_FILE, config.to_yaml())
     torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
     model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
     tables = {f"{name}.embedding_bags.{t}.weight": t for name, module in sharding.embedding_modules(model)
@@ -166,7 +225,6 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         total_steps = min(total_steps, config.trainer.max_steps)
 
     position = _Position()
-    latest = checkpoint.latest(job.out / CHECKPOINTS) if job.resume else None
     if latest is not None:
         state = checkpoint.load(latest, dmp, optimizer)
         if config.trainer.partition is Partition.RANK and state["world_size"] != env.world_size \
@@ -174,6 +232,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             raise RecsysError(f"{latest}: written by {state['world_size']} processes mid-epoch with "
                               f"trainer.partition=rank; resume with {state['world_size']} processes or use "
                               "the global partition")
+        if not all(isinstance(state.get(k), int | float) for k in _Position.__dataclass_fields__):
+            raise RecsysError(f"{latest / checkpoint.TRAINER_FILE}: expected numbers for "
+                              f"{', '.join(_Position.__dataclass_fields__)}")
         position = _Position(**{k: state[k] for k in _Position.__dataclass_fields__})
         if main:
             log.info("resumed from %s (epoch %d, step %d) with %d process(es)", latest, position.epoch + 1,
@@ -181,14 +242,30 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     elif job.resume and main:
         log.info("no checkpoint in %s: starting from the beginning", job.out / CHECKPOINTS)
     metrics_log = _MetricsLog(job.out / METRICS_LOG, main, position.step if latest is not None else None)
+    good = latest  # the newest checkpoint with finite weights
+
+    def diverged(what: str) -> Diverged:
+        kept = f"the last good checkpoint, {good}, is kept" if good is not None else "no checkpoint was saved"
+        return Diverged(f"training diverged at step {position.step} (epoch {position.epoch + 1}): {what}; "
+                        f"stopped, {kept}. Lower optimizer.dense.lr / optimizer.sparse.lr or check the data "
+                        f"in {job.data}")
+
+    def check_weights(before: str) -> None:
+        """Collective: every process checks its shards, all agree."""
+        bad = checkpoint.non_finite(dmp)
+        if bad is not None:
+            raise diverged(f"weights '{bad}' hold NaN or infinite values (checked before {before})")
 
     def save_checkpoint() -> None:
-        state = {k: getattr(position, k) for k in _Position.__dataclass_fields__}
-        state["world_size"] = env.world_size
-        path = checkpoint.save(job.out / CHECKPOINTS, position.step, dmp, optimizer, state,
+        nonlocal good
+        check_weights("a checkpoint")
+        state: dict[str, Any] = {k: getattr(position, k) for k in _Position.__dataclass_fields__}
+        state |= {"world_size": env.world_size, "model": job.model, "config": config.model_dump(mode="json"),
+                  "data": str(job.data), "schema_sha256": schema_digest(schema)}
+        good = checkpoint.save(job.out / CHECKPOINTS, position.step, dmp, optimizer, state,
                                config.trainer.keep_checkpoints)
         if main:
-            log.debug("checkpoint %s", path)
+            log.debug("checkpoint %s", good)
 
     valid_metrics: dict[str, float] = {}
     dmp.train()
@@ -228,6 +305,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                     metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "train",
                                        "loss": mean_loss, "lr_sparse": config.optimizer.sparse.lr * factor,
                                        "lr_dense": config.optimizer.dense.lr * factor, "samples_per_s": rate})
+                    if not math.isfinite(mean_loss):
+                        raise diverged(f"mean loss {mean_loss} over steps {position.step - window_steps + 1}-"
+                                       f"{position.step}")
                     progress.update(task, rate=rate, loss=mean_loss)
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
                 progress.update(task, completed=position.step)
@@ -237,6 +317,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                     tick = time.perf_counter()
             steps.close()  # detaches the pipeline before evaluation
             if position.step_in_epoch >= steps_per_epoch or position.step >= total_steps:
+                check_weights("evaluation")
                 valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
                 metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "valid",
                                    **valid_metrics})

@@ -3,6 +3,7 @@ and several workers following one swap."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -138,6 +139,9 @@ def test_hot_reload_and_rollback_under_load_drop_nothing(server: Server, second_
         user_dense = next(f for f in schema["dense"] if f["entity"] == "user")
         user_dense["mean"] += 1.0
         (odd / "schema.json").write_text(json.dumps(schema))
+        manifest = json.loads((odd / "manifest.json").read_text())  # as if exported with that schema
+        manifest["sha256"]["schema.json"] = hashlib.sha256((odd / "schema.json").read_bytes()).hexdigest()
+        (odd / "manifest.json").write_text(json.dumps(manifest))
         refused = client.post("/admin/reload", json={"artifact": str(odd)}, headers=ADMIN)
         assert refused.status_code == 409 and user_dense["name"] in refused.json()["detail"]
         assert client.get("/readyz").json()["model_version"] == first
