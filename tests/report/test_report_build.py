@@ -162,3 +162,20 @@ def test_without_data_sections_say_why_and_max_rows_caps(runs: list[Path], tmp_p
     metrics = json.loads((orphan / "metrics.json").read_text())
     assert sections["metrics"]["data"]["artifacts"]["orphan"]["test.auc"] == metrics["test.auc"]
     assert "bench_train" not in sections  # no --bench: no benchmark sections
+
+
+def test_an_undefined_metric_is_shown_as_missing(runs: list[Path], tmp_path: Path) -> None:
+    """metrics.json writes a metric that is not a number (the AUC of a one-class split) as null: the report shows
+    it as missing, with no gap to the Bayes AUC, instead of failing."""
+    one_class = tmp_path / "one_class" / "artifact"
+    shutil.copytree(runs[0], one_class)
+    metrics = json.loads((one_class / "metrics.json").read_text())
+    assert "test.bayes_auc" in metrics  # synthetic data: the gap row is computed for the other artifact
+    (one_class / "metrics.json").write_text(json.dumps({**metrics, "test.auc": None}))
+    out = tmp_path / "r.html"
+    result = run_cli("report", "--artifact", str(runs[0]), "--artifact", str(one_class), "--out", str(out),
+                     "--max-rows", "500")
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = json.loads(out.with_suffix(".json").read_text())["sections"]["metrics"]["data"]["artifacts"]
+    assert shown["one_class"]["test.auc"] is None and "test.bayes_gap" not in shown["one_class"]
+    assert shown["seed0"]["test.bayes_gap"] > 0

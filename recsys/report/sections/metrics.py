@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from recsys.report import html
+from recsys.report.bench import is_number
 from recsys.report.context import ReportContext
 from recsys.report.metrics import best
 from recsys.report.sections import Section, register_section
@@ -21,8 +22,9 @@ def render(ctx: ReportContext) -> Section:
     per: dict[str, dict[str, Any]] = {}
     for item in ctx.artifacts:
         per[item.label] = {key: item.metrics[key] for key, _ in ROWS if key in item.metrics}
-        if "test.auc" in item.metrics and "test.bayes_auc" in item.metrics:
-            per[item.label]["test.bayes_gap"] = item.metrics["test.bayes_auc"] - item.metrics["test.auc"]
+        auc, bayes = item.metrics.get("test.auc"), item.metrics.get("test.bayes_auc")
+        if is_number(auc) and is_number(bayes):  # metrics.json writes an undefined AUC as null
+            per[item.label]["test.bayes_gap"] = bayes - auc
     rows_shown = [*ROWS, ("test.bayes_gap", "gap to Bayes-optimal AUC")]
     winners: dict[str, str] = {}
     table_rows = []
