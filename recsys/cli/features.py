@@ -111,14 +111,13 @@ def upsert(
     """
     from recsys.schema import SCHEMA_FILE, Entity, Schema
     from services.feature_store.encode import RawEncoder
-    from services.feature_store.upsert import append_event, set_features
+    from services.feature_store.upsert import append_event, check_id, set_features
 
     if (user is None) == (item is None):
         raise RecsysError("give exactly one of --user ID or --item ID")
     for flag, given in (("--user", user), ("--item", item), ("--event", event)):
-        # prepare strips keys and never keeps an empty one: such a record could never be served
-        if given is not None and not given.strip():
-            raise RecsysError(f"{flag} {given!r}: an id may not be empty or blank")
+        if given is not None:
+            check_id(flag, given)
     if event is not None and user is None:
         raise RecsysError("--event ITEM_ID needs --user (an event is a user's interaction)")
     if event is None and not settings:

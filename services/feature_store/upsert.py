@@ -28,6 +28,13 @@ from services.feature_store.encode import RawEncoder, RawValue
 from services.feature_store.store import LAYOUT_META, FeatureStore
 
 
+def check_id(what: str, value: str) -> None:
+    """Refuse an empty or blank id: ``prepare`` strips keys and never keeps an empty one, so a record under such
+    an id could never be served."""
+    if not value.strip():
+        raise RecsysError(f"{what} {value!r}: an id may not be empty or blank")
+
+
 def check_layout(store: FeatureStore, schema: Schema, artifact: Path) -> str:
     """The active version, when its records are laid out as ``artifact``'s schema and vocabularies lay them out."""
     version = store.active_version()
@@ -58,6 +65,8 @@ def append_event(store: FeatureStore, schema: Schema, user_id: str, item_id: str
 
     ``schema`` is ``artifact``'s, whose record layout the active version must have.
     """
+    check_id("user", user_id)
+    check_id("item", item_id)
     check_layout(store, schema, Path(artifact))
     user_codec, item_codec = RecordCodec(schema, Entity.USER), RecordCodec(schema, Entity.ITEM)
     fetched = store.fetch(user_id, [item_id])  # one version for both
@@ -88,6 +97,7 @@ def set_features(store: FeatureStore, schema: Schema, encoder: RawEncoder, entit
     entity = Entity(entity)
     if entity is Entity.CONTEXT:
         raise RecsysError("context features come with each request; only user and item records are stored")
+    check_id(entity.value, entity_id)
     codec = RecordCodec(schema, entity)
     owner = {f.name: f.entity for f in [*schema.dense, *schema.sparse, *schema.sequences]}
     for name in values:

@@ -127,3 +127,19 @@ def test_updates_encoded_for_another_layout_are_refused(filled: RedisFeatureStor
     with pytest.raises(RecsysError, match="layout not recorded"):
         append_event(filled, Schema.load(served_artifact[1] / "schema.json"), user, item,
                      artifact=served_artifact[1])
+
+
+def test_blank_ids_are_refused_and_nothing_is_written(filled: RedisFeatureStore,
+                                                      served_artifact: tuple[Path, Path]) -> None:
+    """The library refuses what the CLI refuses: a record under an empty or blank id could never be served."""
+    artifact = served_artifact[1]
+    schema = Schema.load(artifact / "schema.json")
+    _, popular = filled.popular(1)
+    user = pl.read_parquet(split_files(served_artifact[0], "train")[0], columns=["user_key"])["user_key"][0]
+    for bad_user, bad_item in (("", popular[0]), (" ", popular[0]), (user, "\t")):
+        with pytest.raises(RecsysError, match="an id may not be empty or blank"):
+            append_event(filled, schema, bad_user, bad_item, artifact=artifact)
+    with pytest.raises(RecsysError, match="item '': an id may not be empty or blank"):
+        set_features(filled, schema, RawEncoder(schema, artifact), Entity.ITEM, "", {"I5": 1})
+    assert filled.get_users(["", " "]) == [None, None] and filled.get_items([""]) == [None]
+    assert "\t" not in filled.seen(user)
