@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from recsys import artifact
 from recsys.errors import RecsysError
+from tests.artifacts import edit_weights, unsealed_copy
 from tests.conftest import run_cli, train_cli
 
 TABLE = "sparse_arch.ebc.embedding_bags.C1.weight"
@@ -26,22 +25,6 @@ def exported(small_ctr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = train_cli(small_ctr, out, "trainer.batch_size=256", "trainer.max_steps=6")
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "artifact"
-
-
-def older_copy(source: Path, into: Path) -> Path:
-    """A copy as an earlier recsys exported it: its manifest records no digests, so nothing is refused as
-    changed and the checks behind the digests are reached."""
-    shutil.copytree(source, into)
-    manifest = json.loads((into / "manifest.json").read_text())
-    manifest.pop("sha256", None)
-    (into / "manifest.json").write_text(json.dumps(manifest))
-    return into
-
-
-def edit_weights(path: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
-    state = load_file(str(path / "weights.safetensors"))
-    edit(state)
-    save_file(state, str(path / "weights.safetensors"))
 
 
 def nan_weights(state: dict[str, torch.Tensor]) -> None:
@@ -58,7 +41,7 @@ def fewer_rows(state: dict[str, torch.Tensor]) -> None:
 ])
 def test_report_on_bad_weights_is_one_line(exported: Path, tmp_path: Path, edit: Callable[..., None],
                                            expected: str) -> None:
-    bad = older_copy(exported, tmp_path / "bad")
+    bad = unsealed_copy(exported, tmp_path / "bad")
     edit_weights(bad, edit)
     result = run_cli("report", "--artifact", str(bad), "--out", str(tmp_path / "report.html"))
     assert result.returncode == 2, result.stderr[-3000:]
@@ -83,7 +66,7 @@ def test_version_names_the_weights(exported: Path, tmp_path: Path) -> None:
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["version"].endswith(f"-{digest[:12]}") and manifest["sha256"]["weights.safetensors"] == digest
     assert artifact.load(exported).version == manifest["version"]
-    older = older_copy(exported, tmp_path / "older")
+    older = unsealed_copy(exported, tmp_path / "older")
     assert artifact.load(older).version == manifest["version"]  # the digest is appended only when missing
     older_manifest = json.loads((older / "manifest.json").read_text())
     older_manifest["version"] = older_manifest["version"].rsplit("-", 1)[0]  # as earlier versions wrote it
@@ -110,7 +93,7 @@ def _binary(path: Path) -> None:
 ])
 def test_unreadable_files_are_one_line(exported: Path, tmp_path: Path, name: str, damage: Callable[[Path], None],
                                        expected: str) -> None:
-    bad = older_copy(exported, tmp_path / "bad")
+    bad = unsealed_copy(exported, tmp_path / "bad")
     damage(bad / name)
     with pytest.raises(RecsysError, match=expected) as error:
         artifact.load(bad)

@@ -3,37 +3,17 @@ stays open, and the service keeps serving the model it had."""
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import torch
-from safetensors.torch import load_file, save_file
 
+from tests.artifacts import edit_weights, unsealed_copy
 from tests.services.ranking.conftest import API_KEY, OfflineRow, Server
 
 ADMIN = {"X-API-Key": API_KEY}
 TABLE = "sparse_arch.ebc.embedding_bags.C1.weight"
-
-
-def _copy(source: Path, into: Path, *, digests: bool = True) -> Path:
-    """A copy of the artifact; without ``digests`` as an earlier recsys exported it (no sha256 in the manifest),
-    so the checks behind the digests are reached."""
-    shutil.copytree(source, into)
-    if not digests:
-        manifest = json.loads((into / "manifest.json").read_text())
-        manifest.pop("sha256", None)
-        (into / "manifest.json").write_text(json.dumps(manifest))
-    return into
-
-
-def _edit_weights(artifact: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> Path:
-    state = load_file(str(artifact / "weights.safetensors"))
-    edit(state)
-    save_file(state, str(artifact / "weights.safetensors"))
-    return artifact
 
 
 def _binary_schema(artifact: Path) -> Path:
@@ -59,15 +39,14 @@ def test_unloadable_artifacts_are_4xx_on_a_kept_connection(server: Server, serve
     _, served = served_artifact
     cases = {
         "a name too long for the file system": (f"/{'a' * 300}/artifact", "File name too long"),
-        "weights of other shapes": (_edit_weights(_copy(served, tmp_path / "a"), _fewer_rows),
+        "weights of other shapes": (edit_weights(shutil.copytree(served, tmp_path / "a"), _fewer_rows, resealed=False),
                                     "weights.safetensors: changed after export"),
-        "weights of other shapes, no digests": (_edit_weights(_copy(served, tmp_path / "b", digests=False),
-                                                              _fewer_rows), f"'{TABLE}' has shape"),
-        "a binary schema.json": (_binary_schema(_copy(served, tmp_path / "c")), "schema.json: changed after export"),
-        "a binary schema.json, no digests": (_binary_schema(_copy(served, tmp_path / "d", digests=False)),
+        "weights of other shapes, no digests": (edit_weights(unsealed_copy(served, tmp_path / "b"), _fewer_rows),
+                                                f"'{TABLE}' has shape"),
+        "a binary schema.json": (_binary_schema(shutil.copytree(served, tmp_path / "c")), "schema.json: changed after export"),
+        "a binary schema.json, no digests": (_binary_schema(unsealed_copy(served, tmp_path / "d")),
                                              "schema.json: not valid text: not UTF-8"),
-        "NaN weights, no digests": (_edit_weights(_copy(served, tmp_path / "e", digests=False), _nan),
-                                    "NaN or infinite"),
+        "NaN weights": (edit_weights(shutil.copytree(served, tmp_path / "e"), _nan), "NaN or infinite"),
     }
     row = offline[0]
     rank = {"user_id": row.user_id, "item_ids": [r.item_id for r in offline[:5]], "context": row.context}

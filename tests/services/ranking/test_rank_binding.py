@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis as redis_client
-from safetensors.numpy import load_file, save_file
+import torch
 
 from recsys.errors import RecsysError
 from recsys.schema import Entity, Schema
@@ -24,6 +24,7 @@ from services.feature_store.materialize import id_table, materialize
 from services.feature_store.redis_store import RedisFeatureStore
 from services.ranking.service import RankingService
 from services.ranking.settings import ServeSettings
+from tests.artifacts import edit_weights
 from tests.conftest import train_cli
 from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, start_server
 
@@ -216,14 +217,18 @@ def test_non_finite_scores_answer_500_never_null(server: Server, store: RedisFea
     assert _metric(text, "recsys_nonfinite_scores_total ") >= 1
 
 
+def _overflowing(state: dict[str, torch.Tensor]) -> None:
+    """Finite weights whose scores are NaN: every table's out-of-vocabulary row at 1e20 makes the dot products of
+    an unknown user's and item's embeddings overflow to inf, and the top MLP's mixed-sign weights turn inf into
+    NaN (inf - inf)."""
+    for name, tensor in state.items():
+        if "embedding_bags" in name:
+            tensor[0] = 1e20
+
+
 def test_reload_of_non_finite_weights_keeps_the_current_model(server: Server, served_artifact: tuple[Path, Path],
                                                               offline: list[OfflineRow], tmp_path: Path) -> None:
-    nan = tmp_path / "nan-artifact"
-    shutil.copytree(served_artifact[1], nan)
-    weights = load_file(str(nan / "weights.safetensors"))
-    name = next(k for k, v in weights.items() if v.ndim == 2 and "embedding" not in k)  # an MLP layer
-    weights[name][0, 0] = np.nan
-    save_file(weights, str(nan / "weights.safetensors"))
+    nan = edit_weights(shutil.copytree(served_artifact[1], tmp_path / "nan-artifact"), _overflowing)
     body = {"user_id": offline[0].user_id, "item_ids": [r.item_id for r in offline[:5]]}
     with server.client() as client:
         serving = client.get("/readyz").json()["model_version"]
@@ -242,22 +247,18 @@ def test_reload_of_non_finite_weights_keeps_the_current_model(server: Server, se
 
 def test_a_model_with_non_finite_scores_is_not_started(redis_server: EmbeddedRedis, served_artifact: tuple[Path, Path],
                                                        tmp_path: Path) -> None:
-    """The start-up warm-up pass checks its scores too (whether or not the artifact loader caught the weights)."""
-    nan = tmp_path / "nan-artifact"
-    shutil.copytree(served_artifact[1], nan)
-    weights = load_file(str(nan / "weights.safetensors"))
-    name = next(k for k, v in weights.items() if v.ndim == 2 and "embedding" not in k)
-    weights[name][:] = np.nan
-    save_file(weights, str(nan / "weights.safetensors"))
+    """The start-up warm-up pass checks its scores: finite weights (the loader takes them) can still score NaN."""
+    nan = edit_weights(shutil.copytree(served_artifact[1], tmp_path / "nan-artifact"), _overflowing)
     store = RedisFeatureStore.from_url(redis_server.url)
 
     async def start() -> None:
         async with RankingService.serving(ServeSettings(artifact=nan), store):
             pass
 
-    with pytest.raises(RecsysError) as refused:  # the loader may refuse the weights first, or the warm-up does
+    with pytest.raises(RecsysError) as refused:
         asyncio.run(start())
-    assert str(nan) in str(refused.value) and "\n" not in str(refused.value)
+    assert "non-finite scores" in str(refused.value) and str(nan) in str(refused.value)
+    assert "\n" not in str(refused.value)
     store.close()
 
 
@@ -289,23 +290,16 @@ def test_readyz_refuses_a_version_older_than_one_seen_active(redis_server: Embed
         store.close()
 
 
-class _FloorStore(RedisFeatureStore):
-    """A store whose activation floor (the newest commit recorded outside the server) is given."""
-
-    floor: float | None = None
-
-    def activation_floor(self) -> float | None:
-        return self.floor
-
-
 def test_readyz_refuses_a_version_older_than_the_activation_floor(redis_server: EmbeddedRedis,
-                                                                  served_artifact: tuple[Path, Path]) -> None:
-    """A freshly started service has seen nothing; the store's floor still tells it the active version is stale."""
+                                                                  served_artifact: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """A freshly started service has seen nothing; the activation the store recorded outside the server still
+    tells it the active version is stale."""
     data_dir, artifact_dir = served_artifact
-    store = _FloorStore.from_url(redis_server.url)
+    store = RedisFeatureStore.from_url(redis_server.url, activation_file=tmp_path / "activations.json")
     v1 = materialize(store, data_dir, artifact_dir)["version"]
     v2 = materialize(store, data_dir, artifact_dir)["version"]
-    store.floor = float(store.versions()[v2]["committed_at"])
+    assert store.activation_floor() == float(store.versions()[v2]["committed_at"])
     store.client.set("recsys:active", v1)  # a server restored from a dump taken before v2 was committed
 
     async def readiness() -> tuple[bool, dict[str, Any]]:
@@ -314,7 +308,7 @@ def test_readyz_refuses_a_version_older_than_the_activation_floor(redis_server: 
 
     ready, details = asyncio.run(readiness())
     assert not ready and v1 in details["status"] and "recorded outside the server" in details["status"], details
-    store.floor = float(store.versions()[v1]["committed_at"])
+    v3 = materialize(store, data_dir, artifact_dir)["version"]  # materialising again makes it ready
     ready, details = asyncio.run(readiness())
-    assert ready and details["feature_version"] == v1, details
+    assert ready and details["feature_version"] == v3, details
     store.close()

@@ -3,7 +3,6 @@ and several workers following one swap."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from services.feature_store.codec import RecordCodec
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
+from tests.artifacts import reseal
 from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, start_server
 
 ADMIN = {"X-API-Key": API_KEY}
@@ -139,9 +139,7 @@ def test_hot_reload_and_rollback_under_load_drop_nothing(server: Server, second_
         user_dense = next(f for f in schema["dense"] if f["entity"] == "user")
         user_dense["mean"] += 1.0
         (odd / "schema.json").write_text(json.dumps(schema))
-        manifest = json.loads((odd / "manifest.json").read_text())  # as if exported with that schema
-        manifest["sha256"]["schema.json"] = hashlib.sha256((odd / "schema.json").read_bytes()).hexdigest()
-        (odd / "manifest.json").write_text(json.dumps(manifest))
+        reseal(odd, "schema.json")  # as if exported with that schema
         refused = client.post("/admin/reload", json={"artifact": str(odd)}, headers=ADMIN)
         assert refused.status_code == 409 and user_dense["name"] in refused.json()["detail"]
         assert client.get("/readyz").json()["model_version"] == first

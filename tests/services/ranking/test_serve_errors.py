@@ -3,8 +3,6 @@ traceback from inside the workers' startup."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,43 +10,28 @@ from pathlib import Path
 import pytest
 
 from services.feature_store.embedded import EmbeddedRedis
+from tests.artifacts import edit_weights, rewrite
 from tests.conftest import run_cli
-
-
-def rewrite_artifact_file(artifact: Path, name: str, data: bytes) -> None:
-    """Change one file of an artifact, and its digest where the manifest records digests: what is tested is then
-    the content itself, not the digest check."""
-    (artifact / name).write_bytes(data)
-    manifest_path = artifact / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    if isinstance(manifest.get("sha256"), dict) and name in manifest["sha256"]:
-        manifest["sha256"][name] = hashlib.sha256(data).hexdigest()
-        manifest_path.write_text(json.dumps(manifest))
-
 
 GARBAGE = bytes(range(256)) * 20
 
 
 def _weights(artifact: Path) -> None:
-    rewrite_artifact_file(artifact, "weights.safetensors", GARBAGE)
+    rewrite(artifact, "weights.safetensors", GARBAGE)
 
 
 def _vocabulary(artifact: Path) -> None:
-    rewrite_artifact_file(artifact, "vocab/C3.parquet", GARBAGE)  # a context feature's table: read at load
+    rewrite(artifact, "vocab/C3.parquet", GARBAGE)  # a context feature's table: read at load
 
 
 def _config(artifact: Path) -> None:
-    rewrite_artifact_file(artifact, "config.yaml", b"model: [unclosed\n")
+    rewrite(artifact, "config.yaml", b"model: [unclosed\n")
 
 
 def _shapes(artifact: Path) -> None:
     # Weights of another architecture: the first MLP layer 32 wide where the config builds 64.
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(str(artifact / "weights.safetensors"))
-    state["dense_arch.model._mlp.0._linear.weight"] = state["dense_arch.model._mlp.0._linear.weight"][:32]
-    save_file(state, str(artifact / "weights.safetensors"))
-    rewrite_artifact_file(artifact, "weights.safetensors", (artifact / "weights.safetensors").read_bytes())
+    layer = "dense_arch.model._mlp.0._linear.weight"
+    edit_weights(artifact, lambda state: state.update({layer: state[layer][:32]}))
 
 
 BREAK: dict[str, tuple[Callable[[Path], None], str]] = {
