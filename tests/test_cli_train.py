@@ -107,7 +107,7 @@ def _lock_holder(lock: Path) -> int | None:
 @pytest.mark.parametrize(("nproc", "readers"), [(1, 1), (2, 0), (2, 1)])
 def test_bad_data_met_while_training_is_one_line(nproc: int, readers: int, small_ctr: Path, tmp_path: Path) -> None:
     """The reader's RecsysError (here: nulls in a dense column) raised in a training worker, or in a reader
-    process of one (whose DataLoader re-raises it with that process's traceback in the message)."""
+    process of one (whose DataLoader would re-raise it with that process's traceback in the message)."""
     import polars as pl
 
     data = tmp_path / "data"

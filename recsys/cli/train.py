@@ -149,21 +149,10 @@ def _run_worker(job: TrainJob) -> None:
     try:
         run(job)
     except RecsysError as exc:
-        message = _message(exc)
         errors = os.environ.get(_ERROR_DIR)
         if errors:
-            Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(message)
-        raise RecsysError(message) from None
-
-
-def _message(exc: RecsysError) -> str:
-    """The error's one line. A DataLoader re-raises a reader process's error with that process's traceback in
-    the message ("Caught RecsysError in DataLoader worker process 0. Original Traceback ..."), whose last line
-    is ``recsys.errors.RecsysError: <the message>``."""
-    lines = str(exc).strip().splitlines()
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        return lines[-1].partition(": ")[2] or lines[-1]
-    return str(exc)
+            Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(str(exc))
+        raise
 
 
 def _launch(job: TrainJob, nproc: int) -> None:
