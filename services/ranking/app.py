@@ -28,7 +28,7 @@ from services.feature_store.store import FeatureStore, FeatureStoreUnavailable
 from services.ranking.fastpath import HotRoutes
 from services.ranking.features import ContextError
 from services.ranking.metrics import ServiceMetrics
-from services.ranking.middleware import RequestMetrics
+from services.ranking.middleware import BodyLimit, RequestMetrics
 from services.ranking.payloads import context_schema
 from services.ranking.routers import admin, operations, ranking
 from services.ranking.service import (
@@ -72,7 +72,7 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
                     await follower
 
     app = FastAPI(title="recsys ranking", version=__version__, description=_DESCRIPTION, openapi_tags=_TAGS,
-                  lifespan=lifespan, max_body_size=settings.max_body_bytes)  # 413 before parsing
+                  lifespan=lifespan)
     app.include_router(ranking.router)
     app.include_router(operations.router)
     app.include_router(admin.router)
@@ -81,7 +81,9 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
     # Metric labels: the API's paths (included routers are not flattened into app.routes) and the docs'.
     documented = [*app.openapi()["paths"], *(getattr(route, "path", "{") for route in app.routes)]
     paths = frozenset(path for path in documented if "{" not in path)
-    app.add_middleware(HotRoutes)  # inside the request metrics, which count its answers too
+    # Outermost first: the request metrics count every answer, the body limit's 413 and the hot routes' too.
+    app.add_middleware(HotRoutes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     return app
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,8 +38,6 @@ class HotRoutes:
             body = await _read_body(receive)
             debug = any(name == _DEBUG and value == b"1" for name, value in scope["headers"])
             content = await answer(scope["app"].state.service, body, debug)
-        except HTTPException:  # the body-size limit's 413, answered by the middleware around this one
-            raise
         except Exception as exc:
             handler = _handler(scope, exc)
             if handler is None:

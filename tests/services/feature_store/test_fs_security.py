@@ -25,7 +25,6 @@ from services.feature_store.redis_store import RedisFeatureStore, redact_url
 from tests.services.feature_store.conftest import wait_until_in_aof
 
 
-
 def assert_refused(attempts: dict[str, Callable[[], Any]], pattern: str) -> None:
     """Each attempt fails with a Redis error matching ``pattern`` (redis-py drops the NOAUTH/NOPERM codes)."""
     for name, attempt in attempts.items():

@@ -15,8 +15,8 @@ import pytest
 from recsys.schema import Entity, Schema
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.redis_store import RedisFeatureStore
+from tests.artifacts import rewrite
 from tests.services.ranking.conftest import API_KEY, Server, start_server
-from tests.services.ranking.test_serve_errors import rewrite_artifact_file
 
 ADMIN = {"X-API-Key": API_KEY}
 CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance", "response_schema_conformance",
@@ -73,7 +73,7 @@ def test_the_context_schema_is_the_served_models_and_follows_a_swap(contract_ser
         shutil.copytree(served_artifact[1], artifact)
         raw = json.loads((artifact / "schema.json").read_text())
         next(f for f in raw["sparse"] if f["name"] == "C3")["separator"] = "|"
-        rewrite_artifact_file(artifact, "schema.json", json.dumps(raw).encode())
+        rewrite(artifact, "schema.json", json.dumps(raw).encode())
         reloaded = client.post("/admin/reload", json={"artifact": str(artifact)}, headers=ADMIN)
         assert reloaded.status_code == 200, reloaded.text
         try:

@@ -100,9 +100,14 @@ def test_size_limits_answer_413(server: Server) -> None:
     with server.client() as client:
         too_many = client.post("/v1/rank", json={"user_id": "1", "item_ids": [str(i) for i in range(601)]})
         assert too_many.status_code == 413 and "--max-candidates" in too_many.json()["detail"]
-        too_big = client.post("/v1/rank", content=b'{"user_id": "' + b"x" * 70_000 + b'"}',
-                              headers={"content-type": "application/json"})
-        assert too_big.status_code == 413
+        body = b'{"user_id": "' + b"x" * 70_000 + b'"}'
+        too_big = client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+        # The API's error shape, as the OpenAPI document says (Starlette's own limit answers plain text).
+        assert too_big.status_code == 413 and "--max-body-bytes" in too_big.json()["detail"], too_big.text
+        streamed = client.post("/v1/rank", content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]),
+                               headers={"content-type": "application/json"})  # chunked: no Content-Length
+        assert streamed.status_code == 413 and "--max-body-bytes" in streamed.json()["detail"], streamed.text
+        assert 'recsys_http_requests_total{method="POST",route="/v1/rank",status="413"}' in client.get("/metrics").text
         nan = client.post("/v1/rank", content=b'{"user_id": "1", "item_ids": ["1"], "context": {"I9": NaN}}',
                           headers={"content-type": "application/json"})
         assert nan.status_code == 422
