@@ -83,23 +83,33 @@ _HEARTBEAT_SECONDS = 10.0
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:]{1,64}$")
 
-# A version asked for by name is readable while committed (active or retired); ARGV[3] '' asks for the active one.
-# KEYS[1] active, KEYS[2] versions; ARGV: prefix, embmeta field ('' for none), version, key suffixes... →
-# {} when nothing is active and no version is asked for; else {version, meta, active, values of P:V:<suffix>
-# in ARGV order...}, version false when the one asked for is not readable, active false when none is active.
-_READ = """
-local active = redis.call('GET', KEYS[1])
-local v = ARGV[3]
-if v == '' then
-  if not active then return {} end
-  v = active
-elseif v ~= active then
-  local raw = redis.call('HGET', KEYS[2], v)
-  local state = raw and cjson.decode(raw)['state']
-  if state ~= 'active' and state ~= 'retired' then return {false, false, active or false} end
+# The version a read script reads, shared by the scripts below: KEYS[1] active, KEYS[2] versions; ``wanted`` ''
+# asks for the active one, else a version by name, readable while committed (active or retired). Returns (the
+# version, or nil when nothing is active or the one asked for is not readable; the active version or false).
+_RESOLVE = """
+local function resolve(wanted)
+  local active = redis.call('GET', KEYS[1])
+  if wanted == '' then return active or nil, active or false end
+  if wanted ~= active then
+    local raw = redis.call('HGET', KEYS[2], wanted)
+    local state = raw and cjson.decode(raw)['state']
+    if state ~= 'active' and state ~= 'retired' then return nil, active or false end
+  end
+  return wanted, active or false
+end
+"""
+
+# ARGV: prefix, embmeta field ('' for none), version ('' for the active one), key suffixes... → {} when nothing is
+# active and no version is asked for; else {version, meta, active, values of P:V:<suffix> in ARGV order...},
+# version false when the one asked for is not readable, active false when none is active.
+_READ = _RESOLVE + """
+local v, active = resolve(ARGV[3])
+if not v then
+  if ARGV[3] == '' then return {} end
+  return {false, false, active}
 end
 local base = ARGV[1] .. ':' .. v .. ':'
-local out, m = {v, false, active or false}, 3
+local out, m = {v, false, active}, 3
 if ARGV[2] ~= '' then out[2] = redis.call('HGET', base .. 'embmeta', ARGV[2]) end
 local keys, n = {}, 0
 for i = 4, #ARGV do n = n + 1; keys[n] = base .. ARGV[i] end
@@ -110,19 +120,11 @@ end
 return out
 """
 
-# KEYS[1] active, KEYS[2] versions; ARGV: prefix, suffix, stop, version ('' for the active one) →
+# ARGV: prefix, suffix, stop, version ('' for the active one) →
 # {version, list items...}, or {} when nothing is active or the version asked for is not readable.
-_LRANGE = """
-local active = redis.call('GET', KEYS[1])
-local v = ARGV[4]
-if v == '' then
-  if not active then return {} end
-  v = active
-elseif v ~= active then
-  local raw = redis.call('HGET', KEYS[2], v)
-  local state = raw and cjson.decode(raw)['state']
-  if state ~= 'active' and state ~= 'retired' then return {} end
-end
+_LRANGE = _RESOLVE + """
+local v = resolve(ARGV[4])
+if not v then return {} end
 local got = redis.call('LRANGE', ARGV[1] .. ':' .. v .. ':' .. ARGV[2], 0, tonumber(ARGV[3]))
 table.insert(got, 1, v)
 return got
