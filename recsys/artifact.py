@@ -24,11 +24,13 @@ split with one class) is written as ``null``, never as a bare ``NaN``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,9 +159,11 @@ def _shown(path: Path) -> str:
     return text if len(text) <= 300 else f"{text[:150]}…{text[-100:]}"
 
 
-def _read_bytes(path: Path) -> bytes:
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A missing or unreadable artifact file, met in the block, as one line naming it."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise RecsysError(f"{_shown(path)}: missing from the artifact") from None
     except OSError as exc:
@@ -167,8 +171,10 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    with _reading(path):
+        raw = path.read_bytes()
     try:
-        data = json.loads(_read_bytes(path))
+        data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # ValueError covers bytes that are not UTF-8
         raise RecsysError(f"{_shown(path)}: not valid JSON ({str(exc).splitlines()[0] or type(exc).__name__})") \
             from None
@@ -186,12 +192,8 @@ def _check_digests(path: Path, manifest: dict[str, Any]) -> str:
     digests = {}
     for name in DIGESTED if recorded is not None else (WEIGHTS,):
         file = path / name
-        try:
+        with _reading(file):
             digests[name] = sha256_file(file)
-        except FileNotFoundError:
-            raise RecsysError(f"{_shown(file)}: missing from the artifact") from None
-        except OSError as exc:
-            raise RecsysError(f"{_shown(file)}: unreadable ({exc.strerror or exc})") from None
         if recorded is not None and recorded.get(name) != digests[name]:
             raise RecsysError(f"{_shown(file)}: changed after export (its sha256 differs from the one in "
                               f"{MANIFEST}); export the model again rather than editing its files")

@@ -16,9 +16,9 @@ another run on weights trained by this one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import yaml
@@ -198,14 +198,7 @@ class TrainConfig(_Section):
             where = str(path)
             if not path.is_file():
                 raise RecsysError(f"{path}: config file not found")
-            try:
-                loaded = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise RecsysError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise RecsysError(f"{path}: unreadable config ({getattr(exc, 'strerror', None) or exc})") from None
-            except RecursionError:
-                raise RecsysError(f"{path}: not valid YAML: nested too deeply") from None
+            loaded = _read_yaml(path)
             if loaded is not None and not isinstance(loaded, dict):
                 raise RecsysError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
             _merge(data, loaded or {})
@@ -218,19 +211,7 @@ class TrainConfig(_Section):
     @classmethod
     def read(cls, path: Path) -> TrainConfig:
         """A saved resolved config (a run's or an artifact's ``config.yaml``)."""
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise RecsysError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecsysError(f"{path}: unreadable config ({getattr(exc, 'strerror', None) or exc})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RecsysError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        except RecursionError:
-            raise RecsysError(f"{path}: not valid YAML: nested too deeply") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(_read_yaml(path), where=str(path))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -240,6 +221,22 @@ class TrainConfig(_Section):
         mine, theirs = dict(_leaves(self.model_dump(mode="json"))), dict(_leaves(other.model_dump(mode="json")))
         return [(key, mine.get(key), theirs.get(key)) for key in sorted(mine.keys() | theirs.keys())
                 if mine.get(key) != theirs.get(key)]
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; a missing, unreadable or invalid file is a one-line error naming it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecsysError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecsysError(f"{path}: unreadable config ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecsysError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise RecsysError(f"{path}: not valid YAML: nested too deeply") from None
 
 
 def resumable(key: str) -> bool:
