@@ -34,6 +34,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
+    """Replace ``path`` with ``text`` in one step (a temporary sibling, fsynced, renamed over it): readers, other
+    processes or hosts included, see the old file or the new one, never half of it; a crash leaves the old one.
+    ``private``: readable by the owner only (0600). Raises OSError; the temporary file is gone either way."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+        try:
+            if private:
+                os.fchmod(fd, 0o600)  # a stale tmp file keeps its mode: O_CREAT's applies to new files only
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class OutputBusy(RecsysError):
     """Another process holds the lock on an output (a data set being prepared, a run being trained)."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from recsys.errors import RecsysError
 from recsys.report import html
 from recsys.report.context import ReportArtifact, ReportContext, load_bench, resolve_data_dir, unique_labels
 from recsys.report.sections import section_specs
+from recsys.system import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,9 @@ def build_report(options: ReportOptions) -> ReportPaths:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise RecsysError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 

@@ -46,6 +46,7 @@ from recsys.distributed.init import init_embeddings
 from recsys.errors import RecsysError
 from recsys.models import build_model, model_config
 from recsys.schema import Schema
+from recsys.system import write_atomic
 from recsys.train.evaluate import evaluate
 from recsys.train.step import pipelined_steps, train_step
 
@@ -171,13 +172,6 @@ class Diverged(RecsysError):
     """The loss or the weights became NaN or infinite."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers (other hosts' processes of a multi-host job) never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def train(job: TrainJob) -> dict[str, Any]:
     """Run the job in this process (one of ``world_size``); returns the final metrics (all ranks)."""
     env = init_distributed()
@@ -196,7 +190,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         check_resume(job, latest, schema)  # before config.yaml is rewritten with this run's values
     if main:
         job.out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(job.out / CONFIG_FILE, config.to_yaml())
+        write_atomic(job.out / CONFIG_FILE, config.to_yaml())  # other hosts' processes may read it
     torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
     model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
     tables = {f"{name}.embedding_bags.{t}.weight": t for name, module in sharding.embedding_modules(model)

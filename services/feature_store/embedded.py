@@ -72,7 +72,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recsys.errors import RecsysError
-from recsys.system import free_port, pid_alive
+from recsys.system import free_port, pid_alive, write_atomic
 from services.feature_store.redis_store import redact_url
 
 if TYPE_CHECKING:
@@ -133,19 +133,6 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``path`` atomically, readable by its owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an old tmp file of another mode keeps it: O_CREAT's mode applies to new files only
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-
-
 @dataclass(frozen=True)
 class Credentials:
     """The embedded server's secrets, kept in ``STATE/redis/secrets.json`` (0600) and nowhere else."""
@@ -175,9 +162,9 @@ class Credentials:
         if (data_dir / SECRETS_FILE).exists():
             return cls.load(data_dir)
         made = cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32), f"config-{secrets.token_hex(16)}")
-        _write_private(data_dir / SECRETS_FILE, json.dumps({
+        write_atomic(data_dir / SECRETS_FILE, json.dumps({
             "password": made.password, "admin_password": made.admin_password,
-            "config_command": made.config_command}) + "\n")
+            "config_command": made.config_command}) + "\n", private=True)
         log.info("feature store: generated the embedded redis passwords (%s)", data_dir / SECRETS_FILE)
         return made
 
@@ -290,7 +277,7 @@ class EmbeddedRedis:
                 server.kill()
                 continue
             server._write_server_file()
-            _write_private(data_dir / PORT_FILE, f"{server.port}\n")
+            write_atomic(data_dir / PORT_FILE, f"{server.port}\n", private=True)
             log.debug("started redis-server (pid %d) on port %d, data in %s", server.pid, server.port, data_dir)
             return server
         raise AssertionError("unreachable")
@@ -300,7 +287,7 @@ class EmbeddedRedis:
         process may still run (a timeout) or have exited (its port was taken): the caller kills it."""
         aof = _has_aof(self.data_dir)
         conf = self.data_dir / CONF_FILE
-        _write_private(conf, self.credentials.conf())
+        write_atomic(conf, self.credentials.conf(), private=True)
         args = [str(self.executable), str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--dbfilename", DUMP_FILE, "--save", "",
                 "--appendonly", "yes" if aof else "no", "--appendfsync", "everysec", "--protected-mode", "yes",
@@ -373,9 +360,7 @@ class EmbeddedRedis:
         supervisor = None if self._unwatched.is_set() else os.getpid()
         payload = {"pid": self.pid, "port": self.port, "url": redact_url(self.url), "owner": os.getpid(),
                    "supervisor": supervisor}
-        tmp = self.data_dir / (SERVER_FILE + ".tmp")
-        tmp.write_text(json.dumps(payload) + "\n")
-        tmp.replace(self.data_dir / SERVER_FILE)
+        write_atomic(self.data_dir / SERVER_FILE, json.dumps(payload) + "\n", private=True)
 
     def _remove_server_file(self) -> None:
         path = self.data_dir / SERVER_FILE

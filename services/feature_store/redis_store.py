@@ -72,6 +72,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from recsys.errors import RecsysError
+from recsys.system import write_atomic
 from services.feature_store.store import FeatureStore, FeatureStoreUnavailable, Fetched, VersionWriter
 
 log = logging.getLogger("recsys.feature_store")
@@ -495,10 +496,8 @@ class RedisFeatureStore(FeatureStore):
                 floor = self.activation_floor()
                 if floor is not None and floor >= committed_at:
                     return
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"server": _server_identity(self.url), "prefix": self.prefix,
-                                           "version": version, "committed_at": committed_at}) + "\n")
-                tmp.replace(path)
+                write_atomic(path, json.dumps({"server": _server_identity(self.url), "prefix": self.prefix,
+                                               "version": version, "committed_at": committed_at}) + "\n")
             finally:
                 os.close(fd)  # releases the lock
         except OSError as exc:  # the activation stands; only the guard against lost writes is weaker
