@@ -29,6 +29,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
@@ -42,9 +43,22 @@ from recsys.errors import RecsysError
 _GIB = 1024 ** 3
 
 
-def constraints(model: nn.Module, config: ShardingConfig) -> dict[str, ParameterConstraints]:
-    """Per-table planner constraints: the config's defaults, overridden per table."""
+# Sharding types torchrec cannot run for un-pooled tables (EmbeddingCollection) on a CPU: its data-parallel
+# lookup returns pooled rows there (checked with gloo, torchrec 1.8), and table-column-wise is bags-only.
+_UNPOOLED_CPU_REFUSED = {ShardingType.DATA_PARALLEL, ShardingType.TABLE_COLUMN_WISE, ShardingType.TABLE_ROW_WISE}
+
+
+def _unpooled_tables(model: nn.Module) -> set[str]:
+    return {table for _, module in embedding_modules(model) if isinstance(module, EmbeddingCollection)
+            for table in table_names(module)}
+
+
+def constraints(model: nn.Module, config: ShardingConfig, device: torch.device | None = None
+                ) -> dict[str, ParameterConstraints]:
+    """Per-table planner constraints: the config's defaults, overridden per table. On a CPU, un-pooled tables
+    (the item table a history shares) drop the sharding types torchrec cannot run for them there."""
     tables = table_names(model)
+    unpooled = _unpooled_tables(model) if device is not None and device.type == "cpu" else set()
     unknown = sorted(set(config.tables) - set(tables))
     if unknown:
         raise RecsysError(f"sharding.tables: unknown table '{unknown[0]}'; tables: {', '.join(tables)}")
@@ -52,6 +66,13 @@ def constraints(model: nn.Module, config: ShardingConfig) -> dict[str, Parameter
     for table in tables:
         override = config.tables.get(table)
         types = (override.sharding_types if override and override.sharding_types else config.sharding_types)
+        if table in unpooled:
+            types = [t for t in types if t not in _UNPOOLED_CPU_REFUSED]
+            if not types:
+                raise RecsysError(
+                    f"sharding: table '{table}' is looked up un-pooled (a history uses it), which torchrec shards "
+                    "on a CPU only table_wise, column_wise or row_wise; allow one for it with "
+                    f"--set 'sharding.tables.{table}.sharding_types=[table_wise]'")
         kernels = (override.compute_kernels if override and override.compute_kernels else config.compute_kernels)
         min_partition = override.min_partition if override and override.min_partition else config.min_partition
         out[table] = ParameterConstraints(sharding_types=[t.value for t in types],
@@ -80,7 +101,7 @@ def plan(model: nn.Module, config: TrainConfig, world_size: int, local_world_siz
     planner = EmbeddingShardingPlanner(
         topology=topology(config.sharding, world_size, local_world_size, device),
         batch_size=max(1, config.trainer.batch_size // world_size),
-        constraints=constraints(model, config.sharding),
+        constraints=constraints(model, config.sharding, device),
     )
     try:
         if group is not None:

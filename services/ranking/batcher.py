@@ -62,6 +62,15 @@ class _Job:
 
 
 @dataclass
+class _Call:
+    """Other torch work for the model thread (an explanation), run between passes, never batched."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass
 class Scored:
     """One request's probabilities and how long it waited and was computed."""
 
@@ -105,6 +114,15 @@ class MicroBatcher:
         self._queue.put(job)
         return await job.future
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the model thread (see the module docstring: torch work belongs there), between passes."""
+        if self._thread is None:
+            raise RuntimeError("the batcher is not started")
+        loop = asyncio.get_running_loop()
+        call = _Call(fn, loop, loop.create_future())
+        self._queue.put(call)
+        return await call.future
+
     # ---- the model thread ---------------------------------------------------------------------
     def _run(self) -> None:
         if self.threads is not None:
@@ -115,6 +133,9 @@ class MicroBatcher:
             carry = None
             if first is _STOP:
                 return
+            if isinstance(first, _Call):
+                self._call(first)
+                continue
             jobs, rows, stop = [first], first.block.rows, False
             deadline = time.perf_counter() + self.wait_s
             while rows < self.max_rows:
@@ -126,7 +147,7 @@ class MicroBatcher:
                 if job is _STOP:
                     stop = True
                     break
-                if rows + job.block.rows > self.max_rows:
+                if isinstance(job, _Call) or rows + job.block.rows > self.max_rows:
                     carry = job  # first in the next pass
                     break
                 jobs.append(job)
@@ -134,7 +155,7 @@ class MicroBatcher:
             self._score(jobs)
             if stop:
                 if carry is not None:
-                    self._score([carry])
+                    self._handle(carry)
                 self._drain()
                 return
 
@@ -145,7 +166,22 @@ class MicroBatcher:
             except queue.Empty:
                 return
             if job is not _STOP:
-                self._score([job])
+                self._handle(job)
+
+    def _handle(self, job: _Job | _Call) -> None:
+        if isinstance(job, _Call):
+            self._call(job)
+        else:
+            self._score([job])
+
+    def _call(self, call: _Call) -> None:
+        try:
+            with torch.inference_mode():
+                result = call.fn()
+        except Exception as exc:  # noqa: BLE001  handed to the awaiting request
+            call.loop.call_soon_threadsafe(_fail, call.future, exc)
+        else:
+            call.loop.call_soon_threadsafe(_resolve, call.future, result)
 
     def _score(self, jobs: list[_Job]) -> None:
         groups: dict[int, list[_Job]] = {}
