@@ -29,7 +29,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
@@ -37,27 +37,28 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from recsys.config import (DenseOptimizer, ShardingConfig, ShardingType, SparseOptimizer, SparseOptimizerConfig,
                            TrainConfig)
 from recsys.distributed.env import DistEnv
+from recsys.embeddings import embedding_modules, embedding_tables, table_names
 from recsys.errors import RecsysError
 
 _GIB = 1024 ** 3
 
 
-def embedding_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
+# Sharding types torchrec cannot run for un-pooled tables (EmbeddingCollection) on a CPU: its data-parallel
+# lookup returns pooled rows there (checked with gloo, torchrec 1.8), and table-column-wise is bags-only.
+_UNPOOLED_CPU_REFUSED = {ShardingType.DATA_PARALLEL, ShardingType.TABLE_COLUMN_WISE, ShardingType.TABLE_ROW_WISE}
 
 
-def table_names(model: nn.Module) -> list[str]:
-    names = []
-    for _, module in embedding_modules(model):
-        configs = module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection) \
-            else module.embedding_configs()
-        names += [config.name for config in configs]
-    return names
+def _unpooled_tables(model: nn.Module) -> set[str]:
+    return {table for _, module in embedding_modules(model) if isinstance(module, EmbeddingCollection)
+            for table in table_names(module)}
 
 
-def constraints(model: nn.Module, config: ShardingConfig) -> dict[str, ParameterConstraints]:
-    """Per-table planner constraints: the config's defaults, overridden per table."""
+def constraints(model: nn.Module, config: ShardingConfig, device: torch.device | None = None
+                ) -> dict[str, ParameterConstraints]:
+    """Per-table planner constraints: the config's defaults, overridden per table. On a CPU, un-pooled tables
+    (the item table a history shares) drop the sharding types torchrec cannot run for them there."""
     tables = table_names(model)
+    unpooled = _unpooled_tables(model) if device is not None and device.type == "cpu" else set()
     unknown = sorted(set(config.tables) - set(tables))
     if unknown:
         raise RecsysError(f"sharding.tables: unknown table '{unknown[0]}'; tables: {', '.join(tables)}")
@@ -65,6 +66,13 @@ def constraints(model: nn.Module, config: ShardingConfig) -> dict[str, Parameter
     for table in tables:
         override = config.tables.get(table)
         types = (override.sharding_types if override and override.sharding_types else config.sharding_types)
+        if table in unpooled:
+            types = [t for t in types if t not in _UNPOOLED_CPU_REFUSED]
+            if not types:
+                raise RecsysError(
+                    f"sharding: table '{table}' is looked up un-pooled (a history uses it), which torchrec shards "
+                    "on a CPU only table_wise, column_wise or row_wise; allow one for it with "
+                    f"--set 'sharding.tables.{table}.sharding_types=[table_wise]'")
         kernels = (override.compute_kernels if override and override.compute_kernels else config.compute_kernels)
         min_partition = override.min_partition if override and override.min_partition else config.min_partition
         out[table] = ParameterConstraints(sharding_types=[t.value for t in types],
@@ -93,7 +101,7 @@ def plan(model: nn.Module, config: TrainConfig, world_size: int, local_world_siz
     planner = EmbeddingShardingPlanner(
         topology=topology(config.sharding, world_size, local_world_size, device),
         batch_size=max(1, config.trainer.batch_size // world_size),
-        constraints=constraints(model, config.sharding),
+        constraints=constraints(model, config.sharding, device),
     )
     try:
         if group is not None:
@@ -172,12 +180,12 @@ def _replicated_lookups(dmp: DistributedModelParallel) -> list[DistributedDataPa
     return found
 
 
-def replicated_tables(sharding_plan: ShardingPlan) -> set[str]:
-    """Parameter names of the tables the plan replicates (data-parallel)."""
-    return {f"{module_path}.embedding_bags.{table}.weight"
-            for module_path, module_plan in sharding_plan.plan.items()
-            for table, parameter in module_plan.items()  # type: ignore[union-attr]
-            if parameter.sharding_type == ShardingType.DATA_PARALLEL.value}
+def replicated_tables(sharding_plan: ShardingPlan, tables: dict[str, tuple[str, str]]) -> set[str]:
+    """Parameter names (``tables``: ``embedding_tables`` of the unsharded model) of the tables the plan
+    replicates (data-parallel)."""
+    return {name for name, (module_path, table) in tables.items()
+            if sharding_plan.plan[module_path][table].sharding_type  # type: ignore[index]
+            == ShardingType.DATA_PARALLEL.value}
 
 
 def shard(model: nn.Module, config: TrainConfig, env: DistEnv, sharding_plan: ShardingPlan) -> DistributedModelParallel:
@@ -189,7 +197,7 @@ def shard(model: nn.Module, config: TrainConfig, env: DistEnv, sharding_plan: Sh
     """
     check_sparse_optimizer(config, env.device)
     optimizer_class, kwargs = _sparse_optimizer(config.optimizer.sparse)
-    replicated = replicated_tables(sharding_plan)
+    replicated = replicated_tables(sharding_plan, embedding_tables(model))
     for path, module in embedding_modules(model):
         fused = [p for name, p in module.named_parameters(prefix=path) if name not in replicated]
         if fused:

@@ -1,9 +1,15 @@
 """Models by name. Each model is one file here that calls ``register_model``; it is imported automatically.
 
 A model is built as ``build_model(name, schema, model_config, embedding_config)``
-and its forward takes a ``Batch`` and returns logits (B,). Models hold no
+and its forward takes a ``Batch`` and returns logits (B,); what a logit means (its
+loss, link and metrics) is the task's business (``recsys.tasks``). Models hold no
 sharding or device code: ``recsys.distributed`` shards the torchrec embedding
 modules they contain.
+
+A model that can say why it scored a row as it did has ``explain(batch, top)``,
+returning per row its ``top`` largest ``Contribution``s (``explains(model)``): the
+ranking service answers ``"explain": true`` with them and the report counts them
+over the test set. It must not change what forward computes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,19 @@ class ModelSpec:
     name: str
     config_class: type[BaseModel]  # the ``model:`` section of the training config
     build: ModelBuilder  # (schema, validated config, embeddings module) → model
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What a prediction used: a feature ("C1"), an interaction ("C1×C2") or a history position
+    ("hist_item_id[3]", 0 = newest), and the model's own measure of it (an attention weight, a gate)."""
+
+    name: str
+    weight: float
+
+
+def explains(model: nn.Module) -> bool:
+    return callable(getattr(model, "explain", None))
 
 
 _MODELS: dict[str, ModelSpec] = {}

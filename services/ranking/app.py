@@ -32,7 +32,7 @@ from services.ranking.middleware import BodyLimit, RequestMetrics
 from services.ranking.payloads import context_schema
 from services.ranking.routers import admin, operations, ranking
 from services.ranking.service import (
-    ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch, TooManyCandidates,
+    CannotExplain, ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch, TooManyCandidates,
 )
 from services.ranking.settings import ServeSettings
 from services.ranking.workers import exit_with_parent
@@ -142,6 +142,11 @@ def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         # The shape of FastAPI's own 422s, so clients parse one format.
         error = {"type": "value_error", "loc": ["body", "context", exc.feature], "msg": str(exc),
                  "input": exc.value}
+        return _unprocessable(RequestValidationError([error]))
+
+    @app.exception_handler(CannotExplain)
+    async def _cannot_explain(request: Request, exc: CannotExplain) -> JSONResponse:
+        error = {"type": "value_error", "loc": ["body", "explain"], "msg": str(exc), "input": True}
         return _unprocessable(RequestValidationError([error]))
 
     @app.exception_handler(RequestValidationError)

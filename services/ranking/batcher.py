@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from recsys.tasks import TaskSpec
 from services.ranking.features import RowBlock, merge
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Scorable(Protocol):
 
     model: torch.nn.Module
     keys: list[str]
+    task: TaskSpec  # its link turns the model's logits into scores
 
 
 @dataclass
@@ -60,10 +62,19 @@ class _Job:
 
 
 @dataclass
+class _Call:
+    """Other torch work for the model thread (an explanation), run between passes, never batched."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass
 class Scored:
     """One request's probabilities and how long it waited and was computed."""
 
-    scores: np.ndarray  # (B,) float32 probabilities
+    scores: np.ndarray  # (B,) float32 scores: the task's link of the logits (binary CTR: probabilities)
     queue_s: float  # from submission to the start of its forward pass
     model_s: float  # its forward pass (shared with the requests batched with it)
     batch_rows: int  # rows of that pass
@@ -103,6 +114,15 @@ class MicroBatcher:
         self._queue.put(job)
         return await job.future
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the model thread (see the module docstring: torch work belongs there), between passes."""
+        if self._thread is None:
+            raise RuntimeError("the batcher is not started")
+        loop = asyncio.get_running_loop()
+        call = _Call(fn, loop, loop.create_future())
+        self._queue.put(call)
+        return await call.future
+
     # ---- the model thread ---------------------------------------------------------------------
     def _run(self) -> None:
         if self.threads is not None:
@@ -113,6 +133,9 @@ class MicroBatcher:
             carry = None
             if first is _STOP:
                 return
+            if isinstance(first, _Call):
+                self._call(first)
+                continue
             jobs, rows, stop = [first], first.block.rows, False
             deadline = time.perf_counter() + self.wait_s
             while rows < self.max_rows:
@@ -124,7 +147,7 @@ class MicroBatcher:
                 if job is _STOP:
                     stop = True
                     break
-                if rows + job.block.rows > self.max_rows:
+                if isinstance(job, _Call) or rows + job.block.rows > self.max_rows:
                     carry = job  # first in the next pass
                     break
                 jobs.append(job)
@@ -132,7 +155,7 @@ class MicroBatcher:
             self._score(jobs)
             if stop:
                 if carry is not None:
-                    self._score([carry])
+                    self._handle(carry)
                 self._drain()
                 return
 
@@ -143,7 +166,22 @@ class MicroBatcher:
             except queue.Empty:
                 return
             if job is not _STOP:
-                self._score([job])
+                self._handle(job)
+
+    def _handle(self, job: _Job | _Call) -> None:
+        if isinstance(job, _Call):
+            self._call(job)
+        else:
+            self._score([job])
+
+    def _call(self, call: _Call) -> None:
+        try:
+            with torch.inference_mode():
+                result = call.fn()
+        except Exception as exc:  # noqa: BLE001  handed to the awaiting request
+            call.loop.call_soon_threadsafe(_fail, call.future, exc)
+        else:
+            call.loop.call_soon_threadsafe(_resolve, call.future, result)
 
     def _score(self, jobs: list[_Job]) -> None:
         groups: dict[int, list[_Job]] = {}
@@ -159,7 +197,7 @@ class MicroBatcher:
             model = group[0].model
             batch = merge([job.block for job in group], model.keys)
             with torch.inference_mode():
-                probabilities = torch.sigmoid(model.model(batch)).numpy()  # (ΣB,)
+                probabilities = model.task.link(model.model(batch)).numpy()  # (ΣB,)
         except Exception as exc:  # a bug or a bad record: fail these requests, keep the thread alive
             if len(group) > 1:
                 log.warning("forward pass of %d requests failed (%s); scoring them one by one",

@@ -60,6 +60,16 @@ class RowBlock:
     def rows(self) -> int:
         return int(self.dense.shape[0])
 
+    def take(self, rows: Sequence[int]) -> RowBlock:
+        """The block of the given rows, in that order (the top-k rows a request explains)."""
+        index = np.asarray(rows, dtype=np.intp)
+        values = []
+        for k, ids in enumerate(self.values):
+            offsets = np.concatenate([[0], np.cumsum(self.lengths[k], dtype=np.int64)])  # (B + 1,)
+            values.append(np.concatenate([ids[offsets[r]:offsets[r + 1]] for r in index]) if len(index)
+                          else ids[:0])
+        return RowBlock(self.dense[index], self.lengths[:, index], values)
+
 
 @dataclass
 class EncodedContext:

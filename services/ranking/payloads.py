@@ -88,6 +88,9 @@ class RankRequest(_Body):
     k: Count = Field(10, ge=1, le=100_000, description="how many items to return, best first")
     context: dict[Annotated[str, Field(max_length=128)], ContextValue] = Field(default_factory=dict,
                                                                                description=_CONTEXT_DOC)
+    explain: StrictBool = Field(False, description="add, per returned item, the features, interactions or "
+                                "history items that contributed most (models that can say: AutoInt, ARM-Net, "
+                                "DIN); 422 for a model that cannot")
 
 
 class RecommendRequest(_Body):
@@ -101,9 +104,17 @@ class RecommendRequest(_Body):
                                                                                description=_CONTEXT_DOC)
 
 
+class ContributionBody(BaseModel):
+    name: str = Field(description="a feature ('C1'), an interaction ('C1×C2') or a history position "
+                      "('hist_item_id[3]', 0 = newest)")
+    weight: float = Field(description="the model's own measure (an attention weight, a gate); larger: used more")
+
+
 class ScoredItem(BaseModel):
     item_id: str
-    score: float = Field(description="predicted probability: sigmoid of the model's logit")
+    score: float = Field(description="the model's logit through its task's link (binary CTR: the predicted "
+                         "click probability, the sigmoid of the logit)")
+    explanation: list[ContributionBody] | None = Field(None, description="only with \"explain\": true")
 
 
 class RankResponse(BaseModel):
@@ -174,7 +185,8 @@ class ValidationErrorBody(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    422: {"model": ValidationErrorBody, "description": "invalid body (named by loc), or an unknown context feature"},
+    422: {"model": ValidationErrorBody, "description": "invalid body (named by loc), an unknown context feature, "
+          "or \"explain\" for a model that cannot explain"},
     413: {"model": ErrorBody, "description": "body larger than --max-body-bytes or more candidates than "
           "--max-candidates"},
     503: {"model": ErrorBody, "description": "feature store unavailable, or no feature version materialised"},

@@ -37,11 +37,12 @@ import numpy as np
 import orjson
 
 from recsys.errors import RecsysError
+from recsys.models import explains
 from recsys.schema import Entity
 from services.feature_store.codec import RecordError, layout_difference
 from services.feature_store.store import FeatureStore, FeatureStoreUnavailable, Fetched
 from services.ranking.batcher import MicroBatcher, in_fresh_thread
-from services.ranking.features import EncodedContext, RowBlock
+from services.ranking.features import EncodedContext, RowBlock, merge
 from services.ranking.metrics import ServiceMetrics
 from services.ranking.served import ModelSlot, ServedModel
 from services.ranking.settings import Precision, ServeSettings
@@ -49,10 +50,15 @@ from services.ranking.versions import FeatureVersions, IncompatibleVersion, NoFe
 
 log = logging.getLogger("recsys.ranking")
 _REREADS = 3  # reads of one request when the active version keeps switching under it
+EXPLAIN_TOP = 5  # contributions per explained item
 
 
 class TooManyCandidates(ValueError):
     """More item_ids than --max-candidates: 413."""
+
+
+class CannotExplain(ValueError):
+    """``"explain": true`` for a model without ``explain``: 422 naming the field."""
 
 
 class RecordMismatch(RuntimeError):
@@ -164,15 +170,19 @@ class RankingService:
 
     # ---- ranking ---------------------------------------------------------------------------------
     async def rank(self, user_id: str, item_ids: Sequence[str], k: int, context: Mapping[str, Any],
-                   debug: bool = False) -> bytes:
+                   debug: bool = False, explain: bool = False) -> bytes:
         """The /v1/rank response body."""
         started = time.perf_counter()
         if len(item_ids) > self.settings.max_candidates:
             raise TooManyCandidates(f"{len(item_ids)} item_ids is more than the {self.settings.max_candidates} "
                                     "this server scores per request (--max-candidates)")
         model = self.slot.current  # this request's model, whatever is swapped in meanwhile
+        if explain and not explains(model.model):
+            raise CannotExplain(f"model {model.version} ({model.artifact.model_name}) cannot explain its scores; "
+                                "models that can: the ones with explain() (e.g. autoint, armnet, din)")
         encoded = model.features.encode_context(context)
-        return await self._respond(model, k, started, debug, self._prepare_rank, user_id, item_ids, encoded)
+        return await self._respond(model, k, started, debug, self._prepare_rank, user_id, item_ids, encoded,
+                                   explain=explain)
 
     async def recommend(self, user_id: str, k: int, context: Mapping[str, Any], debug: bool = False) -> bytes:
         """The /v1/recommend response body: popular items the user has not seen, ranked."""
@@ -182,7 +192,7 @@ class RankingService:
         return await self._respond(model, k, started, debug, self._prepare_recommend, user_id, k, encoded)
 
     async def _respond(self, model: ServedModel, k: int, started: float, debug: bool,
-                       prepare: Callable[..., _Prepared], *args: Any) -> bytes:
+                       prepare: Callable[..., _Prepared], *args: Any, explain: bool = False) -> bytes:
         """``prepare(model, *args)`` (the feature-store round trip and tensor building), score, serialise.
 
         A lone request (no other in progress, store healthy) prepares right here on the event loop: handing
@@ -201,7 +211,7 @@ class RankingService:
                 self._store_healthy = False
                 raise
             self._store_healthy = True
-            return await self._finish(model, prepared, k, started, debug)
+            return await self._finish(model, prepared, k, started, debug, explain)
         finally:
             self._in_progress -= 1
 
@@ -258,7 +268,8 @@ class RankingService:
                 from None
         return _Prepared(user_id, fetched, block, item_ids, fetched_at - started, time.perf_counter() - fetched_at)
 
-    async def _finish(self, model: ServedModel, prepared: _Prepared, k: int, started: float, debug: bool) -> bytes:
+    async def _finish(self, model: ServedModel, prepared: _Prepared, k: int, started: float, debug: bool,
+                      explain: bool = False) -> bytes:
         block, item_ids, fetched = prepared.block, prepared.item_ids, prepared.fetched
         if block.rows:
             scored = await self.batcher.score(model, block)
@@ -274,6 +285,11 @@ class RankingService:
         # Best first; a stable sort keeps ties in request order.
         order = np.argsort(-scores, kind="stable")[:k].tolist()
         items = [{"item_id": item_ids[i], "score": s} for i, s in zip(order, scores[order].tolist())]
+        if explain and order:
+            top = merge([block.take(order)], model.keys)
+            explained = await self.batcher.call(lambda: model.model.explain(top, EXPLAIN_TOP))
+            for item, contributions in zip(items, explained, strict=True):
+                item["explanation"] = [{"name": c.name, "weight": float(c.weight)} for c in contributions]
         unknown = [i for i, record in enumerate(fetched.items) if record is None]
         if block.out_of_range_items:  # records with ids outside the model's tables: read as unknown
             unknown = sorted({*unknown, *block.out_of_range_items})

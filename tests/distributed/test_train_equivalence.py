@@ -55,12 +55,26 @@ def test_two_processes_match_one(sharding_type: str, one_process: list[float], s
 
 @pytest.mark.slow
 def test_data_parallel_two_processes_match_one(small_ctr: Path, tmp_path: Path) -> None:
-    one = _train(small_ctr, tmp_path / "one", 1, "data_parallel", "sharding.compute_kernels=[dense]")
-    two = _train(small_ctr, tmp_path / "two", 2, "data_parallel", "sharding.compute_kernels=[dense]")
+    # The item tables histories share are looked up un-pooled, which torchrec runs data-parallel only on GPUs.
+    unpooled = [f"sharding.tables.{t}.sharding_types=[table_wise]" for t in ("item_id", "item_category")]
+    settings = ("data_parallel", "sharding.compute_kernels=[dense, fused]", *unpooled)
+    one = _train(small_ctr, tmp_path / "one", 1, *settings)
+    two = _train(small_ctr, tmp_path / "two", 2, *settings)
     plan = (tmp_path / "two" / "plan.txt").read_text().splitlines()
-    assert all(": data_parallel kernel=dense [ranks [0, 1]]" in line for line in plan)
-    assert two == pytest.approx(one, abs=1e-5)
+    bags = [line for line in plan if ".ecs." not in line]
+    assert bags and all(": data_parallel kernel=dense [ranks [0, 1]]" in line for line in bags)
+    assert sum(": table_wise kernel=fused" in line for line in plan) == 2
+    assert two[0] == pytest.approx(one[0], abs=1e-5)
+    assert two == pytest.approx(one, abs=2e-3)  # the table-wise tables' summed gradients: see the docstring
     assert two[-1] < two[0]
+
+
+def test_unpooled_tables_refuse_data_parallel_on_a_cpu(small_ctr: Path, tmp_path: Path) -> None:
+    result = train_cli(small_ctr, tmp_path / "run", "trainer.max_steps=1", "sharding.sharding_types=[data_parallel]",
+                       "sharding.compute_kernels=[dense]")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "table 'item_category' is looked up un-pooled" in result.stderr
+    assert "sharding.tables.item_category.sharding_types=[table_wise]" in result.stderr
 
 
 @pytest.mark.slow

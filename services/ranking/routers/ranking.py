@@ -54,7 +54,7 @@ def _printable(value: object) -> object:
 
 async def rank_body(service: RankingService, body: bytes, debug: bool) -> bytes:
     request = parse(RankRequest, body)
-    return await service.rank(request.user_id, request.item_ids, request.k, request.context, debug)
+    return await service.rank(request.user_id, request.item_ids, request.k, request.context, debug, request.explain)
 
 
 async def recommend_body(service: RankingService, body: bytes, debug: bool) -> bytes:

@@ -25,6 +25,7 @@ from recsys.data.layout import split_files
 from recsys.data.reader import ParquetReader
 from recsys.schema import Encoding, Entity
 from recsys.system import free_port
+from recsys.tasks import task_spec
 from services.feature_store.codec import transform_dense
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.materialize import materialize
@@ -160,7 +161,7 @@ def offline_rows(data_dir: Path, artifact_dir: Path, limit: int = 50) -> list[Of
     scores = np.empty(reader.total_rows, dtype=np.float32)
     with torch.inference_mode():
         for batch, row_ids in reader.iter_with_row_ids():
-            scores[row_ids.numpy()] = torch.sigmoid(loaded.model(batch)).numpy()
+            scores[row_ids.numpy()] = task_spec(schema).link(loaded.model(batch)).numpy()
     frame = pl.read_parquet(split_files(data_dir, "test"))
     context_dense = [f for f in schema.dense if f.entity is Entity.CONTEXT]
     context_sparse = [f for f in schema.sparse if f.entity is Entity.CONTEXT]
