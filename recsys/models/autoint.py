@@ -32,9 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torchrec.modules.mlp import MLP
 
-from recsys.errors import RecsysError
 from recsys.models import Contribution, register_model
-from recsys.models.layers import DenseFields, fields
+from recsys.models.layers import DenseFields, field_dim, fields
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -102,11 +101,7 @@ class AutoInt(nn.Module):
 
     def __init__(self, schema: Schema, config: AutoIntConfig, embeddings: nn.Module) -> None:
         super().__init__()
-        dims = sorted(set(embeddings.embedding_dims))
-        if len(dims) != 1:
-            raise RecsysError(f"autoint: all tables need one embedding dim for the attention, got {dims}; "
-                              "set embedding.dim")
-        self.dim = dims[0]
+        self.dim = field_dim(embeddings, "autoint")
         self.sparse_arch = embeddings
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
         self.field_names: list[str] = [f.name for f in schema.dense] + list(embeddings.feature_names)
@@ -122,7 +117,7 @@ class AutoInt(nn.Module):
     def field_vectors(self, batch: Batch) -> torch.Tensor:
         """The (B, F, dim) field vectors: the dense features first, then ``sparse_arch.feature_names``."""
         embedded = self.sparse_arch(batch.sparse)
-        sparse = fields(embedded, self.sparse_arch.embedding_dims, self.sparse_arch.feature_names)  # (B, Fs, d)
+        sparse = fields(embedded, self.dim)  # (B, Fs, d)
         if self.dense_fields is None:
             return sparse
         return torch.cat([self.dense_fields(batch.dense), sparse], dim=1)  # (B, Fd + Fs, d)
