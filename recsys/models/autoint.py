@@ -9,9 +9,9 @@ reads the flattened output. ``dnn: [sizes]`` adds AutoInt+'s feed-forward networ
 the flattened field vectors, its logit summed with the attention branch's.
 Differences from the paper:
 
-- the attention logits are scaled by 1/sqrt(attention_dim) (the paper's
-  ψ(e_m, e_k) is the plain inner product); computed by
-  ``torch.nn.functional.scaled_dot_product_attention``;
+- ``scaled: true`` divides the attention logits by sqrt(attention_dim) as
+  Transformers do; ``false`` is the paper's plain inner product ψ(e_m, e_k).
+  Computed by ``torch.nn.functional.scaled_dot_product_attention``;
 - the per-head W_Q, W_K, W_V of a layer are held as one (in, heads * attention_dim)
   matrix each (the heads' matrices side by side, the same maps);
 - sequence features (behaviour histories) are mean-pooled bags, one field each;
@@ -24,8 +24,6 @@ directions, (w[a, b] + w[b, a]) / 2; a field's attention to itself is left out.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -47,6 +45,7 @@ class AutoIntConfig(BaseModel):
     heads: int = Field(2, ge=1, le=64)
     attention_dim: int = Field(16, ge=1, le=1024, description="per head (d' in the paper)")
     residual: bool = Field(True, description="add the paper's W_res projection of the layer's input")
+    scaled: bool = Field(True, description="divide the attention logits by sqrt(attention_dim); the paper does not")
     dnn: list[int] = Field([], description="AutoInt+: hidden sizes of the parallel DNN; [] = plain AutoInt")
 
     @model_validator(mode="after")
@@ -63,10 +62,11 @@ class InteractingLayer(nn.Module):
     attention weights when asked (rows: the attending field, summing to 1 over keys).
     """
 
-    def __init__(self, in_dim: int, heads: int, attention_dim: int, residual: bool) -> None:
+    def __init__(self, in_dim: int, heads: int, attention_dim: int, residual: bool, scaled: bool = True) -> None:
         super().__init__()
         self.heads = heads
         self.attention_dim = attention_dim
+        self.scale = attention_dim ** -0.5 if scaled else 1.0
         out_dim = heads * attention_dim
         self.query = nn.Linear(in_dim, out_dim, bias=False)
         self.key = nn.Linear(in_dim, out_dim, bias=False)
@@ -79,11 +79,11 @@ class InteractingLayer(nn.Module):
                    for linear in (self.query, self.key, self.value))  # (B, H, F, d')
         weights = None
         if need_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.attention_dim)  # (B, H, F, F)
+            scores = q @ k.transpose(-2, -1) * self.scale  # (B, H, F, F)
             weights = scores.softmax(dim=-1)
             attended = weights @ v  # (B, H, F, d')
         else:
-            attended = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, F, d')
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, H, F, d')
         out = attended.transpose(1, 2).reshape(batch, num_fields, self.heads * self.attention_dim)  # (B, F, H d')
         if self.residual is not None:
             out = out + self.residual(x)
@@ -108,7 +108,8 @@ class AutoInt(nn.Module):
         num_fields = len(self.field_names)
         out_dim = config.heads * config.attention_dim
         self.interacting = nn.ModuleList(
-            InteractingLayer(self.dim if i == 0 else out_dim, config.heads, config.attention_dim, config.residual)
+            InteractingLayer(self.dim if i == 0 else out_dim, config.heads, config.attention_dim, config.residual,
+                             config.scaled)
             for i in range(config.attention_layers))
         self.output = nn.Linear(num_fields * out_dim, 1)
         self.dnn = (nn.Sequential(MLP(num_fields * self.dim, config.dnn), nn.Linear(config.dnn[-1], 1))

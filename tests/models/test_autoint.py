@@ -45,14 +45,14 @@ def _model(section: dict, dense: int = 3) -> tuple[AutoInt, Batch]:
     return model, _batch(schema)
 
 
-def _paper_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 5-8, head by head: α = softmax_k <W_Q e_m, W_K e_k> / sqrt(d'), ẽ = Σ α W_V e_k, ReLU(⊕ ẽ + W_res e)."""
+def _paper_layer(layer: torch.nn.Module, x: torch.Tensor, scaled: bool) -> torch.Tensor:
+    """Paper eq. 5-8, head by head: α = softmax_k <W_Q e_m, W_K e_k> (/ sqrt(d')), ẽ = Σ α W_V e_k, ReLU(⊕ ẽ + W_res e)."""
     d = layer.attention_dim
     heads = []
     for h in range(layer.heads):
         rows = slice(h * d, (h + 1) * d)
         wq, wk, wv = (linear.weight[rows] for linear in (layer.query, layer.key, layer.value))  # (d', in)
-        psi = torch.einsum("bmi,ji,bkl,jl->bmk", x, wq, x, wk) / math.sqrt(d)  # (B, F, F)
+        psi = torch.einsum("bmi,ji,bkl,jl->bmk", x, wq, x, wk) / (math.sqrt(d) if scaled else 1.0)  # (B, F, F)
         alpha = psi.softmax(dim=-1)
         heads.append(torch.einsum("bmk,bki,ji->bmj", alpha, x, wv))  # (B, F, d')
     out = torch.cat(heads, dim=-1)  # (B, F, H d')
@@ -62,19 +62,21 @@ def _paper_layer(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("residual", [True, False])
-def test_forward_is_the_papers_interacting_layers(residual: bool) -> None:
-    model, batch = _model({"residual": residual})
+@pytest.mark.parametrize("scaled", [True, False])
+def test_forward_is_the_papers_interacting_layers(residual: bool, scaled: bool) -> None:
+    model, batch = _model({"residual": residual, "scaled": scaled})
     x = model.field_vectors(batch)
     assert x.shape == (3, 6, 4)  # 3 dense + item_id, hist_item_id, city fields, all of the embedding dim
     h = x
     for layer in model.interacting:
-        h = _paper_layer(layer, h)
+        h = _paper_layer(layer, h, scaled)
     expected = (h.flatten(1) @ model.output.weight.T + model.output.bias).squeeze(1)
     torch.testing.assert_close(model(batch), expected)
 
 
-def test_attention_weights_are_a_distribution_over_keys() -> None:
-    model, batch = _model({"attention_layers": 3})
+@pytest.mark.parametrize("scaled", [True, False])
+def test_attention_weights_are_a_distribution_over_keys(scaled: bool) -> None:
+    model, batch = _model({"attention_layers": 3, "scaled": scaled})
     weights = model.attention(batch)
     assert len(weights) == 3
     for w in weights:
