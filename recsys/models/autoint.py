@@ -12,8 +12,8 @@ Differences from the paper:
 - ``scaled: true`` divides the attention logits by sqrt(attention_dim) as
   Transformers do; ``false`` is the paper's plain inner product ψ(e_m, e_k).
   Computed by ``torch.nn.functional.scaled_dot_product_attention``;
-- the per-head W_Q, W_K, W_V of a layer are held as one (in, heads * attention_dim)
-  matrix each (the heads' matrices side by side, the same maps);
+- the per-head W_Q, W_K, W_V of a layer are one ``nn.Linear`` each, to
+  heads * attention_dim outputs (the heads' matrices stacked: the same maps);
 - sequence features (behaviour histories) are mean-pooled bags, one field each;
 - the DNN of AutoInt+ is torchrec's ``MLP`` (ReLU) and a linear layer to its logit.
 
@@ -135,7 +135,7 @@ class AutoInt(nn.Module):
 
     @torch.no_grad()
     def attention(self, batch: Batch) -> list[torch.Tensor]:
-        """Each interacting layer's (B, heads, F, F) attention weights, rows summing to 1; F in ``field_names`` order."""
+        """Each interacting layer's (B, heads, F, F) weights, rows summing to 1, fields in ``field_names`` order."""
         h = self.field_vectors(batch)
         weights: list[torch.Tensor] = []
         for layer in self.interacting:

@@ -46,7 +46,8 @@ def _model(section: dict, dense: int = 3) -> tuple[AutoInt, Batch]:
 
 
 def _paper_layer(layer: torch.nn.Module, x: torch.Tensor, scaled: bool) -> torch.Tensor:
-    """Paper eq. 5-8, head by head: α = softmax_k <W_Q e_m, W_K e_k> (/ sqrt(d')), ẽ = Σ α W_V e_k, ReLU(⊕ ẽ + W_res e)."""
+    """Paper eq. 5-8, head by head: α = softmax_k <W_Q e_m, W_K e_k> (/ sqrt(d')), ẽ = Σ α W_V e_k,
+    then ReLU(⊕_h ẽ + W_res e)."""
     d = layer.attention_dim
     heads = []
     for h in range(layer.heads):
