@@ -122,3 +122,27 @@ def test_without_models_json_the_section_is_left_out(tmp_path: Path) -> None:
 
     assert render(ReportContext([], 10)) is None
     assert render(ReportContext([], 10, bench_dir=tmp_path)) is None
+
+
+def test_a_malformed_models_json_is_a_note_and_odd_cells_are_dashes(tmp_path: Path) -> None:
+    from recsys.report.context import BenchFile, ReportContext
+    from recsys.report.sections.bench_models import render
+
+    bad = BenchFile("models.json", {"benchmark": "models", "summary": {"synthetic": {"dlrm": {"auc": {"mean": "x"}}}},
+                                    "anchors": "nope", "ordering": [1]})
+    ctx = ReportContext([], 10, bench_dir=tmp_path, bench={"models.json": bad})
+    section = render(ctx)
+    assert section is not None and "no summary with numbers" in section.note and not section.body
+    assert "models.json" not in ctx.claimed  # so the "other results" section lists it
+    odd = BenchFile("models.json", {"benchmark": "models", "summary": {"movielens": {
+        "dlrm": {"auc": {"mean": 0.71, "std": None}, "gauc": {"mean": float("nan")}, "seeds": [0]},
+        "din": {"auc": {"mean": 0.73, "std": 0.002}, "params": {"mean": 1234567, "std": 0.0}, "seeds": [0, 1]}}},
+        "anchors": [{"dataset": "X", "model": "DIN", "auc": 0.886, "ours": "din",
+                     "ours_auc": {"movielens": {"mean": 0.73, "std": 0.002}}}, {"auc": "?"}]})
+    ctx = ReportContext([], 10, bench_dir=tmp_path, bench={"models.json": odd})
+    section = render(ctx)
+    assert section is not None and "models.json" in ctx.claimed
+    assert "0.7300 ± 0.0020" in section.body and "1,234,567" in section.body and "0.8860" in section.body
+    assert section.body.index(">din<") < section.body.index(">dlrm<")  # best first
+    assert section.data["models.json"]["summary"]["movielens"]["dlrm"].get("gauc") is None
+    assert len(section.data["models.json"]["anchors"]) == 1
