@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     continue
                 try:
                     record = {**base, **measure(path, data[dataset])}
-                except Exception as exc:  # noqa: BLE001 — one model's broken artifact must not end an hour's run
+                except Exception as exc:  # noqa: BLE001 — one broken artifact must not end a run of hours
                     results["failed"].append({**base, "error": f"measuring: {type(exc).__name__}: "
                                                                f"{str(exc).splitlines()[0] if str(exc) else ''}"})
                     results["runs"].append(results["failed"][-1])
