@@ -10,6 +10,7 @@ import warnings
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from recsys import __version__
 from recsys.cli.data import app as data_app
@@ -75,7 +76,7 @@ def main() -> None:
     try:
         app()  # standalone: usage errors print click's message and exit 2
     except RecsysError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -73,8 +73,8 @@ def test_unpooled_tables_refuse_data_parallel_on_a_cpu(small_ctr: Path, tmp_path
     result = train_cli(small_ctr, tmp_path / "run", "trainer.max_steps=1", "sharding.sharding_types=[data_parallel]",
                        "sharding.compute_kernels=[dense]")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "table 'item_category' is looked up un-pooled" in result.stderr
-    assert "sharding.tables.item_category.sharding_types=[table_wise]" in result.stderr
+    assert "table 'item_id' is looked up un-pooled" in result.stderr
+    assert "--set 'sharding.tables.item_id.sharding_types=[table_wise]'" in result.stderr
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ import polars as pl
 import pytest
 from safetensors.numpy import load_file
 
+from recsys import artifact as artifacts
 from recsys.data.layout import split_files
+from recsys.embeddings import embedding_tables
 from recsys.errors import RecsysError
 from recsys.schema import Entity, Schema
 from services.feature_store.codec import RecordCodec, layout_fingerprint, record_layouts
@@ -64,12 +66,14 @@ def test_records_popular_seen_and_embeddings(served_artifact: tuple[Path, Path],
         assert store.seen(user) == mine["item_key"].unique(maintain_order=True).head(7).to_list()
 
     weights = load_file(str(artifact_dir / "weights.safetensors"))
+    model = artifacts.load(artifact_dir).model
+    table_weight = {table: name for name, (_, table) in embedding_tables(model).items()}
     for entity, key in ((Entity.USER, "user_key"), (Entity.ITEM, "item_key")):
         found = id_table(schema, entity)
         assert found is not None
         feature, table = found
         assert feature == ("user_id" if entity is Entity.USER else "item_id")
-        table_weights = next(v for k, v in weights.items() if k.endswith(f"embedding_bags.{table}.weight"))
+        table_weights = weights[table_weight[table]]  # user_id: a bag table; item_id: unpooled (histories)
         latest = _latest(rows, key)
         vectors = store.get_embeddings(entity.value, latest[key].to_list())
         for index, vector in zip(latest[feature].to_list(), vectors, strict=True):
