@@ -33,6 +33,15 @@ class ModelSpec:
     build: ModelBuilder  # (schema, validated config, embeddings module) → model
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """One reason for a row's score, from a model's ``explain(batch, top)``: a feature ("C1"), an interaction
+    ("C1×C2") or a history position ("hist_item_id[3]", 0 = newest), with its weight."""
+
+    name: str
+    weight: float
+
+
 _MODELS: dict[str, ModelSpec] = {}
 
 
