@@ -172,20 +172,22 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# DIN training step vs longest history (same total history length)", "",
         f"CPU: {m['cpu']} ({m['nproc']} CPUs, {m['torch_threads']} torch threads); "
-        f"AVX-512: {'yes' if 'avx512f' in m['cpu_flags'] else 'no'}, AVX2: {'yes' if 'avx2' in m['cpu_flags'] else 'no'}; "
+        f"AVX-512: {'yes' if 'avx512f' in m['cpu_flags'] else 'no'}, "
+        f"AVX2: {'yes' if 'avx2' in m['cpu_flags'] else 'no'}; "
         f"load average {m['load_average']} before, {results['load_average_after']} after; "
         f"CPU pressure {m['cpu_pressure']}% before, {results['cpu_pressure_after']}% after.", "",
         f"Batch {results['config']['batch_size']}, model {results['config']['model']}, "
         f"embedding dim {results['config']['embedding_dim']}; {results['config']['rounds']} rounds × "
         f"{results['config']['steps_per_round']} counted steps per profile.", "",
-        "| profile | mean length | longest | Σ lengths per batch | B × longest | step ms (median) | q1–q3 | ratio |",
+        "| profile | mean length | longest | Σ lengths per batch | B × longest | step ms (median) | q1–q3 "
+        "| ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in results["profiles"].items():
         lines.append(f"| {name} | {row['mean_length']:.2f} | {row['max_length']} | {row['total_length']:.0f} | "
                      f"{row['padded_elements']:.0f} | {row['step_ms']:.1f} | {row['step_ms_q1']:.1f}–"
                      f"{row['step_ms_q3']:.1f} | {row['ratio_to_max20']:.3f} |")
-    lines += ["", results["verdict"], ""]
+    lines += ["", results["verdict"], "", f"CPU flags: {' '.join(m['cpu_flags'])}", ""]
     return "\n".join(lines)
 
 

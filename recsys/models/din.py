@@ -13,9 +13,11 @@ What this file computes, and where it differs from the paper:
   gets its own activation unit. The paper concatenates goods, shop and category
   ids into one item vector with one unit; here the histories need not be aligned.
   A sequence without such a target is mean-pooled (its schema pooling) instead.
-- Weights are un-normalised, as in the paper (no softmax: the sum of the weights
-  keeps the intensity of the user's interest); ``attention_norm: softmax`` is the
-  normalised variant of the authors' released code, offered for comparison.
+- Weights are un-normalised by default, as in the paper (no softmax: the sum of
+  the weights keeps the intensity of the user's interest). ``attention_norm:
+  softmax`` is the normalised variant of the authors' released code; ``mean``
+  divides the weighted sum by the history's length (a weighted mean, whose
+  weights still need not sum to one). ``configs/din.yaml`` says which it uses.
 - The activation unit's input is [h, t, h - t, h ⊙ t] with the element-wise
   product, as the authors' code does; the paper's figure says "out product".
 - The history stays jagged: the target is repeated per history element by its
@@ -73,8 +75,9 @@ class DINConfig(BaseModel):
 
 
 class Dice(nn.Module):
-    """The paper's data-adaptive activation: f(s) = p(s)·s + (1 - p(s))·α·s, p(s) = σ((s - E[s]) / √(Var[s] + ε)).
+    """The paper's data-adaptive activation: f(s) = p(s)·s + (1 - p(s))·α·s.
 
+    p(s) = σ((s - E[s]) / √(Var[s] + ε)), a soft rectifier point that follows the data.
     E[s] and Var[s] are the mini-batch statistics per channel in training and their
     moving averages in evaluation (a ``BatchNorm1d`` without affine parameters); α
     is learned per channel, zero at the start as in the authors' code. A training

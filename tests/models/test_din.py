@@ -188,7 +188,8 @@ def test_explain_returns_the_largest_attention_weights() -> None:
     pooled = embedded.pooled.to_dict()
     everything: list[list[tuple[str, float]]] = [[] for _ in LENGTHS]
     for seq, target in model.interest_arch.pairs:
-        _, weights = _padded_reference(model.interest_arch.units[f"{seq}__{target}"], embedded.sequences[seq], pooled[target], False)
+        unit = model.interest_arch.units[f"{seq}__{target}"]
+        _, weights = _padded_reference(unit, embedded.sequences[seq], pooled[target], False)
         for row, length in enumerate(LENGTHS):
             everything[row] += [(f"{seq}[{p}]", float(weights[row, p])) for p in range(length)]
     assert len(rows) == 4 and rows[1] == []  # no history, nothing to explain
