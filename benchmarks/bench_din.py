@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import yaml
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import machine  # noqa: E402
@@ -55,6 +55,7 @@ from recsys.config import TrainConfig  # noqa: E402
 from recsys.data.synth import CARDINALITIES, CtrConfig, ctr_schema  # noqa: E402
 from recsys.distributed import sharding  # noqa: E402
 from recsys.distributed.env import init_distributed, shutdown  # noqa: E402
+from recsys.embeddings import Embedded  # noqa: E402
 from recsys.models import build_model  # noqa: E402
 from recsys.schema import Schema  # noqa: E402
 from recsys.tasks import task_named  # noqa: E402
@@ -140,22 +141,43 @@ def engine(data_schema: Schema, batch_size: int) -> tuple[TrainConfig, Callable[
     return config, lambda batch: train_step(dmp, optimizer, batch, env.world_size, task)
 
 
-def interleaved(step: Callable[[Batch], None], batches: dict[str, list[Batch]], rounds: int, steps: int,
-                warmup: int) -> dict[str, list[float]]:
-    """Seconds per counted step of each profile, stepped round-robin in rotating order."""
-    names = list(batches)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:
+def attention(data_schema: Schema, config: TrainConfig, batches: list[Batch]) -> Callable[[Batch], None]:
+    """Forward and backward of DIN's ``InterestArch`` alone (activation units, segment sums, the concatenation)
+    on embeddings looked up once beforehand: the part of the step whose cost the history's layout decides."""
+    torch.manual_seed(0)
+    model = build_model("din", data_schema, config.model, config.embedding).train()
+    inputs: dict[int, Embedded] = {}
+    with torch.no_grad():
+        for batch in batches:
+            looked_up = model.sparse_arch(batch.sparse)
+            pooled = looked_up.pooled
+            inputs[id(batch)] = Embedded(
+                KeyedTensor(keys=pooled.keys(), length_per_key=pooled.length_per_key(),
+                            values=pooled.values().clone().requires_grad_()),
+                {name: JaggedTensor(values=jagged.values().clone().requires_grad_(), lengths=jagged.lengths())
+                 for name, jagged in looked_up.sequences.items()})
+
+    def step(batch: Batch) -> None:
+        model.interest_arch(inputs[id(batch)], batch).sum().backward()
+    return step
+
+
+def interleaved(steppers: dict[str, Callable[[Batch], None]], batches: dict[str, list[Batch]], rounds: int,
+                steps: int, warmup: int) -> dict[tuple[str, str], list[float]]:
+    """Seconds per counted step of each (stepper, profile), stepped round-robin in rotating order."""
+    names = [(stepper, profile) for stepper in steppers for profile in batches]
+    times: dict[tuple[str, str], list[float]] = {name: [] for name in names}
+    for stepper, profile in names:
         for k in range(warmup):
-            step(batches[name][k % len(batches[name])])
+            steppers[stepper](batches[profile][k % len(batches[profile])])
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for stepper, profile in names[r % len(names):] + names[:r % len(names)]:
             for k in range(steps + 1):
-                batch = batches[name][(r * steps + k) % len(batches[name])]
+                batch = batches[profile][(r * steps + k) % len(batches[profile])]
                 start = time.perf_counter()
-                step(batch)
+                steppers[stepper](batch)
                 if k:  # the first step after a switch refills the caches
-                    times[name].append(time.perf_counter() - start)
+                    times[stepper, profile].append(time.perf_counter() - start)
     return times
 
 
@@ -179,14 +201,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"Batch {results['config']['batch_size']}, model {results['config']['model']}, "
         f"embedding dim {results['config']['embedding_dim']}; {results['config']['rounds']} rounds × "
         f"{results['config']['steps_per_round']} counted steps per profile.", "",
-        "| profile | mean length | longest | Σ lengths per batch | B × longest | step ms (median) | q1–q3 "
-        "| ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| profile | mean length | longest | Σ lengths | B × longest | train step ms (q1–q3) | ratio "
+        "| attention ms (q1–q3) | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in results["profiles"].items():
+        step, part = row["train_step"], row["attention"]
         lines.append(f"| {name} | {row['mean_length']:.2f} | {row['max_length']} | {row['total_length']:.0f} | "
-                     f"{row['padded_elements']:.0f} | {row['step_ms']:.1f} | {row['step_ms_q1']:.1f}–"
-                     f"{row['step_ms_q3']:.1f} | {row['ratio_to_max20']:.3f} |")
+                     f"{row['padded_elements']:.0f} | {step['ms']:.1f} ({step['ms_q1']:.1f}–{step['ms_q3']:.1f}) | "
+                     f"{step['ratio_to_max20']:.3f} | {part['ms']:.2f} ({part['ms_q1']:.2f}–{part['ms_q3']:.2f}) | "
+                     f"{part['ratio_to_max20']:.3f} |")
     lines += ["", results["verdict"], "", f"CPU flags: {' '.join(m['cpu_flags'])}", ""]
     return "\n".join(lines)
 
@@ -213,30 +237,36 @@ def main() -> None:
                          "embedding_dim": config.embedding.dim, "sparse_optimizer": config.optimizer.sparse.name,
                          "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
                          "batch_count": args.batch_count, "ids": "uniform", "sharding": "table_wise, fused, 1 process"}
-    print(f"… stepping {len(PROFILES)} profiles × {args.rounds} rounds", file=sys.stderr, flush=True)
-    times = interleaved(step, batches, args.rounds, args.steps, args.warmup)
+    steppers = {"train_step": step, "attention": attention(data_schema, config, [b for p in batches.values() for b in p])}
+    print(f"… stepping {len(steppers)} × {len(PROFILES)} profiles × {args.rounds} rounds", file=sys.stderr, flush=True)
+    times = interleaved(steppers, batches, args.rounds, args.steps, args.warmup)
     shutdown()
 
     profiles: dict[str, Any] = {}
-    for name, seconds in times.items():
-        lengths = [b.sparse["hist_item_id"].lengths().float() for b in batches[name]]
-        median = statistics.median(seconds)
-        quartiles = statistics.quantiles(seconds, n=4)
+    for name, profile_batches in batches.items():
+        lengths = [b.sparse["hist_item_id"].lengths().float() for b in profile_batches]
         profiles[name] = {"mean_length": float(torch.stack(lengths).mean()),
                           "max_length": int(max(int(x.max()) for x in lengths)),
                           "total_length": statistics.mean(float(x.sum()) for x in lengths),
-                          "padded_elements": float(args.batch_size * max(int(x.max()) for x in lengths)),
-                          "step_ms": 1e3 * median, "step_ms_q1": 1e3 * quartiles[0], "step_ms_q3": 1e3 * quartiles[2],
-                          "steps": len(seconds)}
+                          "padded_elements": float(args.batch_size * max(int(x.max()) for x in lengths))}
+        for stepper in steppers:
+            seconds = times[stepper, name]
+            quartiles = statistics.quantiles(seconds, n=4)
+            profiles[name][stepper] = {"ms": 1e3 * statistics.median(seconds), "ms_q1": 1e3 * quartiles[0],
+                                       "ms_q3": 1e3 * quartiles[2], "steps": len(seconds)}
     for row in profiles.values():
-        row["ratio_to_max20"] = row["step_ms"] / profiles["max20"]["step_ms"]
+        for stepper in steppers:
+            row[stepper]["ratio_to_max20"] = row[stepper]["ms"] / profiles["max20"][stepper]["ms"]
     results["profiles"] = profiles
-    ratio = profiles["max40"]["ratio_to_max20"]
+    ratio = profiles["max40"]["train_step"]["ratio_to_max20"]
     results["ratio_max40_to_max20"] = ratio
     results["within_10_percent"] = abs(ratio - 1) <= 0.10
-    results["verdict"] = (f"Doubling the longest history at the same total length changes the step time by "
-                          f"{100 * (ratio - 1):+.1f}% ({'within' if results['within_10_percent'] else 'outside'} "
-                          f"the 10% target); quadrupling it: {100 * (profiles['max80']['ratio_to_max20'] - 1):+.1f}%.")
+    results["verdict"] = (
+        f"Doubling the longest history at the same total length changes the train step time by "
+        f"{100 * (ratio - 1):+.1f}% ({'within' if results['within_10_percent'] else 'outside'} the 10% target) "
+        f"and the attention part's by {100 * (profiles['max40']['attention']['ratio_to_max20'] - 1):+.1f}%; "
+        f"quadrupling it: {100 * (profiles['max80']['train_step']['ratio_to_max20'] - 1):+.1f}% and "
+        f"{100 * (profiles['max80']['attention']['ratio_to_max20'] - 1):+.1f}%.")
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     results["cpu_pressure_after"] = cpu_pressure()
     args.out.parent.mkdir(parents=True, exist_ok=True)

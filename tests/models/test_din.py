@@ -191,7 +191,7 @@ def test_explain_returns_the_largest_attention_weights() -> None:
         unit = model.interest_arch.units[f"{seq}__{target}"]
         _, weights = _padded_reference(unit, embedded.sequences[seq], pooled[target], False)
         for row, length in enumerate(LENGTHS):
-            everything[row] += [(f"{seq}[{p}]", float(weights[row, p])) for p in range(length)]
+            everything[row] += [(f"{seq}[{p}]", float(weights[row, p].detach())) for p in range(length)]
     assert len(rows) == 4 and rows[1] == []  # no history, nothing to explain
     for row, contributions in enumerate(rows):
         expected = sorted(everything[row], key=lambda item: item[1], reverse=True)[:3]
