@@ -18,10 +18,15 @@ padded implementation would do B × max work instead. Measured here:
   ``max20``: lengths uniform in 0..20 (the generator's: mean 10, max 20);
   ``max40``: the same batches with 1/32 of the rows lengthened to 40 and the
   others shortened to keep the total; ``max80``: 1/64 of the rows at 80;
-- timing: the profiles step in interleaved rounds (rotating order, the first step
-  after a switch not counted) so load changes hit them alike; medians of the
-  counted steps; the CPU (``/proc/cpuinfo`` model name and flags), the load
-  average and CPU pressure are saved with the figures.
+- the attention part alone: ``InterestArch`` forward and backward (activation
+  units, segment sums, concatenation) on embeddings looked up beforehand, an
+  unsharded copy of the model;
+- timing: one torch thread by default (``--threads``); the (part, profile) pairs
+  step in interleaved rounds (rotating order, the first step after a switch not
+  counted) so load changes hit them alike; medians of the counted steps (and the
+  10th percentile, less touched by a shared machine); the CPU (``/proc/cpuinfo``
+  model name and flags), the load average and CPU pressure are saved with the
+  figures.
 
 The verdict is the ratio of median step times (max40 / max20, expected within
 10% of 1.0), written as measured.
@@ -223,6 +228,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3, help="steps per profile before the first round")
     parser.add_argument("--batch-count", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (one by default: on a shared machine a descheduled second thread "
+                        "stalls whole steps, which swamps the difference measured)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps, for a smoke check")
     args = parser.parse_args()
     if args.quick:
@@ -232,6 +240,8 @@ def main() -> None:
                                "machine": {**machine(), "cpu_flags": cpu_flags(), "cpu_pressure": cpu_pressure()}}
     data_schema = schema()
     config, step = engine(data_schema, args.batch_size)
+    torch.set_num_threads(args.threads)  # after init_distributed, which sets its own count
+    results["machine"]["torch_threads"] = torch.get_num_threads()
     batches = make_batches(data_schema, args.batch_count, args.batch_size, seed=0)
     results["config"] = {"batch_size": args.batch_size, "model": config.model,
                          "embedding_dim": config.embedding.dim, "sparse_optimizer": config.optimizer.sparse.name,
@@ -253,7 +263,8 @@ def main() -> None:
             seconds = times[stepper, name]
             quartiles = statistics.quantiles(seconds, n=4)
             profiles[name][stepper] = {"ms": 1e3 * statistics.median(seconds), "ms_q1": 1e3 * quartiles[0],
-                                       "ms_q3": 1e3 * quartiles[2], "steps": len(seconds)}
+                                       "ms_q3": 1e3 * quartiles[2], "ms_p10": 1e3 * statistics.quantiles(seconds, n=10)[0],
+                                       "steps": len(seconds)}
     for row in profiles.values():
         for stepper in steppers:
             row[stepper]["ratio_to_max20"] = row[stepper]["ms"] / profiles["max20"][stepper]["ms"]
