@@ -26,14 +26,17 @@ What this file computes, and where it differs from the paper:
   padding never enters the maths (nor Dice's batch statistics).
 - Dense features are concatenated to the top MLP's input as they are (already
   log1p-standardised by data preparation); the paper's data has none.
-- Mini-batch aware L2 (paper section 4.1): each embedding row present in the
-  batch is decayed by λ·w once per step. The paper scales by 1/n_j, the id's
-  count over the whole training set, which the model does not know; here the
-  penalty is added in the backward of the looked-up vectors (λ·v / the row's
-  count in the batch, per occurrence) because the tables are trained by fused
-  optimizers that never materialise a table gradient. Single-id bags and history
-  elements are penalised; multi-id pooled bags are not (their pooled vector is
-  not one row). With several processes each one penalises its own rows.
+- Mini-batch aware L2 (paper section 4.1), in training only: each embedding row
+  present in the batch gets λ·w added to its gradient once per step, rows absent
+  from the batch nothing. The paper also divides by n_j, the id's count over the
+  whole training set, which the model does not know, so here a frequent row is
+  decayed in more steps rather than less. The penalty is added in the backward of
+  the looked-up vectors (λ·v / the row's count in the batch, per occurrence)
+  because the tables are trained by fused optimizers that never materialise a
+  table gradient. Single-id bags and history elements are penalised; multi-id
+  pooled bags are not (their pooled vector is not one row). With several
+  processes each penalises the rows of its own share of the batch, so a row
+  present in k shares is decayed k times.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from recsys.types import Batch
 class DINConfig(BaseModel):
     """The ``model:`` section for ``--model din``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     attention_mlp: list[int] = Field([36, 1], min_length=2, description="the activation unit; ends with 1")
     top_mlp: list[int] = Field([200, 80, 1], min_length=2, description="ends with 1")
@@ -92,14 +95,12 @@ class Dice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(_normalise(self.norm, x, self.training))  # (N, C)
+        if self.training and x.shape[0] < 2:
+            normed = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps)
+        else:
+            normed = self.norm(x)  # (N, C)
+        p = torch.sigmoid(normed)
         return x * (p + (1 - p) * self.alpha)
-
-
-def _normalise(norm: nn.BatchNorm1d, x: torch.Tensor, training: bool) -> torch.Tensor:
-    if training and x.shape[0] < 2:
-        return F.batch_norm(x, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
-    return norm(x)
 
 
 def _mlp(in_size: int, sizes: list[int]) -> nn.Sequential:
@@ -122,7 +123,7 @@ class ActivationUnit(nn.Module):
     history: JaggedTensor, values (N, D) for N = sum of lengths, lengths (B,); target (B, D).
     """
 
-    def __init__(self, dim: int, sizes: list[int], norm: str = "none") -> None:
+    def __init__(self, dim: int, sizes: list[int], norm: Literal["none", "softmax", "mean"] = "none") -> None:
         super().__init__()
         self.mlp = _mlp(4 * dim, sizes)
         self.norm = norm
