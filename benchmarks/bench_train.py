@@ -89,6 +89,7 @@ from recsys.distributed import sharding  # noqa: E402
 from recsys.distributed.env import DistEnv, init_distributed, shutdown  # noqa: E402
 from recsys.models import build_model  # noqa: E402
 from recsys.schema import Schema  # noqa: E402
+from recsys.tasks import task_named  # noqa: E402
 from recsys.train.step import train_step  # noqa: E402
 from recsys.types import Batch  # noqa: E402
 
@@ -265,14 +266,15 @@ def engine_stepper(shape: Shape, env: DistEnv, global_batch: int, ddp: bool = Tr
     with no_ddp_wrapper(not ddp):
         dmp = sharding.shard(model, config, env, plan)
     optimizer = sharding.optimizer(dmp, config)
-    return dmp, lambda batch: train_step(dmp, optimizer, batch, env.world_size)
+    task = task_named("ctr")
+    return dmp, lambda batch: train_step(dmp, optimizer, batch, env.world_size, task)
 
 
 def previous_dlrm_forward(kernel: Callable[[torch.Tensor], torch.Tensor]
                           ) -> Callable[[dlrm_module.DLRM, Batch], torch.Tensor]:
     """``DLRM.forward`` as it was before ``dlrm_interaction`` (dense case): stack, ``kernel``, concatenate."""
     def forward(self: dlrm_module.DLRM, batch: Batch) -> torch.Tensor:
-        pooled = self.sparse_arch(batch.sparse).values()  # (B, F * D)
+        pooled = self.sparse_arch(batch.sparse).pooled.values()  # (B, F * D)
         sparse = pooled.view(pooled.shape[0], self.num_sparse, self.dim)  # (B, F, D)
         dense = self.dense_arch(batch.dense)  # (B, D)
         vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # (B, F + 1, D)

@@ -30,7 +30,7 @@ from recsys.schema import describe_validation_error
 # Dotted keys (or sections) a resumed run may change; see the module docstring.
 RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.checkpoint_every",
              "trainer.keep_checkpoints", "trainer.progress", "trainer.eval_batch_size", "trainer.pipeline",
-             "sharding.topology")
+             "trainer.early_stopping", "sharding.topology")
 
 
 class _Section(BaseModel):
@@ -142,8 +142,18 @@ class Partition(StrEnum):
     RANK = "rank"  # disjoint rows per rank: scales reading, but results depend on the process count
 
 
+class EarlyStoppingConfig(_Section):
+    """Stop when the validation metric has not improved for ``patience`` evaluations (one per epoch); the
+    artifact holds the best evaluation's weights either way."""
+
+    metric: str | None = Field(None, description="a metric of the task (default: its primary, e.g. auc)")
+    patience: int = Field(2, ge=0, description="evaluations without improvement before stopping; 0: never stop")
+    min_delta: float = Field(0.0, ge=0, description="the least change that counts as an improvement")
+
+
 class TrainerConfig(_Section):
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="the most epochs to train (early stopping may end sooner)")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     batch_size: int = Field(1024, ge=1, description="global batch: split evenly over the processes")
     eval_batch_size: int = Field(8192, ge=1, description="per process")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (for smoke runs)")

@@ -111,11 +111,17 @@ def non_finite(model: nn.Module) -> str | None:
     return bad or None
 
 
+def of_step(directory: Path, step: int) -> Path | None:
+    """The complete checkpoint of global ``step``, if kept."""
+    return next((p for p in checkpoints(directory) if trainer_state(p).get("step") == step), None)
+
+
 def save(directory: Path, step: int, model: nn.Module, optimizer: CombinedOptimizer,
-         trainer_state: dict[str, Any], keep: int) -> Path:
+         trainer_state: dict[str, Any], keep: int, protect_step: int | None = None) -> Path:
     """Write a checkpoint of ``step`` collectively; returns its folder once every rank's part is in place.
 
-    ``trainer_state`` must be JSON (finite numbers); the file digests are added to it.
+    ``trainer_state`` must be JSON (finite numbers); the file digests are added to it. Only the newest ``keep``
+    checkpoints are kept, and the one of ``protect_step`` (the best evaluation's, which the artifact exports).
     """
     final = directory / f"step-{step:09d}"
     tmp = directory / f".tmp-step-{step:09d}"
@@ -136,8 +142,10 @@ def save(directory: Path, step: int, model: nn.Module, optimizer: CombinedOptimi
         if final.exists():  # the same step saved again (e.g. epoch end right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
+        protected = of_step(directory, protect_step) if protect_step is not None else None
         for old in checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != protected:
+                shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
 

@@ -29,7 +29,6 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
@@ -37,22 +36,10 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from recsys.config import (DenseOptimizer, ShardingConfig, ShardingType, SparseOptimizer, SparseOptimizerConfig,
                            TrainConfig)
 from recsys.distributed.env import DistEnv
+from recsys.embeddings import embedding_modules, embedding_tables, table_names
 from recsys.errors import RecsysError
 
 _GIB = 1024 ** 3
-
-
-def embedding_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, EmbeddingBagCollection | EmbeddingCollection)]
-
-
-def table_names(model: nn.Module) -> list[str]:
-    names = []
-    for _, module in embedding_modules(model):
-        configs = module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection) \
-            else module.embedding_configs()
-        names += [config.name for config in configs]
-    return names
 
 
 def constraints(model: nn.Module, config: ShardingConfig) -> dict[str, ParameterConstraints]:
@@ -172,12 +159,12 @@ def _replicated_lookups(dmp: DistributedModelParallel) -> list[DistributedDataPa
     return found
 
 
-def replicated_tables(sharding_plan: ShardingPlan) -> set[str]:
-    """Parameter names of the tables the plan replicates (data-parallel)."""
-    return {f"{module_path}.embedding_bags.{table}.weight"
-            for module_path, module_plan in sharding_plan.plan.items()
-            for table, parameter in module_plan.items()  # type: ignore[union-attr]
-            if parameter.sharding_type == ShardingType.DATA_PARALLEL.value}
+def replicated_tables(sharding_plan: ShardingPlan, tables: dict[str, tuple[str, str]]) -> set[str]:
+    """Parameter names (``tables``: ``embedding_tables`` of the unsharded model) of the tables the plan
+    replicates (data-parallel)."""
+    return {name for name, (module_path, table) in tables.items()
+            if sharding_plan.plan[module_path][table].sharding_type  # type: ignore[index]
+            == ShardingType.DATA_PARALLEL.value}
 
 
 def shard(model: nn.Module, config: TrainConfig, env: DistEnv, sharding_plan: ShardingPlan) -> DistributedModelParallel:
@@ -189,7 +176,7 @@ def shard(model: nn.Module, config: TrainConfig, env: DistEnv, sharding_plan: Sh
     """
     check_sparse_optimizer(config, env.device)
     optimizer_class, kwargs = _sparse_optimizer(config.optimizer.sparse)
-    replicated = replicated_tables(sharding_plan)
+    replicated = replicated_tables(sharding_plan, embedding_tables(model))
     for path, module in embedding_modules(model):
         fused = [p for name, p in module.named_parameters(prefix=path) if name not in replicated]
         if fused:

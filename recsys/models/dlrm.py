@@ -84,7 +84,7 @@ class DLRM(nn.Module):
         self.over_arch = OverArch(over_in, config.top_mlp)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        pooled = self.sparse_arch(batch.sparse).values()  # (B, F * D)
+        pooled = self.sparse_arch(batch.sparse).pooled.values()  # (B, F * D)
         sparse = pooled.view(pooled.shape[0], self.num_sparse, self.dim)  # (B, F, D)
         dense = self.dense_arch(batch.dense) if self.dense_arch is not None else None  # (B, D)
         if self.interaction == "dot":

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from recsys import artifact as artifacts
 from recsys.data.layout import STATS_FILE, split_files
 from recsys.errors import RecsysError
 from recsys.schema import SCHEMA_FILE
+from recsys.tasks import task_spec
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def _score(item: ReportArtifact, max_rows: int, batch_size: int, show_progress: 
                 break
     if not done:
         raise RecsysError(f"{item.data_dir / 'test'}: no rows to score")
-    scores = expit(np.concatenate(logits))  # float64: exactly 0 or 1 only past |logit| ≈ 37
+    scores = task_spec(item.artifact.schema).link_numpy(np.concatenate(logits))
     order = np.argsort(np.concatenate(row_ids), kind="stable")
     return Scored(labels=np.concatenate(labels)[order], scores=scores[order],
                   row_ids=np.concatenate(row_ids)[order], split_rows=reader.total_rows)

@@ -1,4 +1,4 @@
-"""Evaluation of a (sharded) model on a split: AUC, log loss, normalized entropy, calibration.
+"""Evaluation of a (sharded) model on a split, by its task's metrics (``recsys.tasks``).
 
 Metrics are torchmetrics objects whose states are gathered from every process at
 ``compute`` (the AUC over all rows, not rank 0's share). Every process must run
@@ -8,32 +8,21 @@ process whose share runs out first repeats its last batch and discards the resul
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAUROC
 
 from recsys.data.reader import ParquetReader
 from recsys.errors import RecsysError
-
-
-def normalized_entropy(logloss: float, positive_rate: float) -> float:
-    """Log loss divided by the entropy of always predicting the base rate (He et al., 2014)."""
-    p = min(max(positive_rate, 1e-12), 1 - 1e-12)
-    return logloss / -(p * math.log(p) + (1 - p) * math.log(1 - p))
+from recsys.tasks import TaskSpec
 
 
 @torch.no_grad()  # not inference_mode: a DMP-wrapped forward fails under it
-def evaluate(model: nn.Module, reader: ParquetReader, device: torch.device) -> dict[str, float]:
-    """{auc, logloss, ne, calibration, rows, positive_rate} over the reader's split, across all processes."""
+def evaluate(model: nn.Module, reader: ParquetReader, device: torch.device, task: TaskSpec) -> dict[str, float]:
+    """The task's metrics and ``rows`` over the reader's split, across all processes."""
     was_training = model.training
     model.eval()
-    auc = BinaryAUROC(thresholds=None).to(device)
-    logloss, predicted, observed = MeanMetric().to(device), MeanMetric().to(device), MeanMetric().to(device)
+    state = task.metric_state(device)
     steps = torch.tensor([reader.num_batches], device=device)
     if dist.is_initialized():
         dist.all_reduce(steps, op=dist.ReduceOp.MAX)
@@ -48,25 +37,10 @@ def evaluate(model: nn.Module, reader: ParquetReader, device: torch.device) -> d
             model(last.to(device))  # keeps the collectives in step with the other processes
             continue
         last = batch = batch.to(device)
-        logits = model(batch).float()  # (B,)
-        labels = batch.labels.float()
-        probabilities = torch.sigmoid(logits)
-        auc.update(probabilities, labels.long())
-        rows = labels.numel()
-        logloss.update(F.binary_cross_entropy_with_logits(logits, labels, reduction="mean"), weight=rows)
-        predicted.update(probabilities.mean(), weight=rows)
-        observed.update(labels.mean(), weight=rows)
+        state.update(model(batch), batch.labels)
     model.train(was_training)
-    positive_rate = float(observed.compute())
-    mean_logloss = float(logloss.compute())
+    metrics = state.compute()
     rows = torch.tensor([float(reader.rows)], device=device)
     if dist.is_initialized():
         dist.all_reduce(rows)
-    return {
-        "auc": float(auc.compute()),
-        "logloss": mean_logloss,
-        "ne": normalized_entropy(mean_logloss, positive_rate),
-        "calibration": float(predicted.compute()) / max(positive_rate, 1e-12),
-        "positive_rate": positive_rate,
-        "rows": int(rows.item()),
-    }
+    return {**metrics, "rows": int(rows.item())}

@@ -6,42 +6,42 @@ from collections.abc import Iterator
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.distributed.sharding import loss_scale
+from recsys.tasks import TaskSpec
 from recsys.types import Batch
 
 
-def scaled_loss(model: nn.Module, batch: Batch, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_loss(model: nn.Module, batch: Batch, world_size: int, task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to differentiate, local mean loss to report): the forward both step paths share."""
-    logits = model(batch)  # (B,)
-    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+    loss = task.loss(model(batch), batch.labels)
     return loss * loss_scale(world_size), loss.detach()
 
 
-def train_step(model: nn.Module, optimizer: CombinedOptimizer, batch: Batch, world_size: int) -> torch.Tensor:
+def train_step(model: nn.Module, optimizer: CombinedOptimizer, batch: Batch, world_size: int,
+               task: TaskSpec) -> torch.Tensor:
     """Forward, backward (the fused sparse update happens inside it), dense update; returns the local mean loss.
 
     ``zero_grad`` comes first because it also pushes the current learning rate into
     the fused embedding kernels, which update during this step's backward.
     """
     optimizer.zero_grad()
-    scaled, loss = scaled_loss(model, batch, world_size)
+    scaled, loss = scaled_loss(model, batch, world_size, task)
     scaled.backward()
     optimizer.step()
     return loss
 
 
 def pipelined_steps(model: nn.Module, optimizer: CombinedOptimizer, batches: Iterator[Batch], world_size: int,
-                    device: torch.device) -> Iterator[torch.Tensor]:
+                    device: torch.device, task: TaskSpec) -> Iterator[torch.Tensor]:
     """The same steps through torchrec's ``TrainPipelineSparseDist``: while batch i computes, batch i+1 is
     copied to the device and its ids are sent to the processes that own their tables. Yields each local
     mean loss; detaches the pipeline (restoring the model's forward) when done or closed."""
     pipeline = TrainPipelineSparseDist(model, optimizer, device,
-                                       custom_model_fwd=partial(scaled_loss, model, world_size=world_size))
+                                       custom_model_fwd=partial(scaled_loss, model, world_size=world_size, task=task))
     try:
         while True:
             try:

@@ -47,6 +47,7 @@ from recsys.errors import RecsysError
 from recsys.models import build_model, model_config
 from recsys.schema import Schema
 from recsys.system import write_atomic
+from recsys.tasks import TaskSpec, task_spec
 from recsys.train.evaluate import evaluate
 from recsys.train.step import pipelined_steps, train_step
 
@@ -185,6 +186,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     config, main = job.config, env.is_main
     console = Console(stderr=True)
     schema = load_schema(job.data)
+    task = task_spec(schema)
+    watched = _watched_metric(task, config)
     latest = checkpoint.latest(job.out / CHECKPOINTS) if job.resume else None
     if latest is not None:
         check_resume(job, latest, schema)  # before config.yaml is rewritten with this run's values
@@ -193,8 +196,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         write_atomic(job.out / CONFIG_FILE, config.to_yaml())  # other hosts' processes may read it
     torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
     model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
-    tables = {f"{name}.embedding_bags.{t}.weight": t for name, module in sharding.embedding_modules(model)
-              for t in sharding.table_names(module)}
+    tables = {name: table for name, (_, table) in sharding.embedding_tables(model).items()}
     plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, dist.group.WORLD)
     text = sharding.plan_text(plan)
     if main:
@@ -235,6 +237,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                      position.step, env.world_size)
     elif job.resume and main:
         log.info("no checkpoint in %s: starting from the beginning", job.out / CHECKPOINTS)
+    best = _best_of(state, latest) if latest is not None else None  # the best evaluation so far
     metrics_log = _MetricsLog(job.out / METRICS_LOG, main, position.step if latest is not None else None)
     good = latest  # the newest checkpoint with finite weights
 
@@ -255,27 +258,29 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         check_weights("a checkpoint")
         state: dict[str, Any] = {k: getattr(position, k) for k in _Position.__dataclass_fields__}
         state |= {"world_size": env.world_size, "model": job.model, "config": config.model_dump(mode="json"),
-                  "data": str(job.data), "schema_sha256": schema_digest(schema)}
+                  "data": str(job.data), "schema_sha256": schema_digest(schema), "best": best}
         good = checkpoint.save(job.out / CHECKPOINTS, position.step, dmp, optimizer, state,
-                               config.trainer.keep_checkpoints)
+                               config.trainer.keep_checkpoints, protect_step=best["step"] if best else None)
         if main:
             log.debug("checkpoint %s", good)
 
     valid_metrics: dict[str, float] = {}
+    stopping = config.trainer.early_stopping
+    stopped_early = False
     dmp.train()
     with _progress(console, main and config.trainer.progress) as progress:
-        task = progress.add_task("train", total=total_steps, completed=position.step, rate=0.0, loss=float("nan"))
-        while position.step < total_steps and position.epoch < config.trainer.epochs:
+        bar = progress.add_task("train", total=total_steps, completed=position.step, rate=0.0, loss=float("nan"))
+        while position.step < total_steps and position.epoch < config.trainer.epochs and not stopped_early:
             train_reader.set_epoch(position.epoch)
             train_reader.set_start(position.step_in_epoch)
-            progress.update(task, description=f"epoch {position.epoch + 1}/{config.trainer.epochs}")
+            progress.update(bar, description=f"epoch {position.epoch + 1}/{config.trainer.epochs}")
             window_loss: torch.Tensor | float = 0.0
             window_steps, window_start = 0, time.perf_counter()
             tick = window_start  # train time counts reading and stepping, not evaluation or checkpoints
             if use_pipeline:
-                steps = pipelined_steps(dmp, optimizer, iter(train_reader), env.world_size, env.device)
+                steps = pipelined_steps(dmp, optimizer, iter(train_reader), env.world_size, env.device, task)
             else:
-                steps = (train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size)
+                steps = (train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size, task)
                          for batch in train_reader)
             while position.step < total_steps:
                 factor = sharding.schedule_factor(position.step, total_steps, config)
@@ -302,9 +307,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                     if not math.isfinite(mean_loss):
                         raise diverged(f"mean loss {mean_loss} over steps {position.step - window_steps + 1}-"
                                        f"{position.step}")
-                    progress.update(task, rate=rate, loss=mean_loss)
+                    progress.update(bar, rate=rate, loss=mean_loss)
                     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-                progress.update(task, completed=position.step)
+                progress.update(bar, completed=position.step)
                 every = config.trainer.checkpoint_every
                 if every and position.step % every == 0 and position.step_in_epoch < steps_per_epoch:
                     save_checkpoint()
@@ -312,28 +317,54 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             steps.close()  # detaches the pipeline before evaluation
             if position.step_in_epoch >= steps_per_epoch or position.step >= total_steps:
                 check_weights("evaluation")
-                valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
+                valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device, task)
                 metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "valid",
                                    **valid_metrics})
+                value = valid_metrics[watched]
+                if task.improved(watched, value, best["value"] if best else None, stopping.min_delta):
+                    best = {"epoch": position.epoch + 1, "step": position.step, "value": value, "stale": 0,
+                            "valid": valid_metrics}
+                else:
+                    assert best is not None
+                    best["stale"] += 1
+                    stopped_early = bool(stopping.patience) and best["stale"] >= stopping.patience
                 if main:
-                    log.info("epoch %d: valid auc %.4f logloss %.4f ne %.4f", position.epoch + 1,
-                             valid_metrics["auc"], valid_metrics["logloss"], valid_metrics["ne"])
+                    log.info("epoch %d: valid %s%s", position.epoch + 1, task.summary(valid_metrics),
+                             "" if best["step"] == position.step else
+                             f" (best {watched} {best['value']:.4f} at epoch {best['epoch']})")
+                    if stopped_early:
+                        log.info("early stopping: valid %s has not improved for %d evaluation(s)", watched,
+                                 best["stale"])
                 if position.step_in_epoch >= steps_per_epoch:
                     position.epoch += 1
                     position.step_in_epoch = 0
                 save_checkpoint()
 
-    if not valid_metrics:  # resumed from the final checkpoint: nothing left to train
-        valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device)
-    test_metrics = evaluate(dmp, _reader(job, "test", env, train=False), env.device)
+    if best is not None and best["step"] != position.step:
+        found = checkpoint.of_step(job.out / CHECKPOINTS, best["step"])
+        if found is None:
+            raise RecsysError(f"{job.out / CHECKPOINTS}: the best evaluation's checkpoint (step {best['step']}) "
+                              "is missing")
+        checkpoint.load(found, dmp, optimizer)
+        if main:
+            log.info("exporting the best evaluation's weights: epoch %d, step %d (valid %s %.4f)", best["epoch"],
+                     best["step"], watched, best["value"])
+    if best is not None:
+        valid_metrics = best["valid"]
+    elif not valid_metrics:  # resumed from the final checkpoint: nothing left to train
+        valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device, task)
+    test_metrics = evaluate(dmp, _reader(job, "test", env, train=False), env.device, task)
     metrics_log.write({"step": position.step, "epoch": position.epoch, "split": "test", **test_metrics})
     metrics = _final_metrics(job, env, position, valid_metrics, test_metrics)
+    if best is not None:
+        metrics |= {"train.best_epoch": best["epoch"], "train.best_step": best["step"],
+                    "train.stopped_early": stopped_early}
     state = gather_state_dict(dmp)
     if main:
         artifact.save(job.out / ARTIFACT, model_name=job.model, state=state, schema=schema, config=config,
                       metrics=metrics, data_dir=job.data,
                       extra={"world_size": env.world_size, "plan": text.splitlines()})
-        console.print(_summary(job, env, metrics), highlight=False, soft_wrap=True, markup=False)
+        console.print(_summary(job, env, task, metrics), highlight=False, soft_wrap=True, markup=False)
     if dist.is_initialized():
         dist.barrier()
     return metrics
@@ -355,11 +386,37 @@ def _final_metrics(job: TrainJob, env: DistEnv, position: _Position, valid: dict
     return metrics
 
 
-def _summary(job: TrainJob, env: DistEnv, metrics: dict[str, Any]) -> str:
-    bayes = f" (Bayes-optimal {metrics['test.bayes_auc']:.4f})" if "test.bayes_auc" in metrics else ""
+def _best_of(state: dict[str, Any], latest: Path) -> dict[str, Any] | None:
+    """The best evaluation a checkpoint records (None before any), checked: trainer.json is read from disk."""
+    best = state.get("best")
+    if best is None:
+        return None
+    fields = {"epoch": int, "step": int, "stale": int, "value": int | float, "valid": dict}
+    if not isinstance(best, dict) or not all(isinstance(best.get(k), t) for k, t in fields.items()):
+        raise RecsysError(f"{latest / checkpoint.TRAINER_FILE}: 'best' should hold "
+                          f"{', '.join(fields)}, got {str(best)[:200]}")
+    return best
+
+
+def _watched_metric(task: TaskSpec, config: TrainConfig) -> str:
+    """The validation metric early stopping and the best-epoch choice follow."""
+    metric = config.trainer.early_stopping.metric or task.primary
+    known = [m.key for m in task.metrics]
+    if metric not in known:
+        raise RecsysError(f"trainer.early_stopping.metric: '{metric}' is not a metric of the {task.name} task; "
+                          f"known: {', '.join(known)}")
+    return metric
+
+
+def _summary(job: TrainJob, env: DistEnv, task: TaskSpec, metrics: dict[str, Any]) -> str:
+    primary = metrics.get(f"test.{task.primary}")
+    bayes = f" (Bayes-optimal AUC {metrics['test.bayes_auc']:.4f})" if "test.bayes_auc" in metrics else ""
+    best = (f"; weights of epoch {metrics['train.best_epoch']} (the best valid {task.primary}"
+            f"{', stopped early' if metrics.get('train.stopped_early') else ''})" if "train.best_epoch" in metrics
+            else "")
+    valid = metrics.get(f"valid.{task.primary}")
     return (f"Trained {job.model} on {job.data} for {metrics['train.steps']} steps "
             f"({metrics['train.samples']:,} samples) on {env.world_size} process(es) in "
-            f"{metrics['train.seconds']:.1f} s, {metrics['train.samples_per_s']:,.0f} samples/s. "
-            f"Test AUC {metrics['test.auc']:.4f}{bayes}, log loss {metrics['test.logloss']:.4f}, "
-            f"NE {metrics['test.ne']:.4f}, calibration {metrics['test.calibration']:.3f}; "
-            f"valid AUC {metrics['valid.auc']:.4f}. Artifact: {job.out / ARTIFACT}")
+            f"{metrics['train.seconds']:.1f} s, {metrics['train.samples_per_s']:,.0f} samples/s{best}. "
+            f"Test {task.summary(metrics, 'test.')}{bayes if primary is not None else ''}; valid {task.primary} "
+            f"{valid:.4f}. Artifact: {job.out / ARTIFACT}")

@@ -13,7 +13,7 @@ What it writes (see ``redis_store`` for the keys):
 - embeddings of users and items: the rows of each entity's *id table*, i.e. the table of
   the entity's sparse feature with the largest cardinality (``user_id`` / ``item_id`` in
   the synthetic and MovieLens schemas), read from the artifact's weights
-  (``...embedding_bags.<table>.weight``), float32. Entities whose id is out of
+  (the weight the model's embedding modules hold for that table), float32. Entities whose id is out of
   vocabulary (row 0, shared) get none; an embedding scheme without a plain weight table
   (QR, DNIS) writes none and says so in the log.
 
@@ -235,16 +235,25 @@ def id_table(schema: Schema, entity: Entity) -> tuple[str, str] | None:
     return feature, table
 
 
-def _embedding_table(artifact_dir: Path, table: str) -> np.ndarray | None:
-    """The (rows, dim) float32 weights of ``table`` in the artifact, or None if it has no plain table."""
+def _embedding_table(artifact_dir: Path, schema: Schema, model_name: str, table: str) -> np.ndarray | None:
+    """The (rows, dim) float32 weights of ``table`` in the artifact, or None if its scheme has no plain table of
+    that name. Which weight is the table's is read from the model's modules (built with its tables on ``meta``)."""
     from safetensors import safe_open
 
-    suffixes = (f"embedding_bags.{table}.weight", f"embeddings.{table}.weight")
+    from recsys.config import TrainConfig
+    from recsys.embeddings import embedding_tables
+    from recsys.models import build_model
+
+    config = TrainConfig.read(artifact_dir / "config.yaml")
+    model = build_model(model_name, schema, config.model, config.embedding, embedding_device="meta")
+    names = [name for name, (_, owner) in embedding_tables(model).items() if owner == table]
+    if len(names) != 1:
+        return None
     with safe_open(str(artifact_dir / "weights.safetensors"), framework="numpy") as weights:
-        for key in weights.keys():  # noqa: SIM118 (safe_open has no __iter__)
-            if key.endswith(suffixes):
-                return np.asarray(weights.get_tensor(key), dtype=np.float32)
-    return None
+        if names[0] not in weights.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            raise RecsysError(f"{artifact_dir / 'weights.safetensors'}: no '{names[0]}' (the weights of table "
+                              f"'{table}')")
+        return np.asarray(weights.get_tensor(names[0]), dtype=np.float32)
 
 
 # ---- the job -------------------------------------------------------------------------------
@@ -315,7 +324,8 @@ def materialize(store: FeatureStore, data_dir: str | Path, artifact_dir: str | P
                 chunk = plan.seen_users[start : start + chunk_rows]
                 writer.put_seen(chunk, plan.seen_items[start : start + chunk_rows])
                 advance(len(chunk))
-        written_embeddings = _write_embeddings(writer, schema, artifact_dir, users, items) if embeddings else {}
+        written_embeddings = (_write_embeddings(writer, schema, artifact_dir, str(manifest.get("model")), users, items)
+                              if embeddings else {})
         seconds = time.perf_counter() - started
         meta = {
             "artifact": str(manifest.get("version", "")), "artifact_dir": str(artifact_dir.resolve()),
@@ -341,15 +351,15 @@ def materialize(store: FeatureStore, data_dir: str | Path, artifact_dir: str | P
     return summary
 
 
-def _write_embeddings(writer: VersionWriter, schema: Schema, artifact_dir: Path, users: pl.DataFrame,
-                      items: pl.DataFrame) -> dict[str, int]:
+def _write_embeddings(writer: VersionWriter, schema: Schema, artifact_dir: Path, model_name: str,
+                      users: pl.DataFrame, items: pl.DataFrame) -> dict[str, int]:
     written = {}
     for entity, frame in ((Entity.USER, users), (Entity.ITEM, items)):
         found = id_table(schema, entity)
         if found is None:
             continue
         feature, table = found
-        weights = _embedding_table(artifact_dir, table)
+        weights = _embedding_table(artifact_dir, schema, model_name, table)
         if weights is None:
             log.info("feature store: no plain weight table for '%s' in the artifact; no %s embeddings", table, entity)
             continue

@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from recsys.tasks import TaskSpec
 from services.ranking.features import RowBlock, merge
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Scorable(Protocol):
 
     model: torch.nn.Module
     keys: list[str]
+    task: TaskSpec  # its link turns the model's logits into scores
 
 
 @dataclass
@@ -63,7 +65,7 @@ class _Job:
 class Scored:
     """One request's probabilities and how long it waited and was computed."""
 
-    scores: np.ndarray  # (B,) float32 probabilities
+    scores: np.ndarray  # (B,) float32 scores: the task's link of the logits (binary CTR: probabilities)
     queue_s: float  # from submission to the start of its forward pass
     model_s: float  # its forward pass (shared with the requests batched with it)
     batch_rows: int  # rows of that pass
@@ -159,7 +161,7 @@ class MicroBatcher:
             model = group[0].model
             batch = merge([job.block for job in group], model.keys)
             with torch.inference_mode():
-                probabilities = torch.sigmoid(model.model(batch)).numpy()  # (ΣB,)
+                probabilities = model.task.link(model.model(batch)).numpy()  # (ΣB,)
         except Exception as exc:  # a bug or a bad record: fail these requests, keep the thread alive
             if len(group) > 1:
                 log.warning("forward pass of %d requests failed (%s); scoring them one by one",

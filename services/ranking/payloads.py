@@ -103,7 +103,8 @@ class RecommendRequest(_Body):
 
 class ScoredItem(BaseModel):
     item_id: str
-    score: float = Field(description="predicted probability: sigmoid of the model's logit")
+    score: float = Field(description="the model's logit through its task's link (binary CTR: the predicted "
+                         "click probability, the sigmoid of the logit)")
 
 
 class RankResponse(BaseModel):

@@ -24,6 +24,7 @@ from torch import nn
 from recsys import artifact as artifacts
 from recsys.errors import RecsysError
 from recsys.schema import Schema
+from recsys.tasks import TaskSpec, task_spec
 from services.feature_store.codec import RecordLayouts, layout_fingerprint, record_layouts
 from services.feature_store.encode import RawEncoder
 from services.ranking.features import FeatureLayout
@@ -83,6 +84,10 @@ class ServedModel:
     @property
     def keys(self) -> list[str]:
         return self.features.keys
+
+    @property
+    def task(self) -> TaskSpec:
+        return task_spec(self.artifact.schema)
 
     @classmethod
     def load(cls, path: str | Path, precision: Precision = Precision.FP32) -> ServedModel:

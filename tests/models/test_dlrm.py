@@ -37,13 +37,19 @@ def _batch(schema: Schema) -> Batch:
 def test_shared_table_sums_ids_and_averages_histories() -> None:
     schema = _schema()
     embeddings = build_embeddings(schema, EmbeddingConfig())
-    pooled = embeddings(_batch(schema).sparse).to_dict()
-    table = embeddings.ebc.embedding_bags["item_id"].weight.detach()  # one table for item_id and its history
-    assert len(embeddings.ebc.embedding_bags) == 2
+    out = embeddings(_batch(schema).sparse)
+    pooled = out.pooled.to_dict()
+    table = embeddings.ecs[0].embeddings["item_id"].weight.detach()  # one table for item_id and its history
+    assert list(embeddings.ebc.embedding_bags) == ["city"] and list(embeddings.ecs[0].embeddings) == ["item_id"]
     torch.testing.assert_close(pooled["item_id"], table[[1, 4, 5]])
     torch.testing.assert_close(pooled["hist_item_id"][0], (table[2] + table[3]) / 2)
     torch.testing.assert_close(pooled["hist_item_id"][1], torch.zeros(4))
     torch.testing.assert_close(pooled["hist_item_id"][2], table[6])
+    history = out.sequences["hist_item_id"]  # un-pooled, unpadded
+    assert history.lengths().tolist() == [2, 0, 1]
+    torch.testing.assert_close(history.values(), table[[2, 3, 6]])
+    assert list(out.sequences) == embeddings.sequence_names == ["hist_item_id"]
+    assert embeddings.feature_tables == {"item_id": "item_id", "hist_item_id": "item_id", "city": "city"}
 
 
 def test_dot_interaction_matches_torchrec() -> None:
@@ -52,7 +58,7 @@ def test_dot_interaction_matches_torchrec() -> None:
     model = build_model("dlrm", schema, {"bottom_mlp": [8, 4], "top_mlp": [8, 1]}, EmbeddingConfig())
     batch = _batch(schema)
     dense = model.dense_arch(batch.dense)  # (B, 4)
-    pooled = model.sparse_arch(batch.sparse)
+    pooled = model.sparse_arch(batch.sparse).pooled
     sparse = pooled.values().view(3, 3, 4)  # (B, F, D)
     expected = model.over_arch(InteractionArch(num_sparse_features=3)(dense, sparse)).squeeze(1)
     torch.testing.assert_close(model(batch), expected)
@@ -81,4 +87,4 @@ def test_mismatched_sizes_are_clear() -> None:
         DLRM(mixed, DLRMConfig(bottom_mlp=[4]), build_embeddings(mixed, EmbeddingConfig()))
     with pytest.raises(RecsysError, match="embedding.scheme: unknown scheme 'fancy'"):
         build_embeddings(schema, EmbeddingConfig(scheme="fancy"))
-    assert isinstance(build_embeddings(mixed, EmbeddingConfig(dim=4))(_batch(mixed).sparse), KeyedTensor)
+    assert isinstance(build_embeddings(mixed, EmbeddingConfig(dim=4))(_batch(mixed).sparse).pooled, KeyedTensor)

@@ -9,23 +9,32 @@ from recsys.report.bench import is_number
 from recsys.report.context import ReportContext
 from recsys.report.metrics import best
 from recsys.report.sections import Section, register_section
+from recsys.tasks import task_spec
 
-ROWS = [("test.auc", "test AUC"), ("test.logloss", "test log loss"), ("test.ne", "test normalized entropy"),
-        ("test.calibration", "test calibration (mean p / positive rate)"),
-        ("valid.auc", "valid AUC"), ("valid.logloss", "valid log loss"), ("valid.ne", "valid normalized entropy"),
-        ("valid.calibration", "valid calibration"), ("test.positive_rate", "test positive rate"),
-        ("test.rows", "test rows"), ("test.bayes_auc", "Bayes-optimal test AUC (synthetic data)")]
+EXTRA_ROWS = [("test.rows", "test rows"), ("test.bayes_auc", "Bayes-optimal test AUC (synthetic data)"),
+              ("train.best_epoch", "epoch of the exported weights (best valid)")]
+
+
+def metric_rows(ctx: ReportContext) -> list[tuple[str, str]]:
+    """(metrics.json key, label) of every metric the artifacts' tasks define, test then valid, then the extras."""
+    rows: list[tuple[str, str]] = []
+    for split in ("test", "valid"):
+        for task in dict.fromkeys(task_spec(item.artifact.schema) for item in ctx.artifacts):
+            rows += [(f"{split}.{m.key}", f"{split} {m.title}") for m in task.metrics
+                     if (f"{split}.{m.key}", f"{split} {m.title}") not in rows]
+    return rows + EXTRA_ROWS
 
 
 @register_section("metrics", title="Metrics", order=20)
 def render(ctx: ReportContext) -> Section:
     per: dict[str, dict[str, Any]] = {}
+    rows = metric_rows(ctx)
     for item in ctx.artifacts:
-        per[item.label] = {key: item.metrics[key] for key, _ in ROWS if key in item.metrics}
+        per[item.label] = {key: item.metrics[key] for key, _ in rows if key in item.metrics}
         auc, bayes = item.metrics.get("test.auc"), item.metrics.get("test.bayes_auc")
         if is_number(auc) and is_number(bayes):  # metrics.json writes an undefined AUC as null
             per[item.label]["test.bayes_gap"] = bayes - auc
-    rows_shown = [*ROWS, ("test.bayes_gap", "gap to Bayes-optimal AUC")]
+    rows_shown = [*rows, ("test.bayes_gap", "gap to Bayes-optimal AUC")]
     winners: dict[str, str] = {}
     table_rows = []
     for key, name in rows_shown:

@@ -18,8 +18,9 @@ import numpy as np
 from recsys.data.layout import load_schema
 from recsys.report import html, plots
 from recsys.report.context import ReportArtifact, ReportContext, Scored
-from recsys.report.metrics import best, binary_metrics
+from recsys.report.metrics import best
 from recsys.report.sections import Section, register_section
+from recsys.tasks import task_spec
 
 QUANTILES = 4
 NEW_VS_RETURNING = "new vs returning users"
@@ -91,7 +92,7 @@ def render(ctx: ReportContext) -> Section:
             entry: dict[str, Any] = {"group": segment.group, "segment": segment.name, "artifacts": {}}
             for _, item, scored in members:
                 mask = segment.mask[scored.row_ids]
-                metrics = binary_metrics(scored.labels[mask], scored.scores[mask])
+                metrics = task_spec(item.artifact.schema).offline_metrics(scored.labels[mask], scored.scores[mask])
                 entry["artifacts"][item.label] = metrics
                 if scored is first:
                     entry["rows"], entry["positive_rate"] = metrics["rows"], metrics.get("positive_rate")

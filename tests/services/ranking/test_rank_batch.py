@@ -16,6 +16,7 @@ from torch import nn
 from recsys.data.layout import split_files
 from recsys.data.reader import ParquetReader
 from recsys.schema import Entity
+from recsys.tasks import task_named
 from services.feature_store.materialize import encode_records
 from services.ranking.batcher import MicroBatcher
 from services.ranking.features import EncodedContext, RowBlock, merge
@@ -80,7 +81,7 @@ class _Slow(nn.Module):
 
 class _Model:
     def __init__(self, offset: float) -> None:
-        self.model, self.keys = _Slow(offset), ["f"]
+        self.model, self.keys, self.task = _Slow(offset), ["f"], task_named("ctr")
 
 
 def _block(rows: int, value: float) -> RowBlock:
