@@ -45,9 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torchrec.modules.mlp import MLP
 
-from recsys.errors import RecsysError
 from recsys.models import Contribution, register_model
-from recsys.models.layers import DenseFields, fields
+from recsys.models.layers import DenseFields, field_dim, fields
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -118,12 +117,8 @@ class ARMNet(nn.Module):
     def __init__(self, schema: Schema, config: ARMNetConfig, embeddings: nn.Module) -> None:
         super().__init__()
         self.sparse_arch = embeddings
-        self.dims = list(embeddings.embedding_dims)
         self.sparse_names = list(embeddings.feature_names)
-        if len(set(self.dims)) != 1:
-            raise RecsysError(f"armnet: all tables need one embedding dim for the cross features, "
-                              f"got {sorted(set(self.dims))}; set embedding.dim")
-        self.dim = self.dims[0]
+        self.dim = field_dim(embeddings, "armnet")
         self.field_names = self.sparse_names + [feature.name for feature in schema.dense]
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
         num_fields = len(self.field_names)
@@ -141,7 +136,7 @@ class ARMNet(nn.Module):
 
     def field_embeddings(self, batch: Batch) -> torch.Tensor:
         """The sparse fields, then the dense ones, in log space: (B, F, D)."""
-        sparse = fields(self.sparse_arch(batch.sparse), self.dims, self.sparse_names)  # (B, F_sparse, D)
+        sparse = fields(self.sparse_arch(batch.sparse), self.dim)  # (B, F_sparse, D)
         if self.dense_fields is None:
             return sparse
         return torch.cat([sparse, self.dense_fields(batch.dense)], dim=1)  # (B, F, D)

@@ -36,7 +36,7 @@ from torchrec.modules.mlp import MLP
 from kernels.interaction import dot_interaction
 from recsys.errors import RecsysError
 from recsys.models import register_model
-from recsys.models.layers import DenseFields, fields
+from recsys.models.layers import DenseFields, field_dim, fields
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -123,14 +123,10 @@ class FGCNN(nn.Module):
     def __init__(self, schema: Schema, config: FGCNNConfig, embeddings: nn.Module) -> None:
         super().__init__()
         self.sparse_arch = embeddings
-        self.dims = list(embeddings.embedding_dims)
-        self.names = list(embeddings.feature_names)
-        if len(set(self.dims)) != 1:
-            raise RecsysError(f"fgcnn: all tables need one embedding dim for the convolution and the inner "
-                              f"products, got {sorted(set(self.dims))}; set embedding.dim")
-        self.dim = self.dims[0]
+        num_sparse = len(embeddings.feature_names)
+        self.dim = field_dim(embeddings, "fgcnn")
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
-        num_raw = len(self.names) + len(schema.dense)
+        num_raw = num_sparse + len(schema.dense)
         self.generation = FeatureGeneration(num_raw, self.dim, config.channels, config.kernel_heights,
                                             config.pooling_heights, config.recombined)
         self.num_fields = num_raw + self.generation.num_generated
@@ -139,7 +135,7 @@ class FGCNN(nn.Module):
 
     def raw_fields(self, batch: Batch) -> torch.Tensor:
         """The sparse fields, then the dense ones: (B, F, D)."""
-        sparse = fields(self.sparse_arch(batch.sparse), self.dims, self.names)  # (B, F_sparse, D)
+        sparse = fields(self.sparse_arch(batch.sparse), self.dim)  # (B, F_sparse, D)
         if self.dense_fields is None:
             return sparse
         return torch.cat([sparse, self.dense_fields(batch.dense)], dim=1)  # (B, F, D)

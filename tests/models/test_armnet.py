@@ -157,5 +157,6 @@ def test_bad_config_is_one_clear_line() -> None:
         build_model("armnet", schema, {**SMALL, "heads": 0}, EmbeddingConfig())
     mixed = schema.model_copy(deep=True)
     mixed.tables[1].embedding_dim = 6
-    with pytest.raises(RecsysError, match=r"one embedding dim .* got \[4, 6\]; set embedding.dim"):
+    with pytest.raises(RecsysError,
+                       match=r"armnet: all tables need one embedding dim .* got \[4, 6\]; set embedding.dim"):
         ARMNet(mixed, ARMNetConfig(**SMALL), build_embeddings(mixed, EmbeddingConfig()))

@@ -120,9 +120,10 @@ def test_bad_config_is_one_clear_line() -> None:
         build_model("fgcnn", schema, {**SMALL, "channels": [0, 4]}, EmbeddingConfig())
     with pytest.raises(RecsysError, match=r"model \(fgcnn\).*unknown_key"):
         build_model("fgcnn", schema, {**SMALL, "unknown_key": 1}, EmbeddingConfig())
-    with pytest.raises(RecsysError, match=r"model.pooling_heights: layer 2 pools 4 rows by 5 to none \(8 fields in\)"):
+    with pytest.raises(RecsysError, match=r"model.pooling_heights: layer 2 pools 4 rows by 5 to none \(8 fields"):
         build_model("fgcnn", schema, {**SMALL, "pooling_heights": [2, 5]}, EmbeddingConfig())
     mixed = schema.model_copy(deep=True)
     mixed.tables[1].embedding_dim = 6
-    with pytest.raises(RecsysError, match=r"one embedding dim .* got \[4, 6\]; set embedding.dim"):
+    with pytest.raises(RecsysError,
+                       match=r"fgcnn: all tables need one embedding dim .* got \[4, 6\]; set embedding.dim"):
         FGCNN(mixed, FGCNNConfig(**SMALL), build_embeddings(mixed, EmbeddingConfig()))
