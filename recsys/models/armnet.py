@@ -3,7 +3,8 @@
 Paper: Cai et al., "ARM-Net: Adaptive Relation Modeling Network for Structured
 Data", SIGMOD 2021 (arXiv:2107.01830).
 
-Field embeddings e_j (B, F, D) are taken to live in log space. Each of ``heads``
+The field vectors, batch-normalised per field, are the log-space embeddings e_j
+(B, F, D): exp(e_j) is the field's factor in a product. Each of ``heads``
 heads has ``neurons`` (K) exponential neurons; neuron (h, k) has a query q_hk,
 head h a bilinear key map W_h, and the neuron a static value vector v_hk (F,):
 
@@ -24,6 +25,11 @@ neurons carry (Σ over a row's crosses = 1), largest first.
 
 Differences from the paper:
 
+- the fields are batch-normalised before the neurons (the paper's code declares but
+  does not apply such a layer): with torchrec-sized embedding inits (±1/√rows) the
+  raw vectors stay so small that the attention scores cannot separate fields and
+  the neurons compute exp(x) ≈ 1 + x, a linear term, not a product; the DNN reads
+  the raw vectors;
 - one embedding table per feature feeds both ARM and the ensemble DNN (the paper's
   code gives the DNN its own embeddings);
 - dense features are fields whose embedding is a learned vector scaled by the value
@@ -39,6 +45,7 @@ Differences from the paper:
 from __future__ import annotations
 
 import math
+
 import torch
 from entmax import entmax15, entmax_bisect, sparsemax
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -122,6 +129,9 @@ class ARMNet(nn.Module):
         self.field_names = self.sparse_names + [feature.name for feature in schema.dense]
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
         num_fields = len(self.field_names)
+        # Log-space fields standardised per field: the embedding init (±1/√rows) and the dense scales leave raw
+        # vectors too small for the attention scores to separate fields, and the exponents near 0 (exp ≈ 1 + x).
+        self.field_norm = nn.BatchNorm1d(num_fields)
         self.num_crosses = config.heads * config.neurons
         self.gates = SparseGates(config.heads, config.neurons, self.dim, config.key_dim or self.dim, config.alpha)
         self.values = nn.Parameter(torch.empty(config.heads, config.neurons, num_fields))  # v_hk
@@ -134,12 +144,16 @@ class ARMNet(nn.Module):
             nn.init.constant_(self.ensemble.weight, 0.5)
             nn.init.zeros_(self.ensemble.bias)
 
-    def field_embeddings(self, batch: Batch) -> torch.Tensor:
-        """The sparse fields, then the dense ones, in log space: (B, F, D)."""
+    def raw_fields(self, batch: Batch) -> torch.Tensor:
+        """The sparse fields, then the dense ones: (B, F, D)."""
         sparse = fields(self.sparse_arch(batch.sparse), self.dim)  # (B, F_sparse, D)
         if self.dense_fields is None:
             return sparse
         return torch.cat([sparse, self.dense_fields(batch.dense)], dim=1)  # (B, F, D)
+
+    def field_embeddings(self, batch: Batch) -> torch.Tensor:
+        """The log-space field embeddings e_j the neurons cross: the fields batch-normalised per field, (B, F, D)."""
+        return self.field_norm(self.raw_fields(batch))
 
     def crosses(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Exponential neurons: (B, F, D) → cross features exp(Σ_j w_j e_j), (B, H·K, D)."""
@@ -147,11 +161,11 @@ class ARMNet(nn.Module):
         return torch.exp(torch.einsum("bhnf,bfd->bhnd", weights, embeddings)).flatten(1, 2)  # (B, H·K, D)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        embeddings = self.field_embeddings(batch)  # (B, F, D)
-        crosses = self.cross_norm(self.crosses(embeddings))  # (B, H·K, D)
+        raw = self.raw_fields(batch)  # (B, F, D)
+        crosses = self.cross_norm(self.crosses(self.field_norm(raw)))  # (B, H·K, D)
         logits = self.mlp(crosses.flatten(1))  # (B, 1)
         if self.dnn is not None:
-            deep = self.dnn(embeddings.flatten(1))  # (B, 1)
+            deep = self.dnn(raw.flatten(1))  # (B, 1)
             logits = self.ensemble(torch.cat([logits, deep], dim=1))  # (B, 1)
         return logits.squeeze(1)  # (B,)
 

@@ -139,9 +139,9 @@ def test_ensemble_starts_as_the_mean_of_both_logits() -> None:
     schema = _schema()
     model = _model(schema, dnn=[8, 1]).eval()
     batch = _batch(schema)
-    embeddings = model.field_embeddings(batch)
-    arm = model.mlp(model.cross_norm(model.crosses(embeddings)).flatten(1)).squeeze(1)
-    deep = model.dnn(embeddings.flatten(1)).squeeze(1)
+    raw = model.raw_fields(batch)
+    arm = model.mlp(model.cross_norm(model.crosses(model.field_norm(raw))).flatten(1)).squeeze(1)
+    deep = model.dnn(raw.flatten(1)).squeeze(1)
     torch.testing.assert_close(model(batch), 0.5 * arm + 0.5 * deep)
 
 
