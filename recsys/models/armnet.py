@@ -152,8 +152,14 @@ class ARMNet(nn.Module):
         return torch.cat([sparse, self.dense_fields(batch.dense)], dim=1)  # (B, F, D)
 
     def field_embeddings(self, batch: Batch) -> torch.Tensor:
-        """The log-space field embeddings e_j the neurons cross: the fields batch-normalised per field, (B, F, D)."""
-        return self.field_norm(self.raw_fields(batch))
+        """The log-space field embeddings e_j the neurons cross: the fields batch-normalised per field, (B, F, D).
+
+        As the forward normalises them, but without updating the running statistics (momentum 0), so that
+        reading the weights of a model in training mode changes nothing.
+        """
+        norm = self.field_norm
+        return nn.functional.batch_norm(self.raw_fields(batch), norm.running_mean, norm.running_var, norm.weight,
+                                        norm.bias, training=self.training, momentum=0.0, eps=norm.eps)
 
     def crosses(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Exponential neurons: (B, F, D) → cross features exp(Σ_j w_j e_j), (B, H·K, D)."""

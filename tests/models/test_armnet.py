@@ -102,6 +102,10 @@ def test_explain_names_the_fields_each_neuron_kept() -> None:
     before = model(batch)
     explained = model.explain(batch, top=3)
     torch.testing.assert_close(model(batch), before)  # explaining changes nothing
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    model.train().explain(batch, top=3)  # not even the batch-norm statistics in training mode
+    model.eval()
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in state.items())
 
     gates = model.interaction_weights(batch)
     names = model.field_names  # the embedding module's pooled keys, then the dense features
