@@ -9,6 +9,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
 TORCHREC_VERSION := 1.8.0
 DEMO_DIR ?= .demo
 DEMO_ROWS ?= 3000000
+DEMO_DIN_STEPS ?= 2000  # DIN costs ~5x DLRM per row: the demo trains it on the first 1M rows
 
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
@@ -35,12 +36,14 @@ demo: install
 	$(RECSYS) data synth --kind ctr --format criteo-tsv --rows 20000 --out $(DEMO_DIR)/criteo-raw --overwrite
 	$(RECSYS) data prepare --format criteo --input $(DEMO_DIR)/criteo-raw --out $(DEMO_DIR)/criteo --overwrite
 	$(RECSYS) data synth --kind ctr --rows $(DEMO_ROWS) --out $(DEMO_DIR)/ctr --overwrite
-	rm -rf $(DEMO_DIR)/runs/dlrm
+	rm -rf $(DEMO_DIR)/runs/dlrm $(DEMO_DIR)/runs/din
 	$(RECSYS) train --model dlrm --data $(DEMO_DIR)/ctr --out $(DEMO_DIR)/runs/dlrm --config configs/dlrm.yaml
+	$(RECSYS) train --model din --data $(DEMO_DIR)/ctr --out $(DEMO_DIR)/runs/din --config configs/din.yaml \
+		--set trainer.max_steps=$(DEMO_DIN_STEPS)
 	$(RECSYS) features materialize --data $(DEMO_DIR)/ctr --artifact $(DEMO_DIR)/runs/dlrm/artifact
 	$(PY) -m services.ranking.demo --artifact $(DEMO_DIR)/runs/dlrm/artifact --data $(DEMO_DIR)/ctr
-	$(RECSYS) report --artifact $(DEMO_DIR)/runs/dlrm/artifact --data $(DEMO_DIR)/ctr --bench benchmarks/results \
-		--out $(DEMO_DIR)/report.html
+	$(RECSYS) report --artifact $(DEMO_DIR)/runs/dlrm/artifact --artifact $(DEMO_DIR)/runs/din/artifact \
+		--data $(DEMO_DIR)/ctr --bench benchmarks/results --out $(DEMO_DIR)/report.html
 
 test: install
 	$(PY) -m pytest

@@ -135,7 +135,7 @@ class ARMNet(nn.Module):
         self.num_crosses = config.heads * config.neurons
         self.gates = SparseGates(config.heads, config.neurons, self.dim, config.key_dim or self.dim, config.alpha)
         self.values = nn.Parameter(torch.empty(config.heads, config.neurons, num_fields))  # v_hk
-        nn.init.xavier_uniform_(self.values, gain=math.sqrt(2.0))
+        nn.init.uniform_(self.values, -1.0, 1.0)
         self.cross_norm = nn.BatchNorm1d(self.num_crosses)
         self.mlp = MLP(self.num_crosses * self.dim, config.mlp, activation_on_last=False)
         self.dnn = MLP(num_fields * self.dim, config.dnn, activation_on_last=False) if config.dnn else None

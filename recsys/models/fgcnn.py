@@ -48,10 +48,10 @@ class FGCNNConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: list[int] = Field([14, 16, 18], min_length=1, description="feature maps of each convolution")
-    kernel_heights: list[int] = Field([7, 7, 7], min_length=1, description="kernel height along fields")
-    pooling_heights: list[int] = Field([2, 2, 2], min_length=1, description="max pooling height along fields")
-    recombined: list[int] = Field([3, 3, 3], min_length=1,
+    channels: list[int] = Field([8, 10], min_length=1, description="feature maps of each convolution")
+    kernel_heights: list[int] = Field([7, 7], min_length=1, description="kernel height along fields")
+    pooling_heights: list[int] = Field([2, 2], min_length=1, description="max pooling height along fields")
+    recombined: list[int] = Field([2, 2], min_length=1,
                                   description="new features per pooled row of each layer")
     mlp: list[int] = Field([256, 64, 1], min_length=2, description="classifier MLP; ends with 1")
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.config import EmbeddingConfig
+from recsys.config import EmbeddingConfig, TrainConfig
 from recsys.embeddings import build_embeddings
 from recsys.errors import RecsysError
-from recsys.models import build_model
+from recsys.models import build_model, model_config
 from recsys.models.armnet import ARMNet, ARMNetConfig
 from recsys.schema import Schema
 from recsys.types import Batch
+from tests.conftest import REPO_ROOT
 
 FIELDS = ["item_id", "city", "device", "hist_item_id", "d0", "d1", "d2"]
 
@@ -164,3 +165,8 @@ def test_bad_config_is_one_clear_line() -> None:
     with pytest.raises(RecsysError,
                        match=r"armnet: all tables need one embedding dim .* got \[4, 6\]; set embedding.dim"):
         ARMNet(mixed, ARMNetConfig(**SMALL), build_embeddings(mixed, EmbeddingConfig()))
+
+
+def test_shipped_config_builds() -> None:
+    config = TrainConfig.load(REPO_ROOT / "configs" / "armnet.yaml")
+    assert isinstance(model_config("armnet", config.model), ARMNetConfig)

@@ -6,13 +6,14 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.config import EmbeddingConfig
+from recsys.config import EmbeddingConfig, TrainConfig
 from recsys.embeddings import build_embeddings
 from recsys.errors import RecsysError
-from recsys.models import build_model
+from recsys.models import build_model, model_config
 from recsys.models.fgcnn import FGCNN, FGCNNConfig
 from recsys.schema import Schema
 from recsys.types import Batch
+from tests.conftest import REPO_ROOT
 
 
 def _schema(dense: int = 3) -> Schema:
@@ -127,3 +128,8 @@ def test_bad_config_is_one_clear_line() -> None:
     with pytest.raises(RecsysError,
                        match=r"fgcnn: all tables need one embedding dim .* got \[4, 6\]; set embedding.dim"):
         FGCNN(mixed, FGCNNConfig(**SMALL), build_embeddings(mixed, EmbeddingConfig()))
+
+
+def test_shipped_config_builds() -> None:
+    config = TrainConfig.load(REPO_ROOT / "configs" / "fgcnn.yaml")
+    assert isinstance(model_config("fgcnn", config.model), FGCNNConfig)
