@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward
+from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
@@ -233,6 +234,21 @@ def base_learning_rates(combined: CombinedOptimizer, config: TrainConfig) -> lis
         rate = config.optimizer.dense.lr if isinstance(part, KeyedOptimizerWrapper) else config.optimizer.sparse.lr
         rates += [rate] * len(part.param_groups)
     return rates
+
+
+@torch.no_grad()
+def sync_norm_statistics(dmp: nn.Module) -> None:
+    """Rank 0's moving statistics of every normalisation layer (BatchNorm, DIN's Dice) on every process.
+
+    torchrec's DDP wrapper does not broadcast buffers, so each process would keep the statistics of its own
+    batches: evaluation would use a different model per process and the export rank 0's. Collective.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    for module in dmp.modules():
+        if isinstance(module, _NormBase):
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
 
 def loss_scale(world_size: int) -> float:

@@ -33,15 +33,6 @@ ModelBuilder = Callable[[Schema, Any, nn.Module], nn.Module]
 
 
 @dataclass(frozen=True)
-class Contribution:
-    """One part of a prediction a model can name, for ``model.explain(batch, top)``: a feature ("C1"), an
-    interaction ("C1×C2") or a history position ("hist_item_id[3]", 0 = newest), with its weight."""
-
-    name: str
-    weight: float
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     name: str
     config_class: type[BaseModel]  # the ``model:`` section of the training config

@@ -248,7 +248,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                         f"in {job.data}")
 
     def check_weights(before: str) -> None:
-        """Collective: every process checks its shards, all agree."""
+        """Collective: every process takes rank 0's normalisation statistics, checks its shards, all agree."""
+        sharding.sync_norm_statistics(dmp)
         bad = checkpoint.non_finite(dmp)
         if bad is not None:
             raise diverged(f"weights '{bad}' hold NaN or infinite values (checked before {before})")
