@@ -24,15 +24,17 @@ from starlette.requests import ClientDisconnect
 
 from recsys import __version__
 from recsys.errors import RecsysError
+from recsys.models import explains
 from services.feature_store.store import FeatureStore, FeatureStoreUnavailable
 from services.ranking.fastpath import HotRoutes
 from services.ranking.features import ContextError
 from services.ranking.metrics import ServiceMetrics
 from services.ranking.middleware import BodyLimit, RequestMetrics
-from services.ranking.payloads import context_schema
+from services.ranking.payloads import RankRequest, context_schema
 from services.ranking.routers import admin, operations, ranking
 from services.ranking.service import (
-    CannotExplain, ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch, TooManyCandidates,
+    CannotExplain, ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch,
+    TooManyCandidates,
 )
 from services.ranking.settings import ServeSettings
 from services.ranking.workers import exit_with_parent
@@ -106,7 +108,14 @@ def _document_request_models(app: FastAPI) -> None:
             app.openapi_schema = spec
         service: RankingService | None = getattr(app.state, "service", None)
         if service is not None:
-            app.openapi_schema["components"]["schemas"]["Context"] = context_schema(service.slot.current.schema)
+            served = service.slot.current
+            schemas = app.openapi_schema["components"]["schemas"]
+            schemas["Context"] = context_schema(served.schema)
+            # "explain": true is valid only for a model that can explain (the others answer 422).
+            explain = {key: value for key, value in schemas[RankRequest.__name__]["properties"]["explain"].items()
+                       if key != "enum"}
+            schemas[RankRequest.__name__]["properties"]["explain"] = \
+                explain if explains(served.model) else {**explain, "enum": [False]}
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
