@@ -51,7 +51,7 @@ def test_model_section_is_checked_by_the_model() -> None:
         model_config("dlrm", {"bottom_mlps": [1]})
     with pytest.raises(RecsysError, match="top_mlp must end with 1"):
         model_config("dlrm", {"top_mlp": [64, 2]})
-    with pytest.raises(RecsysError, match="unknown model 'dlrn'; known: dlrm"):
+    with pytest.raises(RecsysError, match="unknown model 'dlrn'; known: .*dlrm"):
         model_config("dlrn", {})
 
 
