@@ -9,7 +9,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
 TORCHREC_VERSION := 1.8.0
 DEMO_DIR ?= .demo
 DEMO_ROWS ?= 3000000
-DEMO_DIN_STEPS ?= 2000  # DIN costs ~5x DLRM per row: the demo trains it on the first 1M rows
+DEMO_DIN_STEPS ?= 2000  # a DIN step costs ~2.5x a DLRM step (bench_din, 1 thread): DIN sees the first 1M rows
 
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
