@@ -21,7 +21,9 @@ layer (initialised to 0.5, 0.5) mixes the two logits: the paper's ensemble.
 entmax pruned a field. ``explain`` names, per row, the crosses the neurons compute
 ("C1×C4×I2": the fields of a neuron's non-zero gates, in field order; neurons with
 the same fields are merged), weighted by the share of the row's Σ |w| those
-neurons carry (Σ over a row's crosses = 1), largest first.
+neurons carry (Σ over a row's crosses = 1), largest first: how strongly the
+neurons' products depend on their fields, before the batch norm and the MLP, not
+a gradient attribution of the logit.
 
 Differences from the paper:
 
@@ -135,7 +137,7 @@ class ARMNet(nn.Module):
         self.num_crosses = config.heads * config.neurons
         self.gates = SparseGates(config.heads, config.neurons, self.dim, config.key_dim or self.dim, config.alpha)
         self.values = nn.Parameter(torch.empty(config.heads, config.neurons, num_fields))  # v_hk
-        nn.init.uniform_(self.values, -1.0, 1.0)
+        nn.init.xavier_uniform_(self.values, gain=math.sqrt(2.0))
         self.cross_norm = nn.BatchNorm1d(self.num_crosses)
         self.mlp = MLP(self.num_crosses * self.dim, config.mlp, activation_on_last=False)
         self.dnn = MLP(num_fields * self.dim, config.dnn, activation_on_last=False) if config.dnn else None
