@@ -1,7 +1,9 @@
-"""DLRM on the demo's synthetic data comes within 0.01 of the generator's Bayes-optimal test AUC.
+"""DIN beats DLRM on synthetic data whose history signal is local, and neither beats the truth.
 
-The same data (``recsys data synth --kind ctr --rows 3000000``, seed 0) and config
-(``configs/dlrm.yaml``) as ``make demo``; a few minutes on 2 cores.
+The generator's history term is γ·max_h <e_h, e_target> (``recsys/data/synth.py``): only the
+history item nearest the target counts, which DIN's activation unit can find and DLRM's
+mean-pooled history cannot express. The shipped configs, one epoch on 1M rows (seed 0);
+about a minute and a half on 2 idle cores. Measured: DLRM 0.7844, DIN 0.7892, Bayes 0.8118.
 """
 
 from __future__ import annotations
@@ -13,20 +15,26 @@ import pytest
 
 from tests.conftest import REPO_ROOT, run_cli
 
-DEMO_ROWS = 3_000_000
+ROWS = 1_000_000
+
+
+def _train(model: str, data: Path, out: Path) -> dict[str, float]:
+    trained = run_cli("-q", "train", "--model", model, "--data", str(data), "--out", str(out),
+                      "--config", str(REPO_ROOT / "configs" / f"{model}.yaml"), "--set", "trainer.progress=false",
+                      timeout=1800)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    return json.loads((out / "artifact" / "metrics.json").read_text())
 
 
 @pytest.mark.slow
-def test_dlrm_reaches_the_bayes_auc_on_the_demo_data(tmp_path: Path) -> None:
-    data, run = tmp_path / "ctr", tmp_path / "run"
-    made = run_cli("-q", "data", "synth", "--kind", "ctr", "--rows", str(DEMO_ROWS), "--out", str(data))
+def test_din_beats_dlrm_where_the_history_signal_is_local(tmp_path: Path) -> None:
+    data = tmp_path / "ctr"
+    made = run_cli("-q", "data", "synth", "--kind", "ctr", "--rows", str(ROWS), "--out", str(data))
     assert made.returncode == 0, made.stderr[-2000:]
-    trained = run_cli("-q", "train", "--model", "dlrm", "--data", str(data), "--out", str(run),
-                      "--config", str(REPO_ROOT / "configs" / "dlrm.yaml"), "--set", "trainer.progress=false",
-                      timeout=1200)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    metrics = json.loads((run / "artifact" / "metrics.json").read_text())
     bayes = json.loads((data / "stats.json").read_text())["splits_bayes"]["test"]["auc"]
-    assert metrics["test.bayes_auc"] == bayes
-    assert metrics["test.auc"] <= bayes + 0.002  # nothing beats the truth by more than noise
-    assert metrics["test.auc"] >= bayes - 0.01, (metrics["test.auc"], bayes)
+    dlrm, din = (_train(model, data, tmp_path / model) for model in ("dlrm", "din"))
+    for metrics in (dlrm, din):
+        assert metrics["test.bayes_auc"] == bayes
+        assert metrics["test.auc"] <= bayes + 0.002  # nothing beats the truth by more than noise
+        assert metrics["test.auc"] >= bayes - 0.04, (metrics["test.auc"], bayes)  # the signal is learnable
+    assert din["test.auc"] > dlrm["test.auc"], (din["test.auc"], dlrm["test.auc"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.config import EmbeddingConfig, TrainConfig
 from recsys.embeddings import build_embeddings
@@ -14,37 +13,17 @@ from recsys.models.armnet import ARMNet, ARMNetConfig
 from recsys.schema import Schema
 from recsys.types import Batch
 from tests.conftest import REPO_ROOT
+from tests.models.schemas import random_rows, small_schema
 
 FIELDS = ["item_id", "city", "device", "hist_item_id", "d0", "d1", "d2"]
 
 
 def _schema(dense: int = 3) -> Schema:
-    return Schema.from_dict({
-        "dense": [{"name": f"d{i}", "entity": "user", "transform": "none"} for i in range(dense)],
-        "sparse": [{"name": "item_id", "entity": "item"}, {"name": "city", "entity": "user"},
-                   {"name": "device", "entity": "user"}],
-        "sequences": [{"name": "hist_item_id", "table": "item_id", "max_length": 5}],
-        "tables": [{"name": "item_id", "encoding": "identity", "cardinality": 10, "embedding_dim": 4},
-                   {"name": "city", "encoding": "identity", "cardinality": 3, "embedding_dim": 4},
-                   {"name": "device", "encoding": "identity", "cardinality": 4, "embedding_dim": 4}],
-        "labels": [{"name": "label"}],
-    })
+    return small_schema(dense, fields=("city", "device"))
 
 
 def _batch(schema: Schema, rows: int = 4) -> Batch:
-    generator = torch.Generator().manual_seed(1)
-    cardinality = {"item_id": 10, "city": 3, "device": 4}
-    values, lengths = [], []
-    for key in schema.sparse_keys:
-        table = schema.feature_table(key).name
-        for _ in range(rows):
-            length = int(torch.randint(1, 4, (1,), generator=generator)) if key.startswith("hist") else 1
-            values.append(torch.randint(0, cardinality[table], (length,), generator=generator))
-            lengths.append(length)
-    sparse = KeyedJaggedTensor(keys=schema.sparse_keys, values=torch.cat(values),
-                               lengths=torch.tensor(lengths, dtype=torch.int32))
-    return Batch(dense=torch.randn(rows, len(schema.dense), generator=generator), sparse=sparse,
-                 labels=torch.randint(0, 2, (rows,), generator=generator).float())
+    return random_rows(schema, rows, shortest_history=1)
 
 
 SMALL = {"heads": 2, "neurons": 3, "mlp": [8, 1]}

@@ -6,43 +6,24 @@ import math
 
 import pytest
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.config import EmbeddingConfig
 from recsys.embeddings import build_embeddings
 from recsys.errors import RecsysError
 from recsys.models import build_model
 from recsys.models.autoint import AutoInt, AutoIntConfig
-from recsys.schema import Schema
 from recsys.types import Batch
+from tests.models.schemas import small_schema, three_rows
 
 SMALL = {"attention_layers": 2, "heads": 2, "attention_dim": 3}
 
 
-def _schema(dense: int = 3) -> Schema:
-    return Schema.from_dict({
-        "dense": [{"name": f"d{i}", "entity": "user", "transform": "none"} for i in range(dense)],
-        "sparse": [{"name": "item_id", "entity": "item"}, {"name": "city", "entity": "user"}],
-        "sequences": [{"name": "hist_item_id", "table": "item_id", "max_length": 5}],
-        "tables": [{"name": "item_id", "encoding": "identity", "cardinality": 10, "embedding_dim": 4},
-                   {"name": "city", "encoding": "identity", "cardinality": 3, "embedding_dim": 4}],
-        "labels": [{"name": "label"}],
-    })
-
-
-def _batch(schema: Schema) -> Batch:
-    # rows: item 1 / city 0 / history [2, 3]; item 4 / city 2 / empty history; item 5 / city 1 / history [6]
-    sparse = KeyedJaggedTensor(keys=schema.sparse_keys, values=torch.tensor([1, 4, 5, 0, 2, 1, 2, 3, 6]),
-                               lengths=torch.tensor([1, 1, 1, 1, 1, 1, 2, 0, 1], dtype=torch.int32))
-    return Batch(dense=torch.randn(3, len(schema.dense)), sparse=sparse, labels=torch.tensor([1.0, 0.0, 1.0]))
-
-
 def _model(section: dict, dense: int = 3) -> tuple[AutoInt, Batch]:
     torch.manual_seed(0)
-    schema = _schema(dense)
+    schema = small_schema(dense)
     model = build_model("autoint", schema, {**SMALL, **section}, EmbeddingConfig())
     assert isinstance(model, AutoInt)
-    return model, _batch(schema)
+    return model, three_rows(schema)
 
 
 def _paper_layer(layer: torch.nn.Module, x: torch.Tensor, scaled: bool) -> torch.Tensor:
@@ -145,7 +126,7 @@ def test_backward_reaches_every_parameter(dnn: list[int], dense: int) -> None:
 
 
 def test_bad_config_is_one_clear_line() -> None:
-    schema = _schema()
+    schema = small_schema()
     with pytest.raises(RecsysError, match="heads"):
         build_model("autoint", schema, {"heads": 0}, EmbeddingConfig())
     with pytest.raises(RecsysError, match="dnn layer sizes must be at least 1"):

@@ -55,7 +55,7 @@ def test_shapes_and_every_parameter_learns(name: str, small_ctr: Path) -> None:
     silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not silent, f"{name}: no gradient reaches {silent}"
     source = inspect.getsource(sys.modules[type(model).__module__])
-    assert not re.search(r"^\s*(from|import) (recsys\.distributed|torch\.distributed)", source, re.M)  # no sharding
+    assert not re.search(r"^\s*(from|import) (recsys\.distributed|torch\.distributed)", source, re.MULTILINE)  # no sharding
 
 
 def _losses(run: Path) -> list[float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.config import EmbeddingConfig
 from recsys.errors import RecsysError
@@ -13,25 +12,12 @@ from recsys.models import build_model
 from recsys.models.dcnv2 import DCNv2
 from recsys.schema import Schema
 from recsys.types import Batch
+from tests.models.schemas import small_schema, three_rows
 
 
 def _schema(dense: int = 3) -> Schema:
     # tables of different dims: x0 is a concatenation, DCN needs no common dim
-    return Schema.from_dict({
-        "dense": [{"name": f"d{i}", "entity": "user", "transform": "none"} for i in range(dense)],
-        "sparse": [{"name": "item_id", "entity": "item"}, {"name": "city", "entity": "user"}],
-        "sequences": [{"name": "hist_item_id", "table": "item_id", "max_length": 5}],
-        "tables": [{"name": "item_id", "encoding": "identity", "cardinality": 10, "embedding_dim": 4},
-                   {"name": "city", "encoding": "identity", "cardinality": 3, "embedding_dim": 6}],
-        "labels": [{"name": "label"}],
-    })
-
-
-def _batch(schema: Schema) -> Batch:
-    # rows: item 1 / city 0 / history [2, 3]; item 4 / city 2 / empty history; item 5 / city 1 / history [6]
-    sparse = KeyedJaggedTensor(keys=schema.sparse_keys, values=torch.tensor([1, 4, 5, 0, 2, 1, 2, 3, 6]),
-                               lengths=torch.tensor([1, 1, 1, 1, 1, 1, 2, 0, 1], dtype=torch.int32))
-    return Batch(dense=torch.randn(3, len(schema.dense)), sparse=sparse, labels=torch.tensor([1.0, 0.0, 1.0]))
+    return small_schema(dense, dims={"city": 6})
 
 
 def _model(section: dict, dense: int = 3) -> tuple[DCNv2, Batch]:
@@ -39,7 +25,7 @@ def _model(section: dict, dense: int = 3) -> tuple[DCNv2, Batch]:
     schema = _schema(dense)
     model = build_model("dcnv2", schema, {"cross_layers": 2, "deep": [8, 5], **section}, EmbeddingConfig())
     assert isinstance(model, DCNv2)
-    return model, _batch(schema)
+    return model, three_rows(schema)
 
 
 def test_input_is_dense_then_pooled_embeddings() -> None:

@@ -5,39 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 from torchrec.models.dlrm import InteractionArch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recsys.config import EmbeddingConfig
 from recsys.embeddings import build_embeddings
 from recsys.errors import RecsysError
 from recsys.models import build_model
 from recsys.models.dlrm import DLRM, DLRMConfig
-from recsys.schema import Schema
-from recsys.types import Batch
-
-
-def _schema(dense: int = 3) -> Schema:
-    return Schema.from_dict({
-        "dense": [{"name": f"d{i}", "entity": "user", "transform": "none"} for i in range(dense)],
-        "sparse": [{"name": "item_id", "entity": "item"}, {"name": "city", "entity": "user"}],
-        "sequences": [{"name": "hist_item_id", "table": "item_id", "max_length": 5}],
-        "tables": [{"name": "item_id", "encoding": "identity", "cardinality": 10, "embedding_dim": 4},
-                   {"name": "city", "encoding": "identity", "cardinality": 3, "embedding_dim": 4}],
-        "labels": [{"name": "label"}],
-    })
-
-
-def _batch(schema: Schema) -> Batch:
-    # rows: item 1 / city 0 / history [2, 3]; item 4 / city 2 / empty history; item 5 / city 1 / history [6]
-    sparse = KeyedJaggedTensor(keys=schema.sparse_keys, values=torch.tensor([1, 4, 5, 0, 2, 1, 2, 3, 6]),
-                               lengths=torch.tensor([1, 1, 1, 1, 1, 1, 2, 0, 1], dtype=torch.int32))
-    return Batch(dense=torch.randn(3, len(schema.dense)), sparse=sparse, labels=torch.tensor([1.0, 0.0, 1.0]))
+from tests.models.schemas import small_schema, three_rows
 
 
 def test_shared_table_sums_ids_and_averages_histories() -> None:
-    schema = _schema()
+    schema = small_schema()
     embeddings = build_embeddings(schema, EmbeddingConfig())
-    out = embeddings(_batch(schema).sparse)
+    out = embeddings(three_rows(schema).sparse)
     pooled = out.pooled.to_dict()
     table = embeddings.ecs[0].embeddings["item_id"].weight.detach()  # one table for item_id and its history
     assert list(embeddings.ebc.embedding_bags) == ["city"] and list(embeddings.ecs[0].embeddings) == ["item_id"]
@@ -53,10 +34,10 @@ def test_shared_table_sums_ids_and_averages_histories() -> None:
 
 
 def test_dot_interaction_matches_torchrec() -> None:
-    schema = _schema()
+    schema = small_schema()
     torch.manual_seed(0)
     model = build_model("dlrm", schema, {"bottom_mlp": [8, 4], "top_mlp": [8, 1]}, EmbeddingConfig())
-    batch = _batch(schema)
+    batch = three_rows(schema)
     dense = model.dense_arch(batch.dense)  # (B, 4)
     pooled = model.sparse_arch(batch.sparse).pooled
     sparse = pooled.values().view(3, 3, 4)  # (B, F, D)
@@ -67,10 +48,10 @@ def test_dot_interaction_matches_torchrec() -> None:
 @pytest.mark.parametrize("interaction", ["dot", "cat"])
 @pytest.mark.parametrize("dense", [3, 0])
 def test_forward_and_backward_reach_every_parameter(interaction: str, dense: int) -> None:
-    schema = _schema(dense)
+    schema = small_schema(dense)
     model = build_model("dlrm", schema, {"bottom_mlp": [8, 4], "top_mlp": [8, 1], "interaction": interaction},
                         EmbeddingConfig())
-    logits = model(_batch(schema))
+    logits = model(three_rows(schema))
     assert logits.shape == (3,)
     torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(3)).backward()
     for name, parameter in model.named_parameters():
@@ -78,7 +59,7 @@ def test_forward_and_backward_reach_every_parameter(interaction: str, dense: int
 
 
 def test_mismatched_sizes_are_clear() -> None:
-    schema = _schema()
+    schema = small_schema()
     with pytest.raises(RecsysError, match="bottom_mlp must end with the embedding dim 4, got 8"):
         build_model("dlrm", schema, {"bottom_mlp": [8]}, EmbeddingConfig())
     mixed = schema.model_copy(deep=True)
@@ -87,4 +68,4 @@ def test_mismatched_sizes_are_clear() -> None:
         DLRM(mixed, DLRMConfig(bottom_mlp=[4]), build_embeddings(mixed, EmbeddingConfig()))
     with pytest.raises(RecsysError, match="embedding.scheme: unknown scheme 'fancy'"):
         build_embeddings(schema, EmbeddingConfig(scheme="fancy"))
-    assert isinstance(build_embeddings(mixed, EmbeddingConfig(dim=4))(_batch(mixed).sparse).pooled, KeyedTensor)
+    assert isinstance(build_embeddings(mixed, EmbeddingConfig(dim=4))(three_rows(mixed).sparse).pooled, KeyedTensor)
