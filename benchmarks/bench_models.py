@@ -35,7 +35,8 @@ and ``trainer.max_steps`` cleared (``--quick``: a handful of steps). One process
 Data, prepared once and kept in ``--work``: ``recsys data synth --kind ctr --rows N`` (random
 split, histories, a known Bayes-optimal AUC) and ``recsys data prepare --format movielens
 --split time --task ctr`` of ml-latest-small (rating ≥ 4 is a click; histories of earlier
-ratings). A run whose settings (model, config file, overrides, seed, data) are unchanged is
+ratings), and the same with ``--split random`` (``movielens-random``: 80/10/10, the kind of split
+RecBole's MovieLens-100K figures use; its histories may hold later ratings). A run whose settings (model, config file, overrides, seed, data) are unchanged is
 reused from ``--work`` (``--fresh`` retrains); its samples/s is then that of the earlier run.
 
 Published anchors (BARS, Zhu et al., "BARS: Towards Open Benchmarking for Recommender Systems",
@@ -88,7 +89,8 @@ from recsys.types import Batch  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MOVIELENS = REPO.parent / "shared" / "datasets" / "movielens" / "ml-latest-small"
-DATASETS = ("synthetic", "movielens")
+DATASETS = ("synthetic", "movielens", "movielens-random")
+MOVIELENS_SPLITS = {"movielens": "time", "movielens-random": "random"}
 METRICS = ("auc", "gauc", "logloss", "params", "embedding_params", "train_samples_per_s", "inference_ms_per_1000",
            "cpu_s")
 RUN_RECORD = "bench-run.json"  # in a run folder: the settings it was trained with, for reuse
@@ -104,9 +106,14 @@ ANCHORS = [
     {"dataset": "MovielensLatest_x1", "model": "AutoInt", "ours": "autoint", "auc": 0.9663},
     {"dataset": "AmazonElectronics_x1", "model": "DIN", "ours": "din", "auc": 0.8860},
     {"dataset": "AmazonElectronics_x1", "model": "DCN-V2", "ours": "dcnv2", "auc": 0.8812},
+    # RecBole run with its defaults (early stopping on valid AUC) on MovieLens-100K, rating >= 4, user and item
+    # side features, random 80/10/10, as measured for issue #12; compare with movielens-random.
+    {"dataset": "RecBole, MovieLens-100K", "model": "DCN-V2", "ours": "dcnv2", "auc": 0.775},
+    {"dataset": "RecBole, MovieLens-100K", "model": "AutoInt", "ours": "autoint", "auc": 0.785},
 ]
-ANCHOR_SOURCE = ("BARS (Zhu et al., SIGIR 2022; openbenchmark.github.io/BARS), test AUC; other data and splits "
-                 "than ours: compare orderings, not values")
+ANCHOR_SOURCE = ("BARS (Zhu et al., SIGIR 2022; openbenchmark.github.io/BARS) and RecBole (MovieLens-100K, "
+                 "random 80/10/10, its defaults), test AUC; other data than ours (ml-latest-small has no user "
+                 "side features): compare orderings and levels, not exact values")
 PEERS = ("dlrm", "dcnv2", "autoint")  # BARS: within noise of each other on MovielensLatest_x1
 HISTORY_MODEL = "din"
 
@@ -154,9 +161,9 @@ def prepare_data(name: str, settings: Settings) -> Path:
         command = cli("-q", "data", "synth", "--kind", "ctr", "--rows", str(settings.synthetic_rows), "--seed", "0",
                       "--out", str(out), "--overwrite")
     else:
-        out = settings.work / "data" / "movielens"
+        out = settings.work / "data" / name
         command = cli("-q", "data", "prepare", "--format", "movielens", "--input", str(settings.movielens),
-                      "--split", "time", "--task", "ctr", "--out", str(out), "--overwrite")
+                      "--split", MOVIELENS_SPLITS[name], "--task", "ctr", "--out", str(out), "--overwrite")
     record = out / DATA_RECORD
     wanted = {"command": command[1:]}  # the interpreter's path does not change the data
     if record.is_file() and json.loads(record.read_text()) == wanted:
@@ -181,7 +188,7 @@ def dataset_record(name: str, data: Path) -> dict[str, Any]:
         "sequences": [s.name for s in schema.sequences],
         "user_key": schema.user_key.name if schema.user_key else None,
         "source": "recsys data synth --kind ctr" if name == "synthetic" else
-                  "recsys data prepare --format movielens --split time --task ctr (ml-latest-small)",
+                  f"recsys data prepare --format movielens --split {MOVIELENS_SPLITS[name]} --task ctr (ml-latest-small)",
     }
 
 
@@ -499,12 +506,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Failed runs: " + "; ".join(f"{f['model']} on {f['dataset']} seed {f['seed']}: {f['error']}"
                                                  for f in results["failed"])]
     lines += ["", "## Published anchors", "", results["anchors_source"] + ".", "",
-              "| BARS dataset | model | BARS test AUC | ours | our AUC (synthetic) | our AUC (MovieLens) |",
-              "|---|---|---|---|---|---|"]
+              "| published on | model | published test AUC | ours | "
+              + " | ".join(f"our AUC ({d})" for d in results["datasets"]) + " |",
+              "|---|---|---|---|" + "---|" * len(results["datasets"])]
     for row in results["anchors"]:
         ours = row["ours"] + ("" if row["ours_variant_matches"] in (None, True) else " (other variant)")
         lines.append(f"| {row['dataset']} | {row['model']} | {row['auc']:.4f} | {ours} | "
-                     f"{pm(row['ours_auc'].get('synthetic', {}), 4)} | {pm(row['ours_auc'].get('movielens', {}), 4)} |")
+                     + " | ".join(pm(row["ours_auc"].get(d, {}), 4) for d in results["datasets"]) + " |")
     lines += ["", "## Ordering check", "", results["ordering"]["rule"] + ".", ""]
     lines += [f"- {line}" for line in results["ordering"]["statements"]]
     return "\n".join(lines) + "\n"
@@ -550,9 +558,10 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N-1 per (model, dataset)")
     parser.add_argument("--synthetic-rows", type=int, help="rows of the synthetic set (default 3,000,000; "
                         "--quick: 20,000)")
-    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: synthetic, movielens")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: synthetic, movielens (time "
+                        "split), movielens-random (80/10/10, the split of RecBole's figures)")
     parser.add_argument("--movielens", type=Path, default=MOVIELENS, help="the ml-latest-small folder")
-    parser.add_argument("--epochs", default="synthetic=1,movielens=10",
+    parser.add_argument("--epochs", default="synthetic=1,movielens=10,movielens-random=10",
                         help="the epoch cap per dataset, NAME=N,… (the budget)")
     parser.add_argument("--patience", type=int, default=2, help="early stopping: evaluations without improvement")
     parser.add_argument("--max-steps", type=int, help="cap every run's steps (default: none; --quick: 20)")
@@ -584,7 +593,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         parser.error(f"--epochs: no epoch cap ≥ 1 for {', '.join(missing)}")
     if args.seeds < 1:
         parser.error("--seeds: at least 1")
-    if "movielens" in datasets and not (args.movielens / "ratings.csv").is_file():
+    if any(d in MOVIELENS_SPLITS for d in datasets) and not (args.movielens / "ratings.csv").is_file():
         parser.error(f"--movielens {args.movielens}: no ratings.csv there; pass the ml-latest-small folder")
     rows = args.synthetic_rows or (20_000 if args.quick else 3_000_000)
     return Settings(

@@ -50,7 +50,7 @@ def test_two_processes_match_one(sharding_type: str, one_process: list[float], s
     assert len(losses) == len(one_process) == 8
     assert losses[0] == pytest.approx(one_process[0], abs=1e-5)
     assert losses == pytest.approx(one_process, abs=2e-3)
-    assert losses[-1] < losses[0] - 0.05  # it learned, so the comparison covers real updates
+    assert losses[-1] < losses[0] - 0.02  # it learned, so the comparison covers real updates
 
 
 @pytest.mark.slow
