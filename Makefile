@@ -53,7 +53,7 @@ bench: install
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_serve.py
-	$(PY) benchmarks/bench_models.py  # every registered model × 2 data sets × 3 seeds: ~10 h on 2 idle cores
+	$(PY) benchmarks/bench_models.py  # every registered model × 3 data sets × 3 seeds: ~10 h on 2 idle cores
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) benchmarks/work

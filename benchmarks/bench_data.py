@@ -34,6 +34,23 @@ from recsys.data.synth import CtrConfig, synth_ctr, write_criteo_tsv
 HERE = Path(__file__).resolve().parent
 
 
+def cpu_flags() -> list[str]:
+    try:
+        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return line.split(":", 1)[1].split()
+
+
+def cpu_pressure() -> float | None:
+    """Percent of the last 10 s in which some task waited for a CPU (Linux PSI); None where unavailable."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(line.split("avg10=")[1].split()[0])
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on; the load average says whether the machine was shared."""
     cpu = "unknown"
@@ -49,6 +66,7 @@ def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "cpu": cpu,
+        "cpu_flags": cpu_flags(),
         "nproc": len(os.sched_getaffinity(0)),
         "memory_gib": memory_gib,
         "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -53,8 +53,7 @@ import yaml
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine  # noqa: E402
-from bench_train import cpu_pressure  # noqa: E402
+from bench_data import cpu_pressure, machine  # noqa: E402
 
 from recsys.config import TrainConfig  # noqa: E402
 from recsys.data.synth import CARDINALITIES, CtrConfig, ctr_schema  # noqa: E402
@@ -186,14 +185,6 @@ def interleaved(steppers: dict[str, Callable[[Batch], None]], batches: dict[str,
     return times
 
 
-def cpu_flags() -> list[str]:
-    try:
-        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return line.split(":", 1)[1].split()
-
-
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -237,7 +228,7 @@ def main() -> None:
         args.steps, args.rounds, args.warmup = 2, 2, 1
 
     results: dict[str, Any] = {"benchmark": "din_history_length",
-                               "machine": {**machine(), "cpu_flags": cpu_flags(), "cpu_pressure": cpu_pressure()}}
+                               "machine": {**machine(), "cpu_pressure": cpu_pressure()}}
     data_schema = schema()
     config, step = engine(data_schema, args.batch_size)
     torch.set_num_threads(args.threads)  # after init_distributed, which sets its own count

@@ -77,7 +77,7 @@ import torch
 # This checkout's recsys, which the training subprocesses (``python -m`` in REPO) run too, whatever the
 # editable install points at; then bench_data beside this file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from bench_data import machine  # noqa: E402
+from bench_data import cpu_pressure, machine  # noqa: E402
 
 from recsys import artifact as artifacts  # noqa: E402
 from recsys.data.layout import load_schema, read_stats, split_files  # noqa: E402
@@ -451,23 +451,6 @@ def anchors(summary: dict[str, dict[str, dict[str, Any]]], configs: dict[str, di
 
 # ---- output ----------------------------------------------------------------------------------------
 
-def cpu_flags() -> list[str]:
-    try:
-        line = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return line.split(":", 1)[1].split()
-
-
-def cpu_pressure() -> float | None:
-    """Percent of the last 10 s in which some task waited for a CPU (Linux PSI); None where unavailable."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return float(line.split("avg10=")[1].split()[0])
-
-
 def pm(stat: dict[str, Any], digits: int, thousands: bool = False) -> str:
     if stat.get("mean") is None:
         return "–"
@@ -620,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {
         "benchmark": "models", "quick": settings.quick,
-        "machine": {**machine(), "cpu_flags": cpu_flags(), "cpu_pressure": cpu_pressure()},
+        "machine": {**machine(), "cpu_pressure": cpu_pressure()},
         "git_sha": artifacts.git_sha(),
         "command": shlex.join([sys.executable, str(Path(__file__).resolve().relative_to(REPO)),
                                *(argv if argv is not None else sys.argv[1:])]),

@@ -75,7 +75,7 @@ from torchrec.modules.mlp import Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import machine  # noqa: E402
+from bench_data import cpu_pressure, machine  # noqa: E402
 
 import recsys.models.dlrm as dlrm_module  # noqa: E402
 from kernels.interaction import (  # noqa: E402
@@ -385,15 +385,6 @@ def flops_per_sample(shape: Shape) -> dict[str, float]:
     forward = bottom + top + interaction
     return {"bottom_mlp_forward": bottom, "top_mlp_forward": top, "interaction_forward": interaction,
             "forward": forward, "train_step": 3 * forward}
-
-
-def cpu_pressure() -> float | None:
-    """Percent of the last 10 s in which some task waited for a CPU (Linux PSI); None where unavailable."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return float(line.split("avg10=")[1].split()[0])
 
 
 # ---- where the time goes ---------------------------------------------------------------------------
