@@ -213,7 +213,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "din.json")
+    parser.add_argument("--out", type=Path, help="results file (default results/din.json; --quick: "
+                        "work/din-quick.json, so a smoke run never replaces results)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=6, help="counted steps per profile per round")
     parser.add_argument("--rounds", type=int, default=10)
@@ -226,6 +227,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds, args.warmup = 2, 2, 1
+    args.out = args.out or HERE / ("work/din-quick.json" if args.quick else "results/din.json")
 
     results: dict[str, Any] = {"benchmark": "din_history_length",
                                "machine": {**machine(), "cpu_pressure": cpu_pressure()}}
