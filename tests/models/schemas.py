@@ -1,4 +1,4 @@
-"""The small hand-built schema and batches the per-model tests share.
+"""The small hand-built schema, batches and gradient check the per-model tests share.
 
 An ``item_id`` target with a ``hist_item_id`` history over the same table, user fields
 beside it, identity tables of dim 4 unless ``dims`` says otherwise, ``dense`` dense features.
@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.schema import Schema
@@ -50,3 +52,12 @@ def random_rows(schema: Schema, rows: int, shortest_history: int) -> Batch:
                                lengths=torch.tensor(lengths, dtype=torch.int32))
     return Batch(dense=torch.randn(rows, len(schema.dense), generator=generator), sparse=sparse,
                  labels=torch.randint(0, 2, (rows,), generator=generator).float())
+
+
+def assert_every_parameter_learns(model: nn.Module, batch: Batch, labels: torch.Tensor) -> None:
+    """One logit per row, and a binary cross-entropy backward reaches every parameter with a non-zero gradient."""
+    logits = model(batch)
+    assert logits.shape == labels.shape
+    F.binary_cross_entropy_with_logits(logits, labels).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -13,7 +13,11 @@ from recsys.models.armnet import ARMNet, ARMNetConfig
 from recsys.schema import Schema
 from recsys.types import Batch
 from tests.conftest import REPO_ROOT
-from tests.models.schemas import random_rows, small_schema
+from tests.models.schemas import (
+    assert_every_parameter_learns,
+    random_rows,
+    small_schema,
+)
 
 FIELDS = ["item_id", "city", "device", "hist_item_id", "d0", "d1", "d2"]
 
@@ -112,11 +116,7 @@ def test_backward_reaches_every_parameter(dense: int, dnn: list[int] | None) -> 
     schema = _schema(dense)
     torch.manual_seed(0)
     model = build_model("armnet", schema, {**SMALL, "dnn": dnn}, EmbeddingConfig())
-    logits = model(_batch(schema, rows=6))
-    assert logits.shape == (6,)
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(6)).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_every_parameter_learns(model, _batch(schema, rows=6), torch.ones(6))
 
 
 def test_ensemble_starts_as_the_mean_of_both_logits() -> None:

@@ -13,7 +13,7 @@ from recsys.errors import RecsysError
 from recsys.models import build_model
 from recsys.models.autoint import AutoInt, AutoIntConfig
 from recsys.types import Batch
-from tests.models.schemas import small_schema, three_rows
+from tests.models.schemas import assert_every_parameter_learns, small_schema, three_rows
 
 SMALL = {"attention_layers": 2, "heads": 2, "attention_dim": 3}
 
@@ -118,11 +118,7 @@ def test_explain_names_the_first_layers_top_pairs() -> None:
 @pytest.mark.parametrize("dense", [3, 0])
 def test_backward_reaches_every_parameter(dnn: list[int], dense: int) -> None:
     model, batch = _model({"dnn": dnn}, dense)
-    logits = model(batch)
-    assert logits.shape == (3,)
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0, 1.0])).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_every_parameter_learns(model, batch, torch.tensor([1.0, 0.0, 1.0]))
 
 
 def test_bad_config_is_one_clear_line() -> None:

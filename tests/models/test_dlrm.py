@@ -12,7 +12,7 @@ from recsys.embeddings import build_embeddings
 from recsys.errors import RecsysError
 from recsys.models import build_model
 from recsys.models.dlrm import DLRM, DLRMConfig
-from tests.models.schemas import small_schema, three_rows
+from tests.models.schemas import assert_every_parameter_learns, small_schema, three_rows
 
 
 def test_shared_table_sums_ids_and_averages_histories() -> None:
@@ -51,11 +51,7 @@ def test_forward_and_backward_reach_every_parameter(interaction: str, dense: int
     schema = small_schema(dense)
     model = build_model("dlrm", schema, {"bottom_mlp": [8, 4], "top_mlp": [8, 1], "interaction": interaction},
                         EmbeddingConfig())
-    logits = model(three_rows(schema))
-    assert logits.shape == (3,)
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(3)).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_every_parameter_learns(model, three_rows(schema), torch.ones(3))
 
 
 def test_mismatched_sizes_are_clear() -> None:

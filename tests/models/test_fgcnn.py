@@ -13,7 +13,11 @@ from recsys.models.fgcnn import FGCNN, FGCNNConfig
 from recsys.schema import Schema
 from recsys.types import Batch
 from tests.conftest import REPO_ROOT
-from tests.models.schemas import random_rows, small_schema
+from tests.models.schemas import (
+    assert_every_parameter_learns,
+    random_rows,
+    small_schema,
+)
 
 
 def _schema(dense: int = 3) -> Schema:
@@ -82,11 +86,7 @@ def test_generation_convolves_along_fields_then_pools() -> None:
 def test_backward_reaches_every_parameter(dense: int) -> None:
     schema = _schema(dense)
     model = build_model("fgcnn", schema, SMALL, EmbeddingConfig())
-    logits = model(_batch(schema, rows=6))
-    assert logits.shape == (6,)
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones(6)).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_every_parameter_learns(model, _batch(schema, rows=6), torch.ones(6))
 
 
 def test_bad_config_is_one_clear_line() -> None:
