@@ -194,12 +194,19 @@ class CtrWorld:
         out += self.affinity_weight * self.history_affinity(users, items)
         return out
 
-    def history_affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """max over the user's history of <e_h, e_target>, 0 for an empty history; no row loop."""
-        starts, ends = self.history_offsets[users], self.history_offsets[users + 1]
-        lengths = ends - starts
+    def history_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's user history without a row loop: row offsets (B + 1,) into the gathered histories, and the
+        positions in ``self.history`` to gather (Σ lengths,)."""
+        starts = self.history_offsets[users]
+        lengths = self.history_offsets[users + 1] - starts
         row_offsets = np.concatenate([[0], np.cumsum(lengths)])
         gather = np.repeat(starts - row_offsets[:-1], lengths) + np.arange(row_offsets[-1])
+        return row_offsets, gather
+
+    def history_affinity(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """max over the user's history of <e_h, e_target>, 0 for an empty history."""
+        row_offsets, gather = self.history_rows(users)
+        lengths = np.diff(row_offsets)
         dots = np.einsum("nd,nd->n", self.item_latent[self.history[gather]], self.item_latent[np.repeat(items, lengths)])
         out = np.zeros(len(users))
         present = lengths > 0
@@ -294,7 +301,7 @@ class CtrSource:
         world = self.world
         for sample in self.chunks():
             users, items = sample["users"], sample["items"]
-            history_items = self._histories(users, world.history)
+            row_offsets, gather = world.history_rows(users)
             columns: dict[str, Any] = {
                 "label": sample["label"],
                 TRUE_PROBABILITY: sample["probability"],
@@ -304,8 +311,8 @@ class CtrSource:
                 "user_id": users,
                 "item_id": items,
                 "item_category": world.item_category[items],
-                "hist_item_id": history_items,
-                "hist_category": self._histories(users, world.item_category[world.history]),
+                "hist_item_id": _lists(row_offsets, world.history[gather]),
+                "hist_category": _lists(row_offsets, world.item_category[world.history[gather]]),
             }
             for name, values in zip(DENSE_NAMES, sample["dense"]):
                 columns[name] = pl.Series(name, values).fill_nan(None)
@@ -315,14 +322,10 @@ class CtrSource:
             yield RawPart(rows=frame)
 
 
-    def _histories(self, users: np.ndarray, flat: np.ndarray) -> pl.Series:
-        """Each row's user history as a list column, gathered from the flat per-user array without a row loop."""
-        offsets = self.world.history_offsets
-        lengths = offsets[users + 1] - offsets[users]
-        row_offsets = np.concatenate([[0], np.cumsum(lengths)])
-        gather = np.repeat(offsets[users] - row_offsets[:-1], lengths) + np.arange(row_offsets[-1])
-        lists = pa.ListArray.from_arrays(pa.array(row_offsets, pa.int32()), pa.array(flat[gather], pa.int64()))
-        return pl.Series(pl.from_arrow(lists))
+def _lists(row_offsets: np.ndarray, values: np.ndarray) -> pl.Series:
+    """A list column: row r holds ``values[row_offsets[r]:row_offsets[r + 1]]``."""
+    lists = pa.ListArray.from_arrays(pa.array(row_offsets, pa.int32()), pa.array(values, pa.int64()))
+    return pl.Series(pl.from_arrow(lists))
 
 
 def bayes_stats(data_dir: Path, schema: Schema) -> dict[str, Any]:
