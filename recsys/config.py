@@ -87,11 +87,55 @@ class OptimizerConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
 
 
+class ServingPrecision(StrEnum):
+    """How the served model's embedding tables are stored (fbgemm's quantised rows for int8/int4)."""
+
+    FP32 = "fp32"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+class TableEmbeddingConfig(_Section):
+    """One table's scheme, dim and memory budget; an unset value takes the ``embedding:`` section's.
+
+    Keys beyond these are the scheme's own options (``operation`` for qr, ``group`` for unified, ...),
+    checked by the scheme's options class (``recsys.embeddings``): an unknown one is an error naming it.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    scheme: str | None = None
+    dim: int | None = Field(None, ge=1, le=8192)
+    ratio: float | None = Field(None, ge=1, description="memory divisor against the full table (16: 1/16 of "
+                                "its rows x dim)")
+
+
 class EmbeddingConfig(_Section):
-    """How the schema's tables become embedding modules."""
+    """How the schema's tables become embedding modules: defaults for every table, overridden per table.
+
+        embedding: {scheme: qr, ratio: 16, tables: {C1: {scheme: standard}, C2: {scheme: hash, ratio: 4}}}
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     scheme: str = "standard"  # a name in recsys.embeddings' registry
     dim: int | None = Field(None, ge=1, le=8192, description="one dim for every table (default: the schema's)")
+    ratio: float = Field(1.0, ge=1, description="memory divisor against full tables for the compressing "
+                         "schemes (hash, qr, unified, dnis, dsl); 1: full size")
+    tables: dict[str, TableEmbeddingConfig] = {}
+    serving_precision: ServingPrecision = Field(
+        ServingPrecision.FP32, description="how the artifact's tables are served unless `recsys serve "
+        "--precision` says otherwise: fp32, or int8/int4 rows quantised by fbgemm")
+
+    def for_table(self, table: str) -> dict[str, Any]:
+        """The table's resolved settings: scheme, dim, ratio and scheme options, the table's own over the
+        section's defaults."""
+        own = self.tables.get(table)
+        settings: dict[str, Any] = {"scheme": self.scheme, "dim": self.dim, "ratio": self.ratio,
+                                    **(self.model_extra or {})}
+        if own is not None:
+            settings |= {k: v for k, v in own.model_dump(exclude_none=True).items()}
+        return settings
 
 
 class ShardingType(StrEnum):
