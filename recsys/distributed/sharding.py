@@ -38,7 +38,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from recsys.config import (DenseOptimizer, ShardingConfig, ShardingType, SparseOptimizer, SparseOptimizerConfig,
                            TrainConfig)
 from recsys.distributed.env import DistEnv
-from recsys.embeddings import embedding_modules, embedding_tables, table_names
+from recsys.embeddings import embedding_modules, embedding_tables, logical_of, table_names
 from recsys.errors import RecsysError
 
 _GIB = 1024 ** 3
@@ -56,24 +56,29 @@ def _unpooled_tables(model: nn.Module) -> set[str]:
 
 def constraints(model: nn.Module, config: ShardingConfig, device: torch.device | None = None
                 ) -> dict[str, ParameterConstraints]:
-    """Per-table planner constraints: the config's defaults, overridden per table. On a CPU, un-pooled tables
-    (the item table a history shares) drop the sharding types torchrec cannot run for them there."""
+    """Per-table planner constraints: the config's defaults, overridden per table. ``sharding.tables`` names a
+    logical table (a schema table: the override covers every physical table its scheme creates) or one physical
+    table. On a CPU, un-pooled tables (the item table a history shares) drop the sharding types torchrec cannot
+    run for them there."""
     tables = table_names(model)
+    logical = logical_of(model)
     unpooled = _unpooled_tables(model) if device is not None and device.type == "cpu" else set()
-    unknown = sorted(set(config.tables) - set(tables))
+    unknown = sorted(set(config.tables) - set(tables) - set(logical.values()))
     if unknown:
-        raise RecsysError(f"sharding.tables: unknown table '{unknown[0]}'; tables: {', '.join(tables)}")
+        raise RecsysError(f"sharding.tables: unknown table '{unknown[0]}'; tables: "
+                          f"{', '.join(dict.fromkeys([*logical.values(), *tables]))}")
     out = {}
     for table in tables:
-        override = config.tables.get(table)
+        override = config.tables.get(table) or config.tables.get(logical[table])
         types = (override.sharding_types if override and override.sharding_types else config.sharding_types)
         if table in unpooled:
             types = [t for t in types if t not in _UNPOOLED_CPU_REFUSED]
             if not types:
                 raise RecsysError(
-                    f"sharding: table '{table}' is looked up un-pooled (a history uses it), which torchrec shards "
-                    "on a CPU only table_wise, column_wise or row_wise; allow one for it with "
-                    f"--set 'sharding.tables.{table}.sharding_types=[table_wise]'")
+                    f"sharding: table '{logical[table]}' is looked up un-pooled (a history uses it, or its "
+                    "embedding scheme combines vectors per id), which torchrec shards on a CPU only table_wise, "
+                    "column_wise or row_wise; allow one for it with "
+                    f"--set 'sharding.tables.{logical[table]}.sharding_types=[table_wise]'")
         kernels = (override.compute_kernels if override and override.compute_kernels else config.compute_kernels)
         min_partition = override.min_partition if override and override.min_partition else config.min_partition
         out[table] = ParameterConstraints(sharding_types=[t.value for t in types],
@@ -117,18 +122,41 @@ def plan(model: nn.Module, config: TrainConfig, world_size: int, local_world_siz
                           f"sharding types {[t.value for t in config.sharding.sharding_types]}: {reason[:300]}") from None
 
 
-def plan_text(sharding_plan: ShardingPlan) -> str:
-    """One line per table: sharding type, kernel and each shard's rank, offsets and sizes."""
-    lines = []
+def plan_text(sharding_plan: ShardingPlan, model: nn.Module | None = None) -> str:
+    """One line per table: sharding type, kernel and each shard's rank, offsets and sizes. With the (unsharded)
+    model, tables are listed under the logical table they embed, with its scheme, when a scheme created them."""
+    lines: dict[str, list[str]] = {}
     for module_path, module_plan in sharding_plan.plan.items():
         for table, parameter in module_plan.items():  # type: ignore[union-attr]
             shards = parameter.sharding_spec.shards if parameter.sharding_spec is not None else []
             where = "; ".join(f"rank {s.placement.rank()} rows {s.shard_offsets[0]}+{s.shard_sizes[0]} "
                               f"cols {s.shard_offsets[1]}+{s.shard_sizes[1]}" for s in shards) \
                 or f"ranks {parameter.ranks}"
-            lines.append(f"{module_path}.{table}: {parameter.sharding_type} kernel={parameter.compute_kernel} "
-                         f"[{where}]")
-    return "\n".join(lines) + "\n"
+            lines.setdefault(table, []).append(f"{module_path}.{table}: {parameter.sharding_type} "
+                                               f"kernel={parameter.compute_kernel} [{where}]")
+    if model is None:
+        return "".join(line + "\n" for group in lines.values() for line in group)
+    users: dict[str, list[str]] = {}  # physical table → the logical tables it embeds
+    schemes: dict[str, str] = {}
+    for module in model.modules():
+        schemes |= getattr(module, "schemes", None) or {}
+        for owner, physical in (getattr(module, "physical_tables", None) or {}).items():
+            for name in physical:
+                users.setdefault(name, []).append(owner)
+    groups: dict[str, list[str]] = {}  # heading → physical tables
+    for table in lines:
+        owners = users.get(table, [table])
+        heading = (f"{table} (shared by {', '.join(owners)})" if len(owners) > 1
+                   else f"{owners[0]} ({schemes.get(owners[0], 'standard')})")
+        groups.setdefault(heading, []).append(table)
+    out: list[str] = []
+    for heading, physical in groups.items():
+        if len(physical) == 1 and users.get(physical[0], [physical[0]]) == physical:
+            out += lines[physical[0]]  # a full table: one line, as without schemes
+            continue
+        out.append(heading + ":")
+        out += [f"  {line}" for t in physical for line in lines[t]]
+    return "".join(line + "\n" for line in out)
 
 
 def check_sparse_optimizer(config: TrainConfig, device: torch.device) -> None:

@@ -24,7 +24,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from recsys.config import EmbeddingConfig
-from recsys.embeddings import Embedded, register_scheme
+from recsys.embeddings import Embedded, LogicalTable, PhysicalTable, SchemeOptions, TablePart, register_scheme
 from recsys.schema import Pooling, Schema
 
 _POOLING = {Pooling.SUM: PoolingType.SUM, Pooling.MEAN: PoolingType.MEAN}
@@ -42,6 +42,7 @@ class StandardEmbeddings(nn.Module):
 
     def __init__(self, schema: Schema, config: EmbeddingConfig, device: torch.device) -> None:
         super().__init__()
+        dim_of = {t: config.for_table(t)["dim"] for t in [t.name for t in schema.tables]}
         poolings = {f.name: f.pooling for f in [*schema.sparse, *schema.sequences]}
         sequence_tables = {f.table for f in schema.sequences}
         bags: list[EmbeddingBagConfig] = []
@@ -54,7 +55,7 @@ class StandardEmbeddings(nn.Module):
             if not features:
                 continue
             assert table.cardinality is not None  # resolved schema
-            dim = config.dim or table.embedding_dim
+            dim = dim_of[table.name] or table.embedding_dim
             names += features
             self.feature_tables |= dict.fromkeys(features, table.name)
             if table.name in sequence_tables:
@@ -69,10 +70,13 @@ class StandardEmbeddings(nn.Module):
         self.ebc = EmbeddingBagCollection(tables=bags, device=device) if bags else None
         self.ecs = nn.ModuleList(EmbeddingCollection(tables=tables, device=device) for tables in unpooled.values())
         self.feature_names: list[str] = names
-        dims = {f: config.dim or schema.feature_table(f).embedding_dim for f in names}
+        dims = {f: dim_of[self.feature_tables[f]] or schema.feature_table(f).embedding_dim for f in names}
         self.embedding_dims: list[int] = [dims[f] for f in names]
         self.sequence_names: list[str] = [f.name for f in schema.sequences]
+        self.physical_tables: dict[str, list[str]] = {t: [t] for t in dict.fromkeys(self.feature_tables.values())}
+        self.schemes: dict[str, str] = dict.fromkeys(self.physical_tables, "standard")
         inputs = list(schema.sparse_keys)
+        self.input_names: list[str] = inputs
         # (feature, position among the input keys) of each bag feature to divide by its length
         self._divide_at = [(f, inputs.index(f)) for f in divide]
         self._num_inputs = len(inputs)
@@ -119,6 +123,7 @@ def pool(jagged: JaggedTensor, rows: int, mean: bool) -> torch.Tensor:
     return summed / lengths.clamp(min=1).to(values.dtype).unsqueeze(1)
 
 
-@register_scheme("standard")
-def standard(schema: Schema, config: EmbeddingConfig, device: torch.device) -> nn.Module:
-    return StandardEmbeddings(schema, config, device)
+@register_scheme("standard", SchemeOptions)
+def standard(table: LogicalTable, options: SchemeOptions) -> TablePart:
+    """The full table (``ratio`` does not apply). Beside other schemes, in ``MixedEmbeddings``."""
+    return TablePart(table, [PhysicalTable(table.name, table.rows, table.dim)])

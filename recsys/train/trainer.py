@@ -43,6 +43,7 @@ from recsys.distributed import checkpoint, sharding
 from recsys.distributed.env import DistEnv, init_distributed, shutdown
 from recsys.distributed.export import gather_state_dict
 from recsys.distributed.init import init_embeddings
+from recsys.embeddings import full_table_bytes, model_bytes
 from recsys.errors import RecsysError
 from recsys.models import build_model, model_config
 from recsys.schema import Schema
@@ -197,8 +198,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
     model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
     tables = {name: table for name, (_, table) in sharding.embedding_tables(model).items()}
+    sizes = model_bytes(model) | {"embedding_bytes_full": full_table_bytes(schema, config.embedding)}
     plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, dist.group.WORLD)
-    text = sharding.plan_text(plan)
+    text = sharding.plan_text(plan, model)
     if main:
         (job.out / PLAN_FILE).write_text(text)
         if log.isEnabledFor(logging.INFO):
@@ -356,7 +358,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device, task)
     test_metrics = evaluate(dmp, _reader(job, "test", env, train=False), env.device, task)
     metrics_log.write({"step": position.step, "epoch": position.epoch, "split": "test", **test_metrics})
-    metrics = _final_metrics(job, env, position, valid_metrics, test_metrics)
+    metrics = _final_metrics(job, env, position, valid_metrics, test_metrics) | sizes
     if best is not None:
         metrics |= {"train.best_epoch": best["epoch"], "train.best_step": best["step"],
                     "train.stopped_early": stopped_early}

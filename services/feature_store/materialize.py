@@ -14,8 +14,9 @@ What it writes (see ``redis_store`` for the keys):
   the entity's sparse feature with the largest cardinality (``user_id`` / ``item_id`` in
   the synthetic and MovieLens schemas), read from the artifact's weights
   (the weight the model's embedding modules hold for that table), float32. Entities whose id is out of
-  vocabulary (row 0, shared) get none; an embedding scheme without a plain weight table
-  (QR, DNIS) writes none and says so in the log.
+  vocabulary (row 0, shared) get none. A table that a compressing scheme embeds (hash, QR,
+  unified, ...) has no plain weight: its vectors are computed by the artifact's embedding
+  module, id by id, exactly as the model sees them.
 
 The data is read twice, column-pruned: the key columns of every row (to find latest
 rows, counts and seen lists), then the feature columns in ``chunk_rows`` batches, of
@@ -235,9 +236,10 @@ def id_table(schema: Schema, entity: Entity) -> tuple[str, str] | None:
     return feature, table
 
 
-def _embedding_table(artifact_dir: Path, schema: Schema, model_name: str, table: str) -> np.ndarray | None:
-    """The (rows, dim) float32 weights of ``table`` in the artifact, or None if its scheme has no plain table of
-    that name. Which weight is the table's is read from the model's modules (built with its tables on ``meta``)."""
+def _embedding_table(artifact_dir: Path, schema: Schema, model_name: str, table: str) -> np.ndarray:
+    """The (rows, dim) float32 vectors of ``table``'s ids as the model embeds them: its weights when the table is a
+    plain one (which weight is the table's is read from the model's modules, built with its tables on ``meta``),
+    else computed by the loaded artifact's embedding module for every id."""
     from safetensors import safe_open
 
     from recsys.config import TrainConfig
@@ -248,12 +250,28 @@ def _embedding_table(artifact_dir: Path, schema: Schema, model_name: str, table:
     model = build_model(model_name, schema, config.model, config.embedding, embedding_device="meta")
     names = [name for name, (_, owner) in embedding_tables(model).items() if owner == table]
     if len(names) != 1:
-        return None
+        return _scheme_vectors(artifact_dir, table)
     with safe_open(str(artifact_dir / "weights.safetensors"), framework="numpy") as weights:
         if names[0] not in weights.keys():  # noqa: SIM118 (safe_open has no __contains__)
             raise RecsysError(f"{artifact_dir / 'weights.safetensors'}: no '{names[0]}' (the weights of table "
                               f"'{table}')")
         return np.asarray(weights.get_tensor(names[0]), dtype=np.float32)
+
+
+def _scheme_vectors(artifact_dir: Path, table: str, chunk: int = 1 << 16) -> np.ndarray:
+    """Every id's vector of ``table`` through the artifact's embedding module (any scheme)."""
+    import torch
+
+    from recsys import artifact
+    from recsys.embeddings import table_vectors
+
+    loaded = artifact.load(artifact_dir)
+    module = next(m for m in loaded.model.modules() if table in (getattr(m, "physical_tables", None) or {}))
+    rows = next(t.cardinality for t in loaded.schema.tables if t.name == table)
+    assert rows is not None  # a trained schema is resolved
+    parts = [table_vectors(module, table, torch.arange(start, min(rows, start + chunk)))
+             for start in range(0, rows, chunk)]
+    return torch.cat(parts).numpy().astype(np.float32)
 
 
 # ---- the job -------------------------------------------------------------------------------
@@ -360,9 +378,6 @@ def _write_embeddings(writer: VersionWriter, schema: Schema, artifact_dir: Path,
             continue
         feature, table = found
         weights = _embedding_table(artifact_dir, schema, model_name, table)
-        if weights is None:
-            log.info("feature store: no plain weight table for '%s' in the artifact; no %s embeddings", table, entity)
-            continue
         index = frame[feature].fill_null(0).to_numpy().astype(np.int64)
         keep = (index > 0) & (index < len(weights))  # row 0 is the shared out-of-vocabulary row
         ids = frame["id"].filter(pl.Series(keep)).to_list()
