@@ -55,7 +55,7 @@ from torch import nn
 from torchrec.modules.mlp import MLP
 
 from recsys.models import Contribution, register_model
-from recsys.models.layers import DenseFields, field_dim, fields
+from recsys.models.layers import DenseFields, FieldMatrix
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -127,7 +127,8 @@ class ARMNet(nn.Module):
         super().__init__()
         self.sparse_arch = embeddings
         self.sparse_names = list(embeddings.feature_names)
-        self.dim = field_dim(embeddings, "armnet")
+        self.field_matrix = FieldMatrix(embeddings)
+        self.dim = self.field_matrix.dim
         self.field_names = self.sparse_names + [feature.name for feature in schema.dense]
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
         num_fields = len(self.field_names)
@@ -148,7 +149,7 @@ class ARMNet(nn.Module):
 
     def raw_fields(self, batch: Batch) -> torch.Tensor:
         """The sparse fields, then the dense ones: (B, F, D)."""
-        sparse = fields(self.sparse_arch(batch.sparse), self.dim)  # (B, F_sparse, D)
+        sparse = self.field_matrix(self.sparse_arch(batch.sparse))  # (B, F_sparse, D)
         if self.dense_fields is None:
             return sparse
         return torch.cat([sparse, self.dense_fields(batch.dense)], dim=1)  # (B, F, D)

@@ -31,7 +31,7 @@ from torch import nn
 from torchrec.modules.mlp import MLP
 
 from recsys.models import Contribution, register_model
-from recsys.models.layers import DenseFields, field_dim, fields
+from recsys.models.layers import DenseFields, FieldMatrix
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -101,7 +101,8 @@ class AutoInt(nn.Module):
 
     def __init__(self, schema: Schema, config: AutoIntConfig, embeddings: nn.Module) -> None:
         super().__init__()
-        self.dim = field_dim(embeddings, "autoint")
+        self.field_matrix = FieldMatrix(embeddings)
+        self.dim = self.field_matrix.dim
         self.sparse_arch = embeddings
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
         self.field_names: list[str] = [f.name for f in schema.dense] + list(embeddings.feature_names)
@@ -118,7 +119,7 @@ class AutoInt(nn.Module):
     def field_vectors(self, batch: Batch) -> torch.Tensor:
         """The (B, F, dim) field vectors: the dense features first, then ``sparse_arch.feature_names``."""
         embedded = self.sparse_arch(batch.sparse)
-        sparse = fields(embedded, self.dim)  # (B, Fs, d)
+        sparse = self.field_matrix(embedded)  # (B, Fs, d)
         if self.dense_fields is None:
             return sparse
         return torch.cat([self.dense_fields(batch.dense), sparse], dim=1)  # (B, Fd + Fs, d)

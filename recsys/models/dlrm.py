@@ -11,7 +11,9 @@ scheme, sharded by ``recsys.distributed``). Differences from the paper:
   ``InteractionArch``, through a native CPU kernel that reads the dense and sparse
   vectors in place and computes only the pairs); ``cat`` is the paper's
   concatenation variant;
-- a schema without dense features skips the bottom MLP.
+- a schema without dense features skips the bottom MLP;
+- tables of several dims (``embedding.tables.<t>.dim``) are projected to one
+  (``layers.FieldMatrix``), as mixed-dimension embeddings do.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torchrec.models.dlrm import DenseArch, OverArch
 from kernels.interaction import dlrm_interaction, dot_interaction
 from recsys.errors import RecsysError
 from recsys.models import register_model
+from recsys.models.layers import FieldMatrix
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -62,15 +65,15 @@ class DLRM(nn.Module):
     def __init__(self, schema: Schema, config: DLRMConfig, embeddings: nn.Module) -> None:
         super().__init__()
         dims = set(embeddings.embedding_dims)
-        if len(dims) != 1:
-            raise RecsysError(f"dlrm: all tables need one embedding dim for the interaction, got {sorted(dims)}; "
-                              "set embedding.dim")
-        self.dim = dims.pop()
-        self.num_sparse = len(embeddings.feature_names)
         self.has_dense = bool(schema.dense)
-        if self.has_dense and config.bottom_mlp[-1] != self.dim:
-            raise RecsysError(f"model.bottom_mlp must end with the embedding dim {self.dim}, "
+        if len(dims) == 1 and self.has_dense and config.bottom_mlp[-1] != next(iter(dims)):
+            raise RecsysError(f"model.bottom_mlp must end with the embedding dim {next(iter(dims))}, "
                               f"got {config.bottom_mlp[-1]}")
+        # tables of several dims are projected to the bottom MLP's output (or the widest)
+        self.field_matrix = FieldMatrix(embeddings, config.bottom_mlp[-1] if self.has_dense and len(dims) > 1
+                                        else None)
+        self.dim = self.field_matrix.dim
+        self.num_sparse = len(embeddings.feature_names)
         self.sparse_arch = embeddings
         self.dense_arch = DenseArch(len(schema.dense), config.bottom_mlp) if self.has_dense else None
         vectors = self.num_sparse + int(self.has_dense)
@@ -84,8 +87,7 @@ class DLRM(nn.Module):
         self.over_arch = OverArch(over_in, config.top_mlp)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        pooled = self.sparse_arch(batch.sparse).pooled.values()  # (B, F * D)
-        sparse = pooled.view(pooled.shape[0], self.num_sparse, self.dim)  # (B, F, D)
+        sparse = self.field_matrix(self.sparse_arch(batch.sparse))  # (B, F, D)
         dense = self.dense_arch(batch.dense) if self.dense_arch is not None else None  # (B, D)
         if self.interaction == "dot":
             # (B, D + P): the dense vector, then the dot products of [dense, sparse...] pairs

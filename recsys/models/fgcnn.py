@@ -36,7 +36,7 @@ from torchrec.modules.mlp import MLP
 from kernels.interaction import dot_interaction
 from recsys.errors import RecsysError
 from recsys.models import register_model
-from recsys.models.layers import DenseFields, field_dim, fields
+from recsys.models.layers import DenseFields, FieldMatrix
 from recsys.schema import Schema
 from recsys.types import Batch
 
@@ -124,7 +124,8 @@ class FGCNN(nn.Module):
         super().__init__()
         self.sparse_arch = embeddings
         num_sparse = len(embeddings.feature_names)
-        self.dim = field_dim(embeddings, "fgcnn")
+        self.field_matrix = FieldMatrix(embeddings)
+        self.dim = self.field_matrix.dim
         self.dense_fields = DenseFields(len(schema.dense), self.dim) if schema.dense else None
         num_raw = num_sparse + len(schema.dense)
         self.generation = FeatureGeneration(num_raw, self.dim, config.channels, config.kernel_heights,
@@ -135,7 +136,7 @@ class FGCNN(nn.Module):
 
     def raw_fields(self, batch: Batch) -> torch.Tensor:
         """The sparse fields, then the dense ones: (B, F, D)."""
-        sparse = fields(self.sparse_arch(batch.sparse), self.dim)  # (B, F_sparse, D)
+        sparse = self.field_matrix(self.sparse_arch(batch.sparse))  # (B, F_sparse, D)
         if self.dense_fields is None:
             return sparse
         return torch.cat([sparse, self.dense_fields(batch.dense)], dim=1)  # (B, F, D)

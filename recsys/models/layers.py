@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from recsys.embeddings import Embedded
-from recsys.errors import RecsysError
 
 
 class DenseFields(nn.Module):
@@ -28,16 +27,34 @@ class DenseFields(nn.Module):
         return dense.unsqueeze(2) * self.weight  # (B, D, 1) * (D, dim) → (B, D, dim)
 
 
-def field_dim(embeddings: nn.Module, model: str) -> int:
-    """The one embedding dim of every pooled feature, which field-matrix models need."""
-    dims = set(embeddings.embedding_dims)
-    if len(dims) != 1:
-        raise RecsysError(f"{model}: all tables need one embedding dim to form a field matrix, got "
-                          f"{sorted(dims)}; set embedding.dim")
-    return dims.pop()
+class FieldMatrix(nn.Module):
+    """The pooled vectors as a field matrix (B, F, dim), in ``feature_names`` order.
 
+    Tables of one dim are a view. Tables of several dims (per-table ``embedding.tables.<t>.dim``) are projected
+    to the widest, or to ``dim``, each by its own bias-free linear map, as mixed-dimension embeddings are
+    (Ginart et al., "Mixed Dimension Embeddings with Application to Memory-Efficient Recommendation Systems",
+    ISIT 2021): models that need one dim (DLRM's dot interaction, attention over fields) keep working.
 
-def fields(embedded: Embedded, dim: int) -> torch.Tensor:
-    """The pooled vectors as a field matrix (B, F, dim), in ``feature_names`` order."""
-    pooled = embedded.pooled.values()  # (B, F * dim)
-    return pooled.view(pooled.shape[0], -1, dim)
+        matrix = FieldMatrix(embeddings)
+        sparse = matrix(embeddings(batch.sparse))     # (B, F, matrix.dim)
+    """
+
+    def __init__(self, embeddings: nn.Module, dim: int | None = None) -> None:
+        super().__init__()
+        self.dims: list[int] = list(embeddings.embedding_dims)
+        self.dim = dim or max(self.dims)
+        self.mixed = set(self.dims) != {self.dim}
+        self.projections = nn.ModuleDict({
+            feature: nn.Linear(width, self.dim, bias=False)
+            for feature, width in zip(embeddings.feature_names, self.dims) if width != self.dim
+        }) if self.mixed else None
+        self._features: list[str] = list(embeddings.feature_names)
+
+    def forward(self, embedded: Embedded) -> torch.Tensor:
+        pooled = embedded.pooled.values()  # (B, Σ dims)
+        if not self.mixed:
+            return pooled.view(pooled.shape[0], -1, self.dim)
+        assert self.projections is not None
+        parts = pooled.split(self.dims, dim=1)
+        return torch.stack([self.projections[f](part) if f in self.projections else part
+                            for f, part in zip(self._features, parts)], dim=1)  # (B, F, dim)

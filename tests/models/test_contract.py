@@ -10,9 +10,7 @@ predictions and be served by ``recsys serve`` over HTTP, from a real Redis, with
 from __future__ import annotations
 
 import inspect
-import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
-from recsys import artifact as artifacts
 from recsys.config import TrainConfig
 from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
 from recsys.models import build_model, model_names
 from recsys.tasks import task_spec
 from services.feature_store.embedded import EmbeddedRedis
-from services.feature_store.materialize import materialize
-from services.feature_store.redis_store import RedisFeatureStore
 from tests.conftest import REPO_ROOT, train_cli
-from tests.services.ranking.conftest import Server, offline_rows, start_server
+from tests.trained_runs import (assert_reloads_with_the_same_predictions, assert_served_with_the_offline_scores,
+                                train_losses)
 
 MODELS = model_names()
 STEPS = 20
@@ -58,11 +53,6 @@ def test_shapes_and_every_parameter_learns(name: str, small_ctr: Path) -> None:
     assert not re.search(r"^\s*(from|import) (recsys\.distributed|torch\.distributed)", source, re.MULTILINE)  # no sharding
 
 
-def _losses(run: Path) -> list[float]:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [line["loss"] for line in lines if line["split"] == "train"]
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def trained(request: pytest.FixtureRequest, small_ctr: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[str, Path]:
@@ -79,46 +69,17 @@ def trained(request: pytest.FixtureRequest, small_ctr: Path, tmp_path_factory: p
 @pytest.mark.slow
 def test_two_process_sharded_training_learns(trained: tuple[str, Path]) -> None:
     name, run = trained
-    losses = _losses(run)
+    losses = train_losses(run)
     assert len(losses) == STEPS and all(np.isfinite(losses)), losses
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"{name}: the loss did not decrease: {losses}"
     plan = (run / "plan.txt").read_text()
     assert "rank 0" in plan and "rank 1" in plan, plan  # tables on both processes
 
 
-_SCORE = """
-import sys, numpy as np, torch
-from recsys import artifact
-from recsys.data.reader import ParquetReader
-from recsys.tasks import task_spec
-loaded = artifact.load(sys.argv[1])
-reader = ParquetReader(sys.argv[2], "test", 4096, schema=loaded.schema)
-scores, labels = [], []
-with torch.inference_mode():
-    for batch in reader:
-        scores.append(task_spec(loaded.schema).link(loaded.model(batch)).numpy())
-        labels.append(batch.labels.numpy())
-np.save(sys.argv[3], np.stack([np.concatenate(scores), np.concatenate(labels)]))
-"""
-
-
 @pytest.mark.slow
 def test_artifact_reloads_in_a_fresh_process_with_the_same_predictions(trained: tuple[str, Path], small_ctr: Path,
                                                                         tmp_path: Path) -> None:
-    _, run = trained
-    out = tmp_path / "scores.npy"
-    result = subprocess.run([sys.executable, "-c", _SCORE, str(run / "artifact"), str(small_ctr), str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores, labels = np.load(out)
-    metrics = json.loads((run / "artifact" / "metrics.json").read_text())
-    # The sharded model's test AUC, measured during training, from the reloaded model's predictions.
-    assert roc_auc_score(labels, scores) == pytest.approx(metrics["test.auc"], abs=1e-6)
-    loaded = artifacts.load(run / "artifact")
-    batch = next(iter(ParquetReader(small_ctr, "test", 4096, schema=loaded.schema)))
-    with torch.inference_mode():
-        here = task_spec(loaded.schema).link(loaded.model(batch)).numpy()
-    np.testing.assert_allclose(here, scores[:len(here)], rtol=0, atol=1e-6)
+    assert_reloads_with_the_same_predictions(trained[1], small_ctr, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -132,24 +93,4 @@ def contract_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 def test_served_over_http_with_the_offline_scores(trained: tuple[str, Path], small_ctr: Path,
                                                   contract_redis: EmbeddedRedis, tmp_path: Path) -> None:
     name, run = trained
-    store = RedisFeatureStore.from_url(contract_redis.url)
-    try:
-        materialize(store, small_ctr, run / "artifact")
-    finally:
-        store.close()
-    server: Server = start_server(run / "artifact", contract_redis.url, tmp_path / "serve.log")
-    try:
-        rows = offline_rows(small_ctr, run / "artifact", limit=20)
-        assert len(rows) >= 10
-        with server.client() as client:
-            for row in rows:
-                others = [r.item_id for r in rows if r.item_id != row.item_id][:7]
-                response = client.post("/v1/rank", json={"user_id": row.user_id, "item_ids": [row.item_id, *others],
-                                                         "k": 8, "context": row.context})
-                assert response.status_code == 200, response.text
-                body = response.json()
-                assert body["model_version"].startswith(name)
-                served = next(item["score"] for item in body["items"] if item["item_id"] == row.item_id)
-                assert abs(served - row.score) < 1e-5, (name, row, served)
-    finally:
-        server.stop()
+    assert_served_with_the_offline_scores(name, run, small_ctr, contract_redis, tmp_path)

@@ -60,8 +60,9 @@ def test_mismatched_sizes_are_clear() -> None:
         build_model("dlrm", schema, {"bottom_mlp": [8]}, EmbeddingConfig())
     mixed = schema.model_copy(deep=True)
     mixed.tables[1].embedding_dim = 6
-    with pytest.raises(RecsysError, match=r"one embedding dim .* got \[4, 6\]; set embedding.dim"):
-        DLRM(mixed, DLRMConfig(bottom_mlp=[4]), build_embeddings(mixed, EmbeddingConfig()))
+    projected = DLRM(mixed, DLRMConfig(bottom_mlp=[4]), build_embeddings(mixed, EmbeddingConfig()))
+    assert projected.dim == 4 and projected(three_rows(mixed)).shape == (3,)  # the 6-dim table projected to 4
+    assert [p.weight.shape for p in projected.field_matrix.projections.values()] == [(4, 6)]
     with pytest.raises(RecsysError, match="embedding.scheme: unknown scheme 'fancy'"):
         build_embeddings(schema, EmbeddingConfig(scheme="fancy"))
     assert isinstance(build_embeddings(mixed, EmbeddingConfig(dim=4))(three_rows(mixed).sparse).pooled, KeyedTensor)

@@ -1,0 +1,103 @@
+"""The embedding-scheme contract, for every registered scheme: a new scheme file is tested the moment it registers.
+
+Each scheme is the default of a model whose ``C1`` table stays a full table and whose ``C2`` table is hashed (a
+mix of schemes in one model), at a quarter of the full tables' memory, on the synthetic CTR data. Unsharded, for
+every registered model: finite logits and a gradient for every parameter. Then one real ``recsys train --nproc 2``
+of DLRM per scheme (gloo, the planner's sharding), whose plan names the logical tables, whose embedding bytes are
+below the full tables', whose artifact reloads in a fresh process with the same predictions and is served by
+``recsys serve`` over HTTP, from a real Redis, with the offline scores. The standard scheme's runs are the model
+contract's (tests/models/test_contract.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.config import TrainConfig
+from recsys.data.layout import load_schema
+from recsys.data.reader import ParquetReader
+from recsys.embeddings import scheme_names
+from recsys.models import build_model, model_names
+from recsys.tasks import task_spec
+from services.feature_store.embedded import EmbeddedRedis
+from tests.conftest import REPO_ROOT, train_cli
+from tests.trained_runs import (assert_reloads_with_the_same_predictions, assert_served_with_the_offline_scores,
+                                train_losses)
+
+SCHEMES = scheme_names()
+COMPRESSING = [s for s in SCHEMES if s != "standard"]
+STEPS = 20
+
+
+def _settings(scheme: str) -> list[str]:
+    mixed = ["embedding.tables.C1.scheme=standard"] + (["embedding.tables.C2.scheme=hash"] if scheme != "hash" else [])
+    return [f"embedding.scheme={scheme}", "embedding.ratio=4", *mixed]
+
+
+@pytest.mark.parametrize("model_name", model_names())
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_model_learns_through_the_scheme(scheme: str, model_name: str, small_ctr: Path) -> None:
+    config = TrainConfig.load(REPO_ROOT / "configs" / f"{model_name}.yaml", _settings(scheme))
+    schema = load_schema(small_ctr)
+    torch.manual_seed(0)
+    model = build_model(model_name, schema, config.model, config.embedding)
+    assert model.sparse_arch.schemes["C1"] == "standard" and model.sparse_arch.schemes["C3"] == scheme
+    batch = next(iter(ParquetReader(small_ctr, "train", 64)))
+    logits = model(batch)
+    assert logits.shape == (64,) and bool(torch.isfinite(logits).all())
+    task_spec(schema).loss(logits, batch.labels).backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not silent, f"{scheme}/{model_name}: no gradient reaches {silent}"
+
+
+@pytest.fixture(scope="module", params=COMPRESSING)
+def trained(request: pytest.FixtureRequest, small_ctr: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[str, Path]:
+    """(scheme, run folder): 20 steps of ``recsys train --model dlrm --nproc 2`` with the scheme the default."""
+    scheme = request.param
+    out = tmp_path_factory.mktemp(f"scheme-{scheme}") / "run"
+    result = train_cli(small_ctr, out, *_settings(scheme), f"trainer.max_steps={STEPS}", "trainer.log_every=1",
+                       "trainer.batch_size=256", nproc=2, extra=("--config", str(REPO_ROOT / "configs" / "dlrm.yaml")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return scheme, out
+
+
+@pytest.mark.slow
+def test_two_process_sharded_training_learns_within_the_budget(trained: tuple[str, Path]) -> None:
+    scheme, run = trained
+    losses = train_losses(run)
+    assert len(losses) == STEPS and all(np.isfinite(losses)), losses
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"{scheme}: the loss did not decrease: {losses}"
+    plan = (run / "plan.txt").read_text()
+    assert "rank 0" in plan and "rank 1" in plan, plan  # tables on both processes
+    # logical tables head their physical ones; the full table C1 keeps its one line
+    assert f"C3 ({scheme})" in plan or "(shared by" in plan, plan
+    assert "\nsparse_arch.ebc.C1:" in "\n" + plan or "\nsparse_arch.ecs.0.C1:" in "\n" + plan, plan
+    metrics = json.loads((run / "artifact" / "metrics.json").read_text())
+    assert 0 < metrics["embedding_bytes"] < metrics["embedding_bytes_full"], metrics
+    assert metrics["dense_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_artifact_reloads_in_a_fresh_process_with_the_same_predictions(trained: tuple[str, Path], small_ctr: Path,
+                                                                        tmp_path: Path) -> None:
+    assert_reloads_with_the_same_predictions(trained[1], small_ctr, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def scheme_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis.start(tmp_path_factory.mktemp("scheme-redis"))
+    yield server
+    server.kill()
+
+
+@pytest.mark.slow
+def test_served_over_http_with_the_offline_scores(trained: tuple[str, Path], small_ctr: Path,
+                                                  scheme_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    assert_served_with_the_offline_scores("dlrm", trained[1], small_ctr, scheme_redis, tmp_path)

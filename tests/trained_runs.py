@@ -1,0 +1,86 @@
+"""Checks every trained run of the contract suites must pass (models: tests/models/test_contract.py, embedding
+schemes: tests/embeddings/test_scheme_contract.py): its artifact reloads in a fresh process with the trained
+model's predictions, and ``recsys serve`` over HTTP, from a real Redis, gives the offline scores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from recsys import artifact as artifacts
+from recsys.data.reader import ParquetReader
+from recsys.tasks import task_spec
+from services.feature_store.embedded import EmbeddedRedis
+from services.feature_store.materialize import materialize
+from services.feature_store.redis_store import RedisFeatureStore
+from tests.conftest import REPO_ROOT
+from tests.services.ranking.conftest import Server, offline_rows, start_server
+
+
+def train_losses(run: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines if line["split"] == "train"]
+
+
+_SCORE = """
+import sys, numpy as np, torch
+from recsys import artifact
+from recsys.data.reader import ParquetReader
+from recsys.tasks import task_spec
+loaded = artifact.load(sys.argv[1])
+reader = ParquetReader(sys.argv[2], "test", 4096, schema=loaded.schema)
+scores, labels = [], []
+with torch.inference_mode():
+    for batch in reader:
+        scores.append(task_spec(loaded.schema).link(loaded.model(batch)).numpy())
+        labels.append(batch.labels.numpy())
+np.save(sys.argv[3], np.stack([np.concatenate(scores), np.concatenate(labels)]))
+"""
+
+
+def assert_reloads_with_the_same_predictions(run: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.npy"
+    result = subprocess.run([sys.executable, "-c", _SCORE, str(run / "artifact"), str(data), str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores, labels = np.load(out)
+    metrics = json.loads((run / "artifact" / "metrics.json").read_text())
+    # The sharded model's test AUC, measured during training, from the reloaded model's predictions.
+    assert roc_auc_score(labels, scores) == pytest.approx(metrics["test.auc"], abs=1e-6)
+    loaded = artifacts.load(run / "artifact")
+    batch = next(iter(ParquetReader(data, "test", 4096, schema=loaded.schema)))
+    with torch.inference_mode():
+        here = task_spec(loaded.schema).link(loaded.model(batch)).numpy()
+    np.testing.assert_allclose(here, scores[:len(here)], rtol=0, atol=1e-6)
+
+
+def assert_served_with_the_offline_scores(name: str, run: Path, data: Path, redis: EmbeddedRedis,
+                                          tmp_path: Path) -> None:
+    store = RedisFeatureStore.from_url(redis.url)
+    try:
+        materialize(store, data, run / "artifact")
+    finally:
+        store.close()
+    server: Server = start_server(run / "artifact", redis.url, tmp_path / "serve.log")
+    try:
+        rows = offline_rows(data, run / "artifact", limit=20)
+        assert len(rows) >= 10
+        with server.client() as client:
+            for row in rows:
+                others = [r.item_id for r in rows if r.item_id != row.item_id][:7]
+                response = client.post("/v1/rank", json={"user_id": row.user_id, "item_ids": [row.item_id, *others],
+                                                         "k": 8, "context": row.context})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["model_version"].startswith(name)
+                served = next(item["score"] for item in body["items"] if item["item_id"] == row.item_id)
+                assert abs(served - row.score) < 1e-5, (name, row, served)
+    finally:
+        server.stop()
