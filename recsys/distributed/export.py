@@ -26,3 +26,19 @@ def gather_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         elif rank == 0:
             out[key] = value.detach().to("cpu", copy=True).contiguous()
     return out
+
+
+@torch.no_grad()
+def full_tensor(model: nn.Module, key: str) -> torch.Tensor:
+    """The full CPU value of one state-dict entry on every rank (a sharded table gathered on rank 0, then
+    broadcast). Collective: every rank must call it with the same key."""
+    value = model.state_dict()[key]
+    if not isinstance(value, ShardedTensor):
+        full = value.detach().to("cpu", copy=True)
+    else:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        full = torch.empty(value.size(), dtype=value.dtype)
+        value.gather(dst=0, out=full if rank == 0 else None)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(full, src=0)
+    return full

@@ -104,6 +104,11 @@ class TablePart(nn.Module):
     def identity(self) -> bool:
         return type(self).remap is TablePart.remap and [p.name for p in self.physical] == [self.table.name]
 
+    @property
+    def parameter_count(self) -> int:
+        """Embedding weights this table keeps, the count a memory budget limits (a sparse scheme's active ones)."""
+        return sum(t.rows * t.dim for t in self.physical)
+
     def bind(self, rows: dict[str, int]) -> None:
         """The final row count of every physical table (a shared table's is known once all are built)."""
 
@@ -257,6 +262,14 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
 
     tables = sum(size(m) for _, m in embedding_modules(model))
     return {"embedding_bytes": tables, "dense_bytes": size(model) - tables}
+
+
+def embedding_parameters(model: nn.Module) -> int:
+    """Embedding weights the model's tables keep (``TablePart.parameter_count`` summed; full tables' sizes)."""
+    parts = [m for m in model.modules() if isinstance(m, TablePart)]
+    if parts:
+        return sum(part.parameter_count for part in parts)
+    return sum(p.numel() for _, m in embedding_modules(model) for p in m.parameters())
 
 
 def full_table_bytes(schema: Schema, config: EmbeddingConfig) -> int:

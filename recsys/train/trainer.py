@@ -41,9 +41,9 @@ from recsys.data.layout import load_schema, read_stats
 from recsys.data.reader import ParquetReader
 from recsys.distributed import checkpoint, sharding
 from recsys.distributed.env import DistEnv, init_distributed, shutdown
-from recsys.distributed.export import gather_state_dict
+from recsys.distributed.export import full_tensor, gather_state_dict
 from recsys.distributed.init import init_embeddings
-from recsys.embeddings import full_table_bytes, model_bytes
+from recsys.embeddings import TablePart, embedding_parameters, full_table_bytes, model_bytes
 from recsys.errors import RecsysError
 from recsys.models import build_model, model_config
 from recsys.schema import Schema
@@ -198,7 +198,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
     model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
     tables = {name: table for name, (_, table) in sharding.embedding_tables(model).items()}
-    sizes = model_bytes(model) | {"embedding_bytes_full": full_table_bytes(schema, config.embedding)}
+    full_bytes = full_table_bytes(schema, config.embedding)
+    sizes = model_bytes(model) | {"embedding_bytes_full": full_bytes, "embedding_params": embedding_parameters(model),
+                                  "embedding_params_full": full_bytes // 4}
     plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, dist.group.WORLD)
     text = sharding.plan_text(plan, model)
     if main:
@@ -221,6 +223,12 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     total_steps = config.trainer.epochs * steps_per_epoch
     if config.trainer.max_steps is not None:
         total_steps = min(total_steps, config.trainer.max_steps)
+
+    keys = {table: key for key, table in tables.items()}  # physical table → its state-dict key
+    moving = [m for m in dmp.modules() if isinstance(m, TablePart) and callable(getattr(m, "update", None))]
+
+    def table_value(table: str) -> torch.Tensor:
+        return full_tensor(dmp, keys[table])
 
     position = _Position()
     if latest is not None:
@@ -300,6 +308,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                 position.step_in_epoch += 1
                 position.samples += config.trainer.batch_size
                 window_steps += 1
+                for part in moving:  # schemes whose structure moves with training (dsl's prune-and-grow)
+                    part.update(position.step, total_steps, table_value)
                 if position.step % config.trainer.log_every == 0 or position.step == total_steps:
                     elapsed = time.perf_counter() - window_start
                     rate = window_steps * config.trainer.batch_size / max(elapsed, 1e-9)
