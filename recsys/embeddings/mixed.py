@@ -82,9 +82,8 @@ class MixedEmbeddings(nn.Module):
         self.sequence_names: list[str] = [f.name for f in schema.sequences]
         self.physical_tables: dict[str, list[str]] = {n: [t.name for t in p.physical] for n, p in parts.items()}
         self.schemes: dict[str, str] = {n: p.scheme for n, p in parts.items()}
-        self._identity = all(part.identity for part in parts.values())
         # per input feature: its physical features (one per physical table of its part), and where they go
-        self._routes: list[tuple[str, str, list[str], bool]] = []  # (feature, table, physical features, per id)
+        routes: list[Route] = []
         features_of: dict[str, list[str]] = {name: [] for name in merged}
         for feature in self.input_names:
             table = self.feature_tables[feature]
@@ -92,7 +91,7 @@ class MixedEmbeddings(nn.Module):
             names = [feature] if part.identity else [f"{feature}__{j}" for j in range(len(part.physical))]
             for name, physical in zip(names, part.physical):
                 features_of[physical.name].append(name)
-            self._routes.append((feature, table, names, table in per_id))
+            routes.append((feature, table, names, table in per_id))
         per_id_tables = {t.name for name in per_id for t in parts[name].physical}
         bags = [EmbeddingBagConfig(name=t.name, embedding_dim=t.dim, num_embeddings=t.rows,
                                    feature_names=features_of[t.name], pooling=PoolingType.SUM)
@@ -105,21 +104,40 @@ class MixedEmbeddings(nn.Module):
                                                                 feature_names=features_of[t.name]))
         self.ebc = EmbeddingBagCollection(tables=bags, device=device) if bags else None
         self.ecs = nn.ModuleList(EmbeddingCollection(tables=tables, device=device) for tables in by_dim.values())
-        self._mean = {f for f in self.input_names if poolings[f] is Pooling.MEAN}
+        mean = {f for f in self.input_names if poolings[f] is Pooling.MEAN}
+        self.remap = _Remap(parts, routes, all(part.identity for part in parts.values()))
+        self.combine = _Combine(parts, routes, self.feature_names, self.embedding_dims, self.sequence_names, mean)
 
-    def physical_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """The batch with each feature of a non-identity part replaced by its remapped ids per physical table."""
+    def forward(self, features: KeyedJaggedTensor) -> Embedded:
+        physical = self.remap(features)
+        bags = self.ebc(physical) if self.ebc is not None else None
+        return self.combine(features, bags, [ec(physical) for ec in self.ecs])
+
+
+# Route: (input feature, its logical table, its physical features, looked up per id)
+Route = tuple[str, str, list[str], bool]
+
+
+class _Remap(nn.Module):
+    """The batch with each feature of a non-identity part replaced by one feature per physical table, holding the
+    part's remapped ids with the same lengths. A module without torchrec collections, so torchrec's pipeline
+    tracer keeps it a leaf (the parts are held unregistered: they are the embedding module's)."""
+
+    def __init__(self, parts: dict[str, TablePart], routes: list[Route], identity: bool) -> None:
+        super().__init__()
+        self._parts, self._routes, self._identity = dict(parts), routes, identity
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         if self._identity:
             return features
         rows = features.stride()
         values = features.values().split(features.length_per_key())
-        lengths = features.lengths().view(len(self.input_names), rows)
+        lengths = features.lengths().view(len(self._routes), rows)
         keys: list[str] = []
         parts_values: list[torch.Tensor] = []
         parts_lengths: list[torch.Tensor] = []
         for index, (feature, table, names, _) in enumerate(self._routes):
-            mapped = self.parts[table].remap(feature, values[index]) if len(names) > 1 or names[0] != feature \
-                else [values[index]]
+            mapped = self._parts[table].remap(feature, values[index]) if names != [feature] else [values[index]]
             for name, ids in zip(names, mapped):
                 keys.append(name)
                 parts_values.append(ids)
@@ -127,29 +145,41 @@ class MixedEmbeddings(nn.Module):
         return KeyedJaggedTensor(keys=keys, values=torch.cat(parts_values), lengths=torch.cat(parts_lengths),
                                  stride=rows)
 
-    def forward(self, features: KeyedJaggedTensor) -> Embedded:
-        physical = self.physical_features(features)
-        bags = self.ebc(physical).to_dict() if self.ebc is not None else {}
-        jagged = {name: value for ec in self.ecs for name, value in ec(physical).items()}
+
+class _Combine(nn.Module):
+    """Each feature's logical vectors from its physical ones (per id, then pooled, or on fbgemm's pooled sums), in
+    ``feature_names`` order, and the sequences' jagged vectors. A leaf for torchrec's pipeline tracer, like
+    ``_Remap``."""
+
+    def __init__(self, parts: dict[str, TablePart], routes: list[Route], feature_names: list[str], dims: list[int],
+                 sequence_names: list[str], mean: set[str]) -> None:
+        super().__init__()
+        self._parts, self._routes = dict(parts), routes
+        self._feature_names, self._dims, self._sequence_names, self._mean = feature_names, dims, sequence_names, mean
+
+    def forward(self, features: KeyedJaggedTensor, bags: KeyedTensor | None,
+                unpooled: list[dict[str, JaggedTensor]]) -> Embedded:
+        pooled_bags = bags.to_dict() if bags is not None else {}
+        jagged = {name: value for part in unpooled for name, value in part.items()}
         rows = features.stride()
-        lengths = features.lengths().view(len(self.input_names), rows)
+        lengths = features.lengths().view(len(self._routes), rows)
         offsets = [0, *itertools.accumulate(features.length_per_key())]
         pooled: list[torch.Tensor] = []
         sequences: dict[str, JaggedTensor] = {}
         for index, (feature, table, names, per_id) in enumerate(self._routes):
-            part = self.parts[table]
+            part = self._parts[table]
             mean = feature in self._mean
             if per_id:
                 ids = features.values()[offsets[index]:offsets[index + 1]]
                 vectors = part.combine([jagged[name].values() for name in names], ids)  # (Σ lengths, dim)
                 value = JaggedTensor(values=vectors, lengths=lengths[index])
-                if feature in self.sequence_names:
+                if feature in self._sequence_names:
                     sequences[feature] = value
                 pooled.append(pool(value, rows, mean))
                 continue
-            summed = part.combine([bags[name] for name in names], None)  # (B, dim): sums pooled by fbgemm
+            summed = part.combine([pooled_bags[name] for name in names], None)  # (B, dim): sums pooled by fbgemm
             if mean:
                 summed = summed / lengths[index].clamp(min=1).to(summed.dtype).unsqueeze(1)
             pooled.append(summed)
-        return Embedded(KeyedTensor(keys=self.feature_names, length_per_key=self.embedding_dims,
+        return Embedded(KeyedTensor(keys=self._feature_names, length_per_key=self._dims,
                                     values=torch.cat(pooled, dim=1)), sequences)
