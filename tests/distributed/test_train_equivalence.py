@@ -83,3 +83,21 @@ def test_sparse_dist_pipeline_takes_the_same_steps(one_process: list[float], sma
     # The GPU default, run here on the CPU: it prefetches and distributes the next batch, same math.
     piped = _train(small_ctr, tmp_path / "run", 1, "table_wise", "trainer.pipeline=on")
     assert piped == pytest.approx(one_process, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_a_mix_of_embedding_schemes_trains_alike_on_two_processes(small_ctr: Path, tmp_path: Path) -> None:
+    """Compressed tables shard like full ones: QR everywhere, a hashed, two unified and a DSL table (its mask moved
+    at step 4 from the gathered table), column-wise over two processes, take the steps one process takes."""
+    settings = ("column_wise", "sharding.min_partition=8", "embedding.scheme=qr", "embedding.ratio=4",
+                "embedding.tables.C2.scheme=hash", "embedding.tables.C3.scheme=unified",
+                "embedding.tables.C4.scheme=unified", "embedding.tables.C5.scheme=dsl",
+                "embedding.tables.C5.update_every=4")
+    one = _train(small_ctr, tmp_path / "one", 1, *settings)
+    two = _train(small_ctr, tmp_path / "two", 2, *settings)
+    plan = (tmp_path / "two" / "plan.txt").read_text()
+    assert "C1 (qr):" in plan and "C2 (hash):" in plan and "unified__all (shared by C3, C4):" in plan, plan
+    assert "cols 0+8; rank 1" in plan or "cols 8+8" in plan, plan
+    assert two[0] == pytest.approx(one[0], abs=1e-5)
+    assert two == pytest.approx(one, abs=2e-3)
+    assert two[-1] < two[0]
