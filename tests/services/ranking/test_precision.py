@@ -123,7 +123,8 @@ def test_the_recorded_precision_is_served_unless_one_is_named(server: Server, re
 def test_served_bytes_follow_the_table_shapes(served_artifact: tuple[Path, Path]) -> None:
     _, artifact_dir = served_artifact
     fp32 = ServedModel.load(artifact_dir, "fp32").model
-    shapes = [tuple(weight.shape) for name, weight in fp32.named_parameters() if name in embedding_tables(fp32)]
+    tables = embedding_tables(fp32)  # weight name → (collection, table)
+    shapes = [tuple(weight.shape) for name, weight in fp32.named_parameters() if name in tables]  # (rows, dim)
     assert len(shapes) > 3
     fp32_bytes = served_embedding_bytes(fp32)
     assert fp32_bytes == sum(rows * dim * 4 for rows, dim in shapes)
