@@ -43,8 +43,9 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; each loads the model and "
                                 "uses cores/workers torch threads."),
-    precision: Precision = typer.Option(Precision.FP32, "--precision", help="fp32, or int8: embedding tables "
-                                        "quantised by torchrec/fbgemm (MLPs stay fp32)."),
+    precision: Precision | None = typer.Option(None, "--precision", help="fp32, int8 or int4: embedding "
+                                               "tables quantised by torchrec/fbgemm (MLPs stay fp32). Default: "
+                                               "the artifact's embedding.serving_precision."),
     max_candidates: int = typer.Option(1000, "--max-candidates", min=1, help="More item_ids in one request "
                                        "answer 413."),
     api_key_env: str = typer.Option("RECSYS_API_KEY", "--api-key-env", help="Environment variable holding the "
@@ -88,7 +89,7 @@ def serve(
 
     # A bad artifact fails here, in one line, rather than as a traceback in every worker's startup.
     check_artifact(artifact)  # the common mistakes, cheaply
-    _check_loads(artifact, precision)  # everything a worker's start reads: weights, config, vocabularies
+    served_at = _check_loads(artifact, precision)  # everything a worker's start reads: weights, config, vocabs
     max_connections = _within_open_files(max_connections)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(redis_url())
@@ -113,7 +114,7 @@ def serve(
         if settings.api_key() is None:
             log.warning("admin endpoints disabled: set %s to enable /admin/reload and /admin/rollback", api_key_env)
         log.info("serving %s (%s) on http://%s:%d with %d worker(s), %d torch thread(s) each", artifact,
-                 precision.value, host, port, workers, settings.torch_threads)
+                 served_at.value, host, port, workers, settings.torch_threads)
         # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again; this handler turns that
         # into an exit that unwinds this block, so the embedded Redis is saved and stopped.
         stack.enter_context(_exit_on_signals(signal.SIGTERM, signal.SIGINT))
@@ -123,8 +124,9 @@ def serve(
                     timeout_graceful_shutdown=30)
 
 
-def _check_loads(artifact: Path, precision: Precision) -> None:
+def _check_loads(artifact: Path, precision: Precision | None) -> Precision:
     """Load the artifact as a worker will (``ServedModel.load``) and drop it; a failure is a one-line RecsysError.
+    Returns the precision it is served at (``precision``, else the artifact's).
 
     On a thread that ends here: torch work on the main thread, which becomes uvicorn's event-loop thread with
     one worker, would give it an OpenMP pool that slows every later forward pass (see services.ranking.batcher).
@@ -132,10 +134,11 @@ def _check_loads(artifact: Path, precision: Precision) -> None:
     from services.ranking.served import ServedModel
 
     failed: list[BaseException] = []
+    served: list[Precision] = []
 
     def load() -> None:
         try:
-            ServedModel.load(artifact, precision)
+            served.append(ServedModel.load(artifact, precision).precision)
         except BaseException as exc:  # noqa: BLE001  raised again below, on the calling thread
             failed.append(exc)
 
@@ -143,7 +146,7 @@ def _check_loads(artifact: Path, precision: Precision) -> None:
     thread.start()
     thread.join()
     if not failed:
-        return
+        return served[0]
     exc = failed[0]
     if isinstance(exc, RecsysError):
         message = str(exc)

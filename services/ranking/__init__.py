@@ -1,6 +1,6 @@
 """The online ranking service: FastAPI app, served models, micro-batching.
 
-    recsys serve --artifact runs/dlrm/artifact [--workers N] [--precision int8]
+    recsys serve --artifact runs/dlrm/artifact [--workers N] [--precision fp32|int8|int4]
 
 In-process (tests, benchmarks)::
 
@@ -11,8 +11,8 @@ In-process (tests, benchmarks)::
     # RankingService once started (its .rank(...) returns the response bytes).
 
 Modules: ``settings`` (ServeSettings), ``payloads`` (request/response models),
-``features`` (records + context → Batch), ``served`` (artifact loading, int8, model
-slot), ``batcher`` (the model thread), ``service`` (the request pipeline),
+``features`` (records + context → Batch), ``served`` (artifact loading, quantised
+tables, model slot), ``batcher`` (the model thread), ``service`` (the request pipeline),
 ``metrics``, ``middleware``, ``fastpath`` (the hot routes before FastAPI's routing), ``deps`` and
 ``routers/`` (the HTTP layer), ``app``, ``http`` (uvicorn's protocol with timeouts and limits),
 ``workers`` (workers end with ``recsys serve``), ``demo`` (the end of ``make demo``).

@@ -1,26 +1,26 @@
-"""The served model: an artifact ready to score (optionally int8), and the slot that swaps models atomically.
+"""The served model: an artifact ready to score (tables at fp32, int8 or int4), and the slot that swaps models
+atomically.
 
-``ServedModel.load`` reads an artifact, quantises its embedding tables for
-``int8`` and prepares everything a request needs from the artifact's schema
-(record codecs, context encoder, Batch layout), so that a request reads one
-``ModelSlot.current`` reference at its start and uses that model to the end:
-a swap never changes the model of a request already running.
+``ServedModel.load`` reads an artifact, stores its embedding tables at the precision asked for (by default
+the one the artifact records, its config's ``embedding.serving_precision``; fp32 for artifacts from before
+it) and prepares everything a request needs from the artifact's schema (record codecs, context encoder,
+Batch layout), so that a request reads one ``ModelSlot.current`` reference at its start and uses that model
+to the end: a swap never changes the model of a request already running.
 
-int8: torchrec's ``quantize_embeddings`` swaps each ``EmbeddingBagCollection``
-for torchrec's quantised one (fbgemm int8 rows with a per-row scale and bias,
-CPU kernels of fbgemm-gpu-cpu); the MLPs stay fp32.
+int8 / int4: ``kernels.quantize.quantize_tables`` swaps every torchrec embedding collection of the model
+(bags and un-pooled) for torchrec's quantised one (fbgemm rows with a per-row fp16 scale and bias, CPU
+kernels of fbgemm-gpu-cpu); the MLPs stay fp32.
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from kernels.quantize import quantize_tables
 from recsys import artifact as artifacts
 from recsys.errors import RecsysError
 from recsys.schema import Schema
@@ -29,18 +29,6 @@ from services.feature_store.codec import RecordLayouts, layout_fingerprint, reco
 from services.feature_store.encode import RawEncoder
 from services.ranking.features import FeatureLayout
 from services.ranking.settings import Precision
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """``model`` with its torchrec EmbeddingBagCollections swapped, in place, for int8 ones (fbgemm rows with a
-    per-row scale and bias); the fp32 tables are dropped."""
-    from torchrec.inference.modules import quantize_embeddings
-
-    with warnings.catch_warnings():  # torchrec calls torch.ao's quantize_dynamic, deprecated in favour of torchao
-        warnings.simplefilter("ignore", DeprecationWarning)
-        quantized = quantize_embeddings(model, dtype=torch.qint8, inplace=True)
-    quantized.eval()
-    return quantized
 
 
 def check_artifact(path: Path) -> None:
@@ -64,7 +52,7 @@ class ServedModel:
 
     artifact: artifacts.Artifact
     precision: Precision
-    model: nn.Module  # eval, CPU; embedding tables quantised for Precision.INT8
+    model: nn.Module  # eval, CPU; embedding tables quantised for int8 / int4
     features: FeatureLayout
     layouts: RecordLayouts  # what the feature-store records it reads hold (see codec.record_layouts)
     fingerprint: str  # their digest: it reads the feature versions materialised with the same one
@@ -90,15 +78,15 @@ class ServedModel:
         return task_spec(self.artifact.schema)
 
     @classmethod
-    def load(cls, path: str | Path, precision: Precision = Precision.FP32) -> ServedModel:
-        """Raises RecsysError (one line) for a bad artifact."""
-        precision = Precision(precision)
+    def load(cls, path: str | Path, precision: Precision | str | None = None) -> ServedModel:
+        """``precision`` None: the artifact's ``embedding.serving_precision``. Raises RecsysError (one line) for
+        a bad artifact."""
         loaded = artifacts.load(path)
         if loaded.schema.user_key is None or loaded.schema.item_key is None:
             raise RecsysError(f"{loaded.path}: the schema has no user_key/item_key; the ranking service looks "
                               "features up by them")
-        if precision is Precision.INT8:
-            loaded.model = quantize_int8(loaded.model)
+        precision = Precision(precision or loaded.config.embedding.serving_precision)
+        loaded.model = quantize_tables(loaded.model, precision)
         features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path))
         for key in features.context_keys:  # read the context vocabularies now, not on a request
             features.encoder.sparse(key, "")

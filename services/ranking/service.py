@@ -335,6 +335,7 @@ class RankingService:
     async def reload(self, artifact: str | Path, precision: Precision | None = None, *, announce: bool = True) -> Swap:
         """Load an artifact off the event loop, check it reads the store's records, warm it up, swap it in.
 
+        ``precision`` None: the server's ``--precision`` if it was given, else the one ``artifact`` records.
         Requests already running finish on the model they started with. Raises RecsysError (bad
         artifact, non-finite scores) or ModelConflict; the current model keeps serving either way.
         """

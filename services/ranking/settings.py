@@ -9,12 +9,12 @@ benchmark or a test creates the app in-process with ``create_app(ServeSettings(.
 from __future__ import annotations
 
 import os
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recsys.config import ServingPrecision as Precision  # fp32, int8, int4: one enum for config and service
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
 
@@ -24,18 +24,14 @@ if TYPE_CHECKING:
 SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"
 
 
-class Precision(StrEnum):
-    FP32 = "fp32"
-    INT8 = "int8"  # embedding tables quantised by torchrec (fbgemm int8 rows); MLPs stay fp32
-
-
 class ServeSettings(BaseModel):
     """Everything a ranking worker needs to start."""
 
     model_config = ConfigDict(extra="forbid")
 
     artifact: Path = Field(description="artifact directory to serve at start")
-    precision: Precision = Precision.FP32
+    precision: Precision | None = Field(None, description="embedding tables' precision; default: the artifact's "
+                                       "embedding.serving_precision")
     redis_url: str | None = Field(None, description="feature store; default: the REDIS_URL environment variable")
     redis_prefix: str = "recsys"
     max_candidates: int = Field(1000, ge=1, description="more item_ids in one request answer 413")
