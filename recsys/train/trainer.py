@@ -374,6 +374,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                     "train.stopped_early": stopped_early}
     state = gather_state_dict(dmp)
     if main:
+        metrics |= _served_sizes(job.model, schema, config, state, sizes)
         artifact.save(job.out / ARTIFACT, model_name=job.model, state=state, schema=schema, config=config,
                       metrics=metrics, data_dir=job.data,
                       extra={"world_size": env.world_size, "plan": text.splitlines()})
@@ -397,6 +398,23 @@ def _final_metrics(job: TrainJob, env: DistEnv, position: _Position, valid: dict
     if bayes is not None:
         metrics["test.bayes_auc"] = bayes
     return metrics
+
+
+def _served_sizes(model_name: str, schema: Schema, config: TrainConfig, state: dict[str, torch.Tensor],
+                  trained: dict[str, int]) -> dict[str, Any]:
+    """Bytes of the model as ``recsys serve`` holds it by default: its tables at ``embedding.serving_precision``
+    (fbgemm's quantised rows with their scale and bias, measured on a quantised copy), the rest fp32."""
+    precision = config.embedding.serving_precision.value
+    if precision == "fp32":
+        return {"served.precision": precision, "served.embedding_bytes": trained["embedding_bytes"],
+                "served.dense_bytes": trained["dense_bytes"]}
+    from kernels.quantize import dense_bytes, quantize_tables, served_embedding_bytes
+
+    model = build_model(model_name, schema, config.model, config.embedding)
+    model.load_state_dict(state)
+    quantize_tables(model, precision)
+    return {"served.precision": precision, "served.embedding_bytes": served_embedding_bytes(model),
+            "served.dense_bytes": dense_bytes(model)}
 
 
 def _best_of(state: dict[str, Any], latest: Path) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from kernels.quantize import quantize_tables, served_embedding_bytes
+from recsys import artifact
 from recsys.config import EmbeddingConfig, ShardingConfig, TrainConfig
 from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
@@ -21,7 +24,7 @@ from recsys.errors import RecsysError
 from recsys.models import build_model, model_names
 from recsys.schema import Schema
 from recsys.tasks import task_spec
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, train_cli
 
 
 def _schema(rows: dict[str, int], dim: int = 4, multi: str | None = None) -> Schema:
@@ -169,3 +172,21 @@ def test_every_model_takes_tables_of_several_dims(model_name: str, small_ctr: Pa
     task_spec(schema).loss(logits, batch.labels).backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not silent, f"{model_name}: no gradient reaches {silent}"
+
+
+def test_metrics_record_bytes_as_trained_and_as_served(small_ctr: Path, tmp_path: Path) -> None:
+    """A QR model recording int8 serving: metrics.json has its tables' bytes as trained and as the service holds
+    them (the artifact quantised as ``recsys serve`` quantises it)."""
+    out = tmp_path / "run"
+    result = train_cli(small_ctr, out, "embedding.scheme=qr", "embedding.ratio=4", "embedding.serving_precision=int8",
+                       "trainer.max_steps=5", "trainer.batch_size=256",
+                       extra=("--config", str(REPO_ROOT / "configs" / "dlrm.yaml")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "artifact" / "metrics.json").read_text())
+    loaded = artifact.load(out / "artifact")
+    assert metrics["embedding_bytes"] == model_bytes(loaded.model)["embedding_bytes"]
+    assert metrics["embedding_params"] * 4 == metrics["embedding_bytes"] < metrics["embedding_bytes_full"]
+    quantize_tables(loaded.model, "int8")
+    assert metrics["served.precision"] == "int8"
+    assert metrics["served.embedding_bytes"] == served_embedding_bytes(loaded.model) < metrics["embedding_bytes"] / 2
+    assert metrics["served.dense_bytes"] == metrics["dense_bytes"]
