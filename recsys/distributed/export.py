@@ -20,7 +20,7 @@ def gather_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
             full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
-            value.gather(dst=0, out=full)
+            value.gather(dst=0, out=full, dtype=value.dtype)  # without dtype the shards travel as float32
             if full is not None:
                 out[key] = full
         elif rank == 0:
