@@ -24,7 +24,7 @@ bag version (torchrec issue 2958).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -66,33 +66,40 @@ class ManagedCollisionModule(MCHManagedCollisionModule):
 
     Each shard's module sends its misses to the last row of its range; the unsharded module (the artifact's,
     the service's) would send them all to its last row. The shards' ranges come with the weights
-    (``_output_segments_tensor``, which torchrec resets on load, so it is kept here first), and an id's shard
-    is torchrec's row-wise routing: block ``id // ceil(input_hash_size / buckets)``, ``buckets / shards``
-    blocks per shard.
+    (``_output_segments_tensor``, which torchrec resets on load, so they are kept here first), and an id's shard
+    is torchrec's row-wise routing (each shard's module has one bucket per shard): ``id // ceil(input_hash_size
+    / shards)``. Only the module ``build_collection`` made is unsharded (``unsharded``); the sharder's modules
+    (``rebuild_with_output_id_range``), also under another process count after a resume, keep torchrec's remap.
     """
 
+    unsharded = False
     _trained_segments: torch.Tensor | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # torchrec's copy of its own ranges is the buffer itself, which a checkpoint load overwrites in place
+        self._own_segments = self._output_segments_tensor.clone()
 
     def validate_state(self) -> None:
         self._trained_segments = self._output_segments_tensor.clone()
         super().validate_state()
+        self._output_segments_tensor.copy_(self._own_segments)  # this module's ranges are what it saves next
 
     def remap(self, features: dict[str, JaggedTensor], mutate_miss_lengths: bool = True,
               write_weights: torch.Tensor | None = None) -> dict[str, JaggedTensor]:
         remapped = super().remap(features, mutate_miss_lengths, write_weights)
         segments = self._trained_segments
-        if segments is None:
+        if not self.unsharded or segments is None:
             return remapped
         ends = segments[segments >= 0][1:]  # (shards,): each shard's range end
         shards = ends.numel()
-        if shards < 2 or self._output_global_offset != 0 or int(ends[-1]) != self._zch_size:
-            return remapped  # one shard, or this is a shard's own module
-        block = -(-self._input_hash_size // self._buckets)
-        per_shard = self._buckets // shards
+        if shards < 2:
+            return remapped
+        block = -(-self._input_hash_size // shards)
         out = {}
         for name, feature in features.items():
             rows = remapped[name].values()
-            shard = (feature.values() // block // per_shard).clamp(max=shards - 1)
+            shard = (feature.values() // block).clamp(max=shards - 1)
             rows = torch.where(rows == self._zch_size - 1, ends.to(rows.device)[shard] - 1, rows)
             out[name] = JaggedTensor(values=rows, lengths=feature.lengths(), offsets=feature.offsets(),
                                      weights=feature.weights_or_none())
@@ -135,6 +142,7 @@ class ManagedCollisionPart(TablePart):
             zch_size=self.rows, device=state_device, eviction_policy=eviction_policy(self.options.eviction),
             eviction_interval=self.options.eviction_interval, input_hash_size=self.table.rows,
             buckets=self.options.buckets, name=config.name)
+        module.unsharded = True
         return ManagedLookup(ManagedCollisionEmbeddingCollection(
             EmbeddingCollection(tables=[config], device=device),
             ManagedCollisionCollection({config.name: module}, [config])))

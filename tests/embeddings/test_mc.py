@@ -152,3 +152,24 @@ def test_two_processes_train_and_the_artifact_scores_the_same(small_ctr: Path, t
                         task_spec(load_schema(small_ctr)))
     for key in ("auc", "logloss"):
         assert reloaded[key] == pytest.approx(metrics[f"test.{key}"], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_resume_on_another_process_count_keeps_the_remapping(small_ctr: Path, tmp_path: Path) -> None:
+    """A 2-process checkpoint resumed on 1 process: the shards' remapping merges into one; the artifact then
+    records the 1-process layout (torchrec's own copy of it is overwritten by the load) and scores the same."""
+    out = tmp_path / "run"
+    mc = ("embedding.tables.user_id.scheme=mc", "embedding.tables.user_id.zch_size=64")
+    first = train_cli(small_ctr, out, "trainer.max_steps=10", "trainer.checkpoint_every=10",
+                      "trainer.batch_size=256", *mc, nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = train_cli(small_ctr, out, "trainer.max_steps=20", nproc=1, extra=("--resume",))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    loaded = artifacts.load(out / "artifact")
+    segments = next(v for k, v in loaded.model.state_dict().items()
+                    if k.endswith("user_id__mc._output_segments_tensor"))
+    assert segments[:3].tolist() == [0, 64, -1]
+    metrics = json.loads((out / "artifact" / "metrics.json").read_text())
+    reloaded = evaluate(loaded.model, ParquetReader(small_ctr, "test", 1024), torch.device("cpu"),
+                        task_spec(load_schema(small_ctr)))
+    assert reloaded["auc"] == pytest.approx(metrics["test.auc"], abs=1e-6)
