@@ -37,14 +37,13 @@ from torchrec.modules.mc_modules import (DistanceLFU_EvictionPolicy, LFU_Evictio
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recsys.embeddings import LogicalTable, PhysicalTable, SchemeOptions, TablePart, register_scheme
-from recsys.errors import RecsysError
 
 Eviction = Literal["distance_lfu", "lfu", "lru"]
 
 
 class ManagedCollisionOptions(SchemeOptions):
     zch_size: int | None = Field(None, ge=2, description="rows of the managed table (default: the table's rows / "
-                                 "ratio), rounded up to a multiple of buckets")
+                                 "ratio), rounded up to whole buckets of at least 2 rows")
     eviction: Eviction = Field("distance_lfu", description="which rows are cold: distance_lfu (counts decayed "
                                "by age), lfu (counts), lru (last seen)")
     eviction_interval: int = Field(1, ge=1, description="training steps between admissions of new ids")
@@ -149,13 +148,10 @@ class ManagedCollisionPart(TablePart):
 
 
 def managed_rows(table: LogicalTable, options: ManagedCollisionOptions) -> int:
-    rows = options.zch_size or max(2, math.ceil(table.rows / options.ratio))
-    per_bucket = math.ceil(rows / options.buckets)
-    if per_bucket < 2:
-        raise RecsysError(f"embedding.tables.{table.name} (scheme mc): {rows} rows for {options.buckets} buckets "
-                          "leave under 2 rows per bucket (one is the bucket's miss row); raise zch_size or lower "
-                          "buckets")
-    return per_bucket * options.buckets
+    """zch_size (or rows / ratio) rounded up to whole buckets of at least 2 rows (a shard's last is its miss
+    row)."""
+    rows = options.zch_size or math.ceil(table.rows / options.ratio)
+    return max(2, math.ceil(rows / options.buckets)) * options.buckets
 
 
 @register_scheme("mc", ManagedCollisionOptions)

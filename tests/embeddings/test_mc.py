@@ -87,8 +87,8 @@ def test_options_are_checked() -> None:
     table = LogicalTable("user_id", 1 << 20, 4, ("user_id",), per_id=False)
     with pytest.raises(RecsysError, match=r"embedding.tables.user_id \(scheme mc\): .*eviction"):
         build_part(table, {"scheme": "mc", "ratio": 1.0, "zch_size": 64, "eviction": "fifo"})
-    with pytest.raises(RecsysError, match="under 2 rows per bucket"):
-        build_part(table, {"scheme": "mc", "ratio": 1.0, "zch_size": 8, "buckets": 8})
+    assert build_part(table, {"scheme": "mc", "ratio": 1.0, "zch_size": 8, "buckets": 8}).physical[0].rows == 16
+    assert build_part(table, {"scheme": "mc", "ratio": 4096.0}).physical[0].rows == 256
     assert build_part(table, {"scheme": "mc", "ratio": 1.0, "zch_size": 100, "buckets": 8}).physical[0].rows == 104
 
 
