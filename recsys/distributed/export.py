@@ -20,7 +20,7 @@ def gather_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
             full = torch.empty(value.size(), dtype=value.dtype) if rank == 0 else None
-            value.gather(dst=0, out=full)
+            value.gather(dst=0, out=full, dtype=value.dtype)  # without dtype the shards travel as float32
             if full is not None:
                 out[key] = full
         elif rank == 0:
@@ -38,7 +38,7 @@ def full_tensor(model: nn.Module, key: str) -> torch.Tensor:
     else:
         rank = dist.get_rank() if dist.is_initialized() else 0
         full = torch.empty(value.size(), dtype=value.dtype)
-        value.gather(dst=0, out=full if rank == 0 else None)
+        value.gather(dst=0, out=full if rank == 0 else None, dtype=value.dtype)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast(full, src=0)
     return full

@@ -25,19 +25,22 @@ from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.parallel import DistributedDataParallel
+from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.types import PlannerError
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from recsys.config import (DenseOptimizer, ShardingConfig, ShardingType, SparseOptimizer, SparseOptimizerConfig,
-                           TrainConfig)
+from recsys.config import (ComputeKernel, DenseOptimizer, ShardingConfig, ShardingType, SparseOptimizer,
+                           SparseOptimizerConfig, TrainConfig)
 from recsys.distributed.env import DistEnv
+from recsys.distributed.managed_collision import ManagedCollisionSharder
 from recsys.embeddings import embedding_modules, embedding_tables, logical_of, table_names
 from recsys.errors import RecsysError
 
@@ -47,6 +50,13 @@ _GIB = 1024 ** 3
 # Sharding types torchrec cannot run for un-pooled tables (EmbeddingCollection) on a CPU: its data-parallel
 # lookup returns pooled rows there (checked with gloo, torchrec 1.8), and table-column-wise is bags-only.
 _UNPOOLED_CPU_REFUSED = {ShardingType.DATA_PARALLEL, ShardingType.TABLE_COLUMN_WISE, ShardingType.TABLE_ROW_WISE}
+
+
+def _managed_tables(model: nn.Module) -> set[str]:
+    """Tables in a managed-collision collection (the ``mc`` scheme's), which torchrec shards only row-wise with
+    the fused kernel."""
+    return {table for module in model.modules() if isinstance(module, ManagedCollisionEmbeddingCollection)
+            for table in table_names(module)}
 
 
 def _unpooled_tables(model: nn.Module) -> set[str]:
@@ -59,8 +69,9 @@ def constraints(model: nn.Module, config: ShardingConfig, device: torch.device |
     """Per-table planner constraints: the config's defaults, overridden per table. ``sharding.tables`` names a
     logical table (a schema table: the override covers every physical table its scheme creates) or one physical
     table. On a CPU, un-pooled tables (the item table a history shares) drop the sharding types torchrec cannot
-    run for them there."""
+    run for them there. Managed-collision tables are row-wise with the fused kernel, whatever the config says."""
     tables = table_names(model)
+    managed = _managed_tables(model)
     logical = logical_of(model)
     unpooled = _unpooled_tables(model) if device is not None and device.type == "cpu" else set()
     unknown = sorted(set(config.tables) - set(tables) - set(logical.values()))
@@ -81,6 +92,8 @@ def constraints(model: nn.Module, config: ShardingConfig, device: torch.device |
                     f"--set 'sharding.tables.{logical[table]}.sharding_types=[table_wise]'")
         kernels = (override.compute_kernels if override and override.compute_kernels else config.compute_kernels)
         min_partition = override.min_partition if override and override.min_partition else config.min_partition
+        if table in managed:
+            types, kernels = [ShardingType.ROW_WISE], [ComputeKernel.FUSED]
         out[table] = ParameterConstraints(sharding_types=[t.value for t in types],
                                           compute_kernels=[k.value for k in kernels], min_partition=min_partition)
     return out
@@ -98,7 +111,9 @@ def topology(config: ShardingConfig, world_size: int, local_world_size: int, dev
 
 
 def sharders() -> list[ModuleSharder[nn.Module]]:
-    return get_default_sharders()
+    """torchrec's default sharders, the managed-collision one replaced by ours (evicted rows reset on CPUs)."""
+    return [ManagedCollisionSharder() if isinstance(sharder, ManagedCollisionEmbeddingCollectionSharder)
+            else sharder for sharder in get_default_sharders()]  # type: ignore[misc]
 
 
 def plan(model: nn.Module, config: TrainConfig, world_size: int, local_world_size: int, device: torch.device,
@@ -213,8 +228,16 @@ def replicated_tables(sharding_plan: ShardingPlan, tables: dict[str, tuple[str, 
     """Parameter names (``tables``: ``embedding_tables`` of the unsharded model) of the tables the plan
     replicates (data-parallel)."""
     return {name for name, (module_path, table) in tables.items()
-            if sharding_plan.plan[module_path][table].sharding_type  # type: ignore[index]
+            if _planned(sharding_plan, module_path)[table].sharding_type  # type: ignore[index]
             == ShardingType.DATA_PARALLEL.value}
+
+
+def _planned(sharding_plan: ShardingPlan, module_path: str) -> Any:
+    """The plan of a collection; one inside a managed-collision collection (``<path>._embedding_module``) is
+    planned as part of it."""
+    if module_path not in sharding_plan.plan and module_path.endswith("._embedding_module"):
+        module_path = module_path.removesuffix("._embedding_module")
+    return sharding_plan.plan[module_path]
 
 
 def shard(model: nn.Module, config: TrainConfig, env: DistEnv, sharding_plan: ShardingPlan) -> DistributedModelParallel:

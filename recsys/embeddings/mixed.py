@@ -12,6 +12,12 @@ non-identity part becomes one feature per physical table (``C1`` → ``C1__0``,
 ``C1__1``) holding the part's remapped ids, with the same lengths. Full tables
 keep their feature and table names, so their weights are named as the standard
 scheme names them.
+
+A part may own its torchrec module (``build_collection(features, device)``, e.g. a
+managed-collision collection, which torchrec shards only as a whole): it is built
+once for the part's physical features, holds the part's tables instead of the
+shared collections, and its per-id vectors (``{feature: JaggedTensor}``) are
+combined and pooled as an ``EmbeddingCollection``'s are.
 """
 
 from __future__ import annotations
@@ -73,7 +79,9 @@ class MixedEmbeddings(nn.Module):
         merged = _merged(parts)
         for part in parts.values():
             part.bind({t.name: merged[t.name].rows for t in part.physical})
-        per_id = _per_id_parts(parts)
+        # a list, in the parts' order: every process must build (and shard) the owned modules in one order
+        owners = [name for name, part in parts.items() if hasattr(part, "build_collection")]
+        per_id = _per_id_parts(parts) | set(owners)
         poolings = {f.name: f.pooling for f in [*schema.sparse, *schema.sequences]}
         self.input_names: list[str] = list(schema.sparse_keys)
         self.feature_tables: dict[str, str] = {f: schema.feature_table(f).name for f in self.input_names}
@@ -93,17 +101,21 @@ class MixedEmbeddings(nn.Module):
                 features_of[physical.name].append(name)
             routes.append((feature, table, names, table in per_id))
         per_id_tables = {t.name for name in per_id for t in parts[name].physical}
+        owned_tables = {t.name for name in owners for t in parts[name].physical}
         bags = [EmbeddingBagConfig(name=t.name, embedding_dim=t.dim, num_embeddings=t.rows,
                                    feature_names=features_of[t.name], pooling=PoolingType.SUM)
                 for t in merged.values() if t.name not in per_id_tables]
         by_dim: dict[int, list[TableConfig]] = {}
         for t in merged.values():
-            if t.name in per_id_tables:
+            if t.name in per_id_tables and t.name not in owned_tables:
                 by_dim.setdefault(t.dim, []).append(TableConfig(name=t.name, embedding_dim=t.dim,
                                                                 num_embeddings=t.rows,
                                                                 feature_names=features_of[t.name]))
         self.ebc = EmbeddingBagCollection(tables=bags, device=device) if bags else None
         self.ecs = nn.ModuleList(EmbeddingCollection(tables=tables, device=device) for tables in by_dim.values())
+        self.owned = nn.ModuleDict({  # logical table → its own module
+            name: parts[name].build_collection(  # type: ignore[operator]
+                [f for t in parts[name].physical for f in features_of[t.name]], device) for name in owners})
         mean = {f for f in self.input_names if poolings[f] is Pooling.MEAN}
         self.remap = _Remap(parts, routes, all(part.identity for part in parts.values()))
         self.combine = _Combine(parts, routes, self.feature_names, self.embedding_dims, self.sequence_names, mean)
@@ -111,7 +123,8 @@ class MixedEmbeddings(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> Embedded:
         physical = self.remap(features)
         bags = self.ebc(physical) if self.ebc is not None else None
-        return self.combine(features, bags, [ec(physical) for ec in self.ecs])
+        return self.combine(features, bags, [*(ec(physical) for ec in self.ecs),
+                                             *(module(physical) for module in self.owned.values())])
 
 
 # Route: (input feature, its logical table, its physical features, looked up per id)
