@@ -94,7 +94,8 @@ class DnisPart(TablePart):
         bounds = table_bounds(table, options)
         self.dims: list[int] | None = options.dims
         if self.dims is None:
-            physical = [PhysicalTable(table.name, table.rows, table.dim)]  # the standard table's name and shape
+            # the full table, named apart from a standard one so the plan lists it under its scheme
+            physical = [PhysicalTable(f"{table.name}__dnis", table.rows, table.dim)]
         else:
             physical = [PhysicalTable(f"{table.name}__dnis{b}", bounds[b + 1] - bounds[b], d)
                         for b, d in enumerate(self.dims) if d > 0]

@@ -39,7 +39,7 @@ def test_equal_buckets_hold_equal_numbers_of_ids() -> None:
 
 def test_search_mode_is_the_full_table_times_its_buckets_alpha() -> None:
     part = _part()
-    assert [(t.name, t.rows, t.dim) for t in part.physical] == [("C9", 10, 8)]
+    assert [(t.name, t.rows, t.dim) for t in part.physical] == [("C9__dnis", 10, 8)]
     assert not part.linear and part.alpha is not None and part.alpha.shape == (4, 8)
     with torch.no_grad():
         part.alpha.copy_(torch.arange(1.0, 5.0).unsqueeze(1).expand(4, 8))
