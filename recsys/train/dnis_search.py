@@ -252,7 +252,7 @@ def search(job: SearchJob) -> dict[str, Any]:
     valid_metrics = evaluate(model, ParquetReader(job.data, "valid", trainer.eval_batch_size), torch.device("cpu"),
                              task)
     weights = {table: p.detach() for n, p in model.named_parameters() if n in tables for table in [tables[n]]}
-    scores = {name: column_scores(part, weights[name]) for name, part in parts.items()}
+    scores = {name: column_scores(part, weights[part.physical[0].name]) for name, part in parts.items()}
     bounds = {name: part.bounds for name, part in parts.items()}
     budget = sum(part.table.rows * part.table.dim / ratios[name] for name, part in parts.items())
     dims = prune(scores, bounds, budget)
