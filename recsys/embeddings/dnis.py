@@ -29,6 +29,8 @@ paper's gradient normalisation.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from pydantic import Field, model_validator
 from torch import nn
@@ -48,7 +50,9 @@ class DnisOptions(SchemeOptions):
         if self.dims is not None and any(d < 0 for d in self.dims):
             raise ValueError(f"dims: {self.dims} has a negative dim")
         bounds = self.bounds
-        if bounds is not None and (len(bounds) < 2 or bounds[0] != 0 or any(a >= b for a, b in zip(bounds, bounds[1:]))):
+        rising = bounds is not None and len(bounds) >= 2 and bounds[0] == 0 \
+            and all(a < b for a, b in itertools.pairwise(bounds))
+        if bounds is not None and not rising:
             raise ValueError(f"bounds: {self.bounds} should rise strictly from 0 to the table's rows")
         return self
 
