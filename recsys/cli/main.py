@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from recsys import __version__
 from recsys.cli.data import app as data_app
+from recsys.cli.embeddings import app as embeddings_app
 from recsys.cli.features import app as features_app
 from recsys.cli.report import report
 from recsys.cli.serve import serve
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(embeddings_app, name="embeddings")
 app.add_typer(features_app, name="features")
 app.command()(train)
 app.command()(serve)
