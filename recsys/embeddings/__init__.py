@@ -173,6 +173,12 @@ def logical_tables(schema: Schema, config: EmbeddingConfig) -> dict[str, tuple[L
             continue
         assert table.cardinality is not None  # resolved schema
         settings = config.for_table(table.name)
+        where = "embedding.scheme" if table.name not in config.tables else f"embedding.tables.{table.name}.scheme"
+        accepted = scheme_spec(settings["scheme"], where).options.model_fields
+        own = config.tables[table.name].model_dump(exclude_none=True) if table.name in config.tables else {}
+        # a section-wide option (embedding.operation) is for the tables whose scheme takes it
+        settings = {k: v for k, v in settings.items()
+                    if k in ("scheme", "dim") or k in accepted or k in own}
         dim = settings.pop("dim") or table.embedding_dim
         out[table.name] = (LogicalTable(table.name, table.cardinality, dim, features, table.name in per_id),
                            settings)
@@ -203,9 +209,11 @@ def build_embeddings(schema: Schema, config: EmbeddingConfig, device: torch.devi
     if not schema.sparse_keys:
         raise RecsysError("schema: no sparse or sequence features to embed")
     tables = logical_tables(schema, config)
-    for name, (_, settings) in tables.items():
-        scheme_spec(settings["scheme"], "embedding.scheme" if name not in config.tables
-                    else f"embedding.tables.{name}.scheme")
+    used = sorted({settings["scheme"] for _, settings in tables.values()})
+    for key in config.model_extra or {}:
+        if not any(key in scheme_spec(name).options.model_fields for name in used):
+            raise RecsysError(f"embedding.{key}: no table's scheme takes this option (schemes in use: "
+                              f"{', '.join(used)}); see each scheme's options in recsys/embeddings/")
     from recsys.embeddings.mixed import MixedEmbeddings
     from recsys.embeddings.standard import StandardEmbeddings
 

@@ -152,6 +152,17 @@ def test_bad_settings_name_the_table_and_the_key() -> None:
     with pytest.raises(RecsysError, match=r"embedding.tables.a \(scheme hash\): group: Extra inputs"):
         _embeddings(schema, "embedding.scheme=hash", "embedding.ratio=2", "embedding.tables.a.group=x")
     assert EmbeddingConfig().for_table("a") == {"scheme": "standard", "dim": None, "ratio": 1.0}
+    with pytest.raises(RecsysError, match=r"embedding.operaton: no table's scheme takes this option \(schemes in "
+                                          r"use: qr\)"):
+        _embeddings(schema, "embedding.scheme=qr", "embedding.operaton=add")
+
+
+def test_section_options_go_to_the_tables_whose_scheme_takes_them() -> None:
+    schema = _schema({"a": 100, "b": 100, "c": 100})
+    module = _embeddings(schema, "embedding.scheme=qr", "embedding.operation=add", "embedding.group=g",
+                         "embedding.tables.b.scheme=standard", "embedding.tables.c.scheme=unified")
+    assert module.schemes == {"a": "qr", "b": "standard", "c": "unified"}
+    assert module.parts["a"].operation == "add" and module.physical_tables["c"] == ["unified__g"]
 
 
 @pytest.mark.parametrize("model_name", model_names())
