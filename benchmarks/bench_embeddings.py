@@ -118,6 +118,8 @@ class Settings:
     warmup: int
     fresh: bool
     quick: bool
+    note: str = ""
+    reuse_only: bool = False
 
 
 def variants(settings: Settings) -> tuple[list[Variant], dict[str, str]]:
@@ -302,14 +304,16 @@ def markdown(results: dict[str, Any]) -> str:
              + f"{m['cpu']}, {m['nproc']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
              f"{m['date']}, git {results['git_sha']}; load average {m['load_average']} → "
              f"{m.get('load_average_end')}; {results['seconds']:,.0f} s.", "",
-             f"Command: `{results['command']}`", "", f"Budget: {results['budget']}", "",
+             f"Command: `{results['command']}`", "", *([results["note"], ""] if results.get("note") else []),
+             f"Budget: {results['budget']}", "",
              "## Results (mean ± std over seeds)", "",
              ("Bytes are measured on the built model (metrics.json `embedding_bytes`), not the ratio's nominal "
              "size; ×smaller is full tables' bytes over the scheme's. Pareto: on the front of mean AUC against mean "
-             "bytes of its dataset and model."), "",
+             "bytes of its dataset and model. Training CPU s: the training process's user + system seconds (start-up "
+             "and evaluation included), which other load on a shared machine inflates less than samples/s."), "",
              ("| dataset | model | scheme | ratio | seeds | embedding MiB | ×smaller | test AUC | Δ AUC vs full "
-             "| train samples/s | vs full | Pareto |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| train samples/s | vs full | training CPU s | Pareto |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["summary"]:
         ratio = "1" if row["label"] == "full" else f"1/{row['ratio']:g}"
         smaller = "–" if not row["bytes_vs_full"] else f"{1 / row['bytes_vs_full']:.1f}"
@@ -317,7 +321,8 @@ def markdown(results: dict[str, Any]) -> str:
         speed = "–" if row["speed_vs_full"] is None else f"{row['speed_vs_full']:.2f}×"
         lines.append(f"| {row['dataset']} | {row['model']} | {row['label']} | {ratio} | {len(row['seeds'])} | "
                      f"{mib(row['embedding_bytes']['mean'])} | {smaller} | {zoo.pm(row['auc'], 4)} | {delta} | "
-                     f"{zoo.pm(row['train_samples_per_s'], 0, True)} | {speed} | {'yes' if row['pareto'] else ''} |")
+                     f"{zoo.pm(row['train_samples_per_s'], 0, True)} | {speed} | {zoo.pm(row['cpu_s'], 0, True)} | "
+                     f"{'yes' if row['pareto'] else ''} |")
     lines.append("")
     for name, data in results["datasets"].items():
         rows = " / ".join(f"{data['rows'].get(s) or 0:,}" for s in ("train", "valid", "test"))
@@ -380,6 +385,10 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--out", type=Path, help="folder for embeddings.json and embeddings.md (default "
                         "benchmarks/results; --quick: WORK/quick)")
     parser.add_argument("--fresh", action="store_true", help="retrain runs already in --work")
+    parser.add_argument("--reuse-only", action="store_true", help="train nothing: collect the runs already in "
+                        "--work (e.g. trained by parallel invocations), the others listed as failed")
+    parser.add_argument("--note", default="", help="a line for embeddings.md and .json (how the runs were made, "
+                        "e.g. the commands that trained them in parallel before this one reused them)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, 1 ratio, a few steps: a smoke run")
     args = parser.parse_args(argv)
     registered = model_names()
@@ -418,7 +427,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         ratios=ratios, schemes=schemes, work=work.resolve(),
         out=(args.out or (work / "quick" if args.quick else HERE / "results")).resolve(),
         rounds=args.rounds or (1 if args.quick else 5), repeats=args.repeats or (2 if args.quick else 10),
-        warmup=args.warmup, fresh=args.fresh, quick=args.quick)
+        warmup=args.warmup, fresh=args.fresh, quick=args.quick, note=args.note,
+        reuse_only=args.reuse_only)
 
 
 def budget_description(settings: Settings) -> str:
@@ -443,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                *(argv if argv is not None else sys.argv[1:])]),
         "models": settings.models, "seeds": settings.seeds, "ratios": settings.ratios,
         "schemes": sorted({v.label for v in plan}), "skipped_schemes": skipped, "skipped_models": {},
-        "budget": budget_description(settings), "datasets": {}, "runs": [], "failed": [],
+        "budget": budget_description(settings), "note": settings.note, "datasets": {}, "runs": [], "failed": [],
     }
     data = {name: zoo.prepare_data(name, settings) for name in settings.datasets}
     for name, path in data.items():
@@ -461,7 +471,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 done += 1
                 zoo.log(f"[{done}/{total}] {model} {variant.folder} on {dataset}, seed {seed}")
                 path, info = zoo.train_run(model, dataset, data[dataset], seed, settings, variant.overrides(),
-                                           variant.folder)
+                                           variant.folder, settings.reuse_only)
                 base = {"model": model, "dataset": dataset, "seed": seed, "label": variant.label,
                         "scheme": variant.scheme, "options": dict(variant.options), "ratio": variant.ratio, **info}
                 try:

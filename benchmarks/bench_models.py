@@ -231,12 +231,13 @@ def _children_cpu_s() -> float:
 
 
 def train_run(model: str, dataset: str, data: Path, seed: int, settings: Settings, overrides: list[str] | None = None,
-              variant: str | None = None) -> tuple[Path | None, dict]:
+              variant: str | None = None, reuse_only: bool = False) -> tuple[Path | None, dict]:
     """Train (or reuse) one run; (artifact path or None, what to record about the run).
 
     ``overrides`` are ``--set`` values after the budget's (an embedding scheme, say), ``variant`` names them in
     the run's folder (``runs/DATASET/MODEL/VARIANT/seedN``); other benchmarks pass a Settings-like object
-    with ``work``, ``fresh``, ``epochs``, ``max_steps`` and ``patience``.
+    with ``work``, ``fresh``, ``epochs``, ``max_steps`` and ``patience``. ``reuse_only``: a run not already in
+    ``work`` is not trained but returned as an error (collecting runs that parallel invocations trained).
     """
     out = settings.work / "runs" / dataset / model / (variant or "") / f"seed{seed}"
     command = train_command(model, data, out, seed, budget_overrides(settings, dataset) + list(overrides or []))
@@ -249,6 +250,8 @@ def train_run(model: str, dataset: str, data: Path, seed: int, settings: Setting
         if saved.get("digest") == digest:
             return out / "artifact", {**info, "reused": saved.get("trained_at"),
                                       **{k: saved[k] for k in ("wall_s", "cpu_s") if k in saved}}
+    if reuse_only:
+        return None, {**info, "error": "not trained (reuse only, and not in the work folder)"}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start, cpu = time.perf_counter(), _children_cpu_s()
