@@ -129,13 +129,15 @@ def variants(settings: Settings) -> tuple[list[Variant], dict[str, str]]:
     for scheme in scheme_names():
         if scheme == FULL:
             continue
-        if scheme not in settings.schemes:
+        chosen = [options for options in VARIANTS.get(scheme, ({},))
+                  if scheme in settings.schemes or Variant(scheme, tuple(options.items()), 1).label in settings.schemes]
+        if not chosen:
             skipped[scheme] = "not in --schemes"
             continue
         if scheme in NEEDS_SETUP:
             skipped[scheme] = NEEDS_SETUP[scheme]
             continue
-        for options in VARIANTS.get(scheme, ({},)):
+        for options in chosen:
             plan += [Variant(scheme, tuple(options.items()), float(ratio)) for ratio in settings.ratios]
     return plan, skipped
 
@@ -342,7 +344,7 @@ def markdown(results: dict[str, Any]) -> str:
     serving = results["serving"]
     lines += ["", "## Serving precision (full tables quantised after training)", ""]
     if serving.get("note"):
-        lines.append(serving["note"])
+        lines += [serving["note"], ""]
     if serving.get("runs"):
         lines += [("| dataset | model | seed | precision | test AUC | AUC loss vs fp32 | table MiB | lookup ms / 1,000 "
                   "| lookup speed-up | forward ms / 1,000 |"), "|---|---|---|---|---|---|---|---|---|---|"]
@@ -375,8 +377,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--patience", type=int, default=2, help="early stopping: evaluations without improvement")
     parser.add_argument("--max-steps", type=int, help="cap every run's steps (default: none; --quick: 10)")
     parser.add_argument("--ratios", help="memory divisors against full tables (default 4,16,64; --quick: 16)")
-    parser.add_argument("--schemes", help="comma-separated compressing schemes to run (default: every registered "
-                        f"one; now {', '.join(s for s in scheme_names() if s != FULL)})")
+    parser.add_argument("--schemes", help="comma-separated compressing schemes, or variants such as qr-add, to run "
+                        f"(default: every registered one; now {', '.join(s for s in scheme_names() if s != FULL)})")
     parser.add_argument("--rounds", type=int, help="timing rounds for serving precisions (default 5; --quick: 1)")
     parser.add_argument("--repeats", type=int, help="timed calls per round (default 10; --quick: 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
@@ -411,9 +413,10 @@ def parse(argv: list[str] | None = None) -> Settings:
     if any(r <= 1 for r in ratios):
         parser.error("--ratios: each must be > 1 (full tables are always run)")
     compressing = [s for s in scheme_names() if s != FULL]
+    labels = [Variant(s, tuple(o.items()), 1).label for s in compressing for o in VARIANTS.get(s, ())]
     schemes = [s.strip() for s in args.schemes.split(",")] if args.schemes else compressing
-    if any(s not in compressing for s in schemes):
-        parser.error(f"--schemes: choose from {', '.join(compressing)}")
+    if any(s not in compressing + labels for s in schemes):
+        parser.error(f"--schemes: choose from {', '.join(compressing + labels)}")
     seeds = args.seeds or (1 if args.quick else 3)
     if seeds < 1:
         parser.error("--seeds: at least 1")
