@@ -66,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,10 +230,17 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def train_run(model: str, dataset: str, data: Path, seed: int, settings: Settings) -> tuple[Path | None, dict]:
-    """Train (or reuse) one run; (artifact path or None, what to record about the run)."""
-    out = settings.work / "runs" / dataset / model / f"seed{seed}"
-    command = train_command(model, data, out, seed, budget_overrides(settings, dataset))
+def train_run(model: str, dataset: str, data: Path, seed: int, settings: Settings, overrides: list[str] | None = None,
+              variant: str | None = None, reuse_only: bool = False) -> tuple[Path | None, dict]:
+    """Train (or reuse) one run; (artifact path or None, what to record about the run).
+
+    ``overrides`` are ``--set`` values after the budget's (an embedding scheme, say), ``variant`` names them in
+    the run's folder (``runs/DATASET/MODEL/VARIANT/seedN``); other benchmarks pass a Settings-like object
+    with ``work``, ``fresh``, ``epochs``, ``max_steps`` and ``patience``. ``reuse_only``: a run not already in
+    ``work`` is not trained but returned as an error (collecting runs that parallel invocations trained).
+    """
+    out = settings.work / "runs" / dataset / model / (variant or "") / f"seed{seed}"
+    command = train_command(model, data, out, seed, budget_overrides(settings, dataset) + list(overrides or []))
     digest = run_digest(command, data, model)
     info: dict[str, Any] = {"command": shlex.join(command[1:]),
                             "config": str(config_file(model).relative_to(REPO)) if config_file(model) else None}
@@ -242,6 +250,8 @@ def train_run(model: str, dataset: str, data: Path, seed: int, settings: Setting
         if saved.get("digest") == digest:
             return out / "artifact", {**info, "reused": saved.get("trained_at"),
                                       **{k: saved[k] for k in ("wall_s", "cpu_s") if k in saved}}
+    if reuse_only:
+        return None, {**info, "error": "not trained (reuse only, and not in the work folder)"}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start, cpu = time.perf_counter(), _children_cpu_s()
@@ -334,28 +344,38 @@ def inference_batch(data: Path, rows: int = 1000) -> Batch:
     return next(iter(ParquetReader(data, "test", rows)))
 
 
-def time_inference(paths: dict[str, Path], batch: Batch, rounds: int, repeats: int, warmup: int
-                   ) -> dict[str, dict[str, float]]:
-    """ms per 1,000 rows of each artifact's forward: median of ``rounds`` × ``repeats`` timed forwards, the
-    artifacts in interleaved rounds (rotating order) after ``warmup`` forwards each."""
-    models = {key: artifacts.load(path).model for key, path in paths.items()}
-    keys = list(models)
-    scale = 1000 / batch.labels.shape[0]
+def time_calls(calls: dict[str, Callable[[], Any]], rows: int, rounds: int, repeats: int, warmup: int
+               ) -> dict[str, dict[str, float]]:
+    """ms per 1,000 rows of each call (each handles ``rows`` rows): median of ``rounds`` × ``repeats`` timed
+    calls, the calls in interleaved rounds (rotating order) after ``warmup`` calls each, so a load change on a
+    shared machine hits every call alike."""
+    keys = list(calls)
+    scale = 1000 / rows
     times: dict[str, list[float]] = {key: [] for key in keys}
     with torch.inference_mode():
         for key in keys:
             for _ in range(warmup):
-                models[key](batch)
+                calls[key]()
         for r in range(rounds):
             for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-                models[key](batch)  # the first forward after switching models refills the caches
+                calls[key]()  # the first call after switching refills the caches
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    models[key](batch)
+                    calls[key]()
                     times[key].append(time.perf_counter() - start)
-    return {key: {"inference_ms_per_1000": 1e3 * statistics.median(t) * scale,
-                  "inference_ms_q1": 1e3 * float(np.percentile(t, 25)) * scale,
-                  "inference_ms_q3": 1e3 * float(np.percentile(t, 75)) * scale} for key, t in times.items()}
+    return {key: {"ms_per_1000": 1e3 * statistics.median(t) * scale,
+                  "ms_q1": 1e3 * float(np.percentile(t, 25)) * scale,
+                  "ms_q3": 1e3 * float(np.percentile(t, 75)) * scale} for key, t in times.items()}
+
+
+def time_inference(paths: dict[str, Path], batch: Batch, rounds: int, repeats: int, warmup: int
+                   ) -> dict[str, dict[str, float]]:
+    """ms per 1,000 rows of each artifact's forward (``time_calls``)."""
+    models = {key: artifacts.load(path).model for key, path in paths.items()}
+    timed = time_calls({key: (lambda m=model: m(batch)) for key, model in models.items()}, batch.labels.shape[0],
+                       rounds, repeats, warmup)
+    return {key: {"inference_ms_per_1000": t["ms_per_1000"], "inference_ms_q1": t["ms_q1"],
+                  "inference_ms_q3": t["ms_q3"]} for key, t in timed.items()}
 
 
 # ---- summary and the ordering check ----------------------------------------------------------------

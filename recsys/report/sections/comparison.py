@@ -2,7 +2,8 @@
 
 A results file adds points with records (under ``runs``, ``models`` or ``results``, or at the top level)
 that carry an AUC (``auc``, ``test_auc`` or ``test.auc``) and ``embedding_bytes``, named by ``label``,
-``model``, ``name`` or ``scheme``. The report's own artifacts are points too.
+``model``, ``name`` or ``scheme``. The report's own artifacts are points too. A file an earlier section
+claimed (embeddings.json, whose runs span datasets) is left to that section.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render(ctx: ReportContext) -> Section:
     points: list[dict[str, Any]] = []
     for file in ctx.bench.values():
+        if file.name in ctx.claimed:  # a dedicated section (bench_embeddings) shows it, per dataset
+            continue
         found = _records(file.data)
         if found:
             ctx.claimed.add(file.name)
