@@ -162,6 +162,12 @@ def quantize_function() -> Any:
     return quantize_tables
 
 
+def served_embedding_bytes(model: Any) -> int:
+    from kernels.quantize import served_embedding_bytes as measured
+
+    return measured(model)
+
+
 def serving_precisions(path: Path, data: Path, settings: Settings, quantize: Any) -> dict[str, Any]:
     """One full-table artifact at fp32, int8 and int4: test AUC, AUC loss, table bytes, lookup and forward ms."""
     batch = zoo.inference_batch(data)
@@ -176,7 +182,7 @@ def serving_precisions(path: Path, data: Path, settings: Settings, quantize: Any
         arch = model.sparse_arch
         out[precision] = {
             "auc": task_spec(artifact.schema).offline_metrics(labels, scores).get("auc"),
-            "table_bytes": sum(t.numel() * t.element_size() for t in [*arch.parameters(), *arch.buffers()])}
+            "table_bytes": served_embedding_bytes(model)}  # fbgemm's rows with their scale and bias
         calls[f"{precision}/lookup"] = lambda a=arch: a(batch.sparse)
         calls[f"{precision}/forward"] = lambda m=model: m(batch)
     timed = zoo.time_calls(calls, rows, settings.rounds, settings.repeats, settings.warmup)
