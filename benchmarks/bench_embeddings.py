@@ -71,7 +71,7 @@ NEEDS_SETUP = {
 }
 HISTORY_MODELS = {"din"}  # run only where the schema has behaviour sequences
 PRECISIONS = ("int8", "int4")
-METRICS = ("auc", "gauc", "logloss", "embedding_bytes", "dense_bytes", "embedding_bytes_full",
+METRICS = ("auc", "gauc", "logloss", "embedding_bytes", "dense_bytes", "embedding_bytes_full", "embedding_params",
            "train_samples_per_s", "cpu_s")
 CLAIM = ("qr", "hash")  # the paper's claim: the first beats the second at equal memory
 
@@ -147,7 +147,8 @@ def variants(settings: Settings) -> tuple[list[Variant], dict[str, str]]:
 def table_bytes(path: Path) -> dict[str, Any]:
     """The sizes the trainer measured on the built model (metrics.json), and their ratio to full tables."""
     metrics = json.loads((path / artifacts.METRICS).read_text())
-    record = {key: metrics.get(key) for key in ("embedding_bytes", "dense_bytes", "embedding_bytes_full")}
+    keys = ("embedding_bytes", "dense_bytes", "embedding_bytes_full", "embedding_params")
+    record = {key: metrics.get(key) for key in keys}
     if record["embedding_bytes"] and record["embedding_bytes_full"]:
         record["compression"] = record["embedding_bytes_full"] / record["embedding_bytes"]
     return record
