@@ -98,26 +98,11 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What the command line decides (the fields bench_models' helpers read have its names)."""
+class Settings(zoo.Settings):
+    """What the command line decides: bench_models' settings (its helpers read them) plus the ratios and schemes."""
 
-    models: list[str]
-    seeds: list[int]
-    datasets: list[str]
-    synthetic_rows: int
-    movielens: Path
-    epochs: dict[str, int]
-    patience: int
-    max_steps: int | None
     ratios: list[float]
     schemes: list[str]
-    work: Path
-    out: Path
-    rounds: int
-    repeats: int
-    warmup: int
-    fresh: bool
-    quick: bool
     note: str = ""
     reuse_only: bool = False
 
