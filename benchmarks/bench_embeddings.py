@@ -54,7 +54,6 @@ from bench_data import cpu_pressure, machine
 from recsys import artifact as artifacts
 from recsys.data.layout import load_schema
 from recsys.embeddings import scheme_names
-from recsys.models import model_names
 from recsys.tasks import task_spec
 
 HERE = zoo.HERE
@@ -385,23 +384,11 @@ def parse(argv: list[str] | None = None) -> Settings:
                         "e.g. the commands that trained them in parallel before this one reused them)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, 1 ratio, a few steps: a smoke run")
     args = parser.parse_args(argv)
-    registered = model_names()
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in registered]
-    if not models or unknown:
-        parser.error(f"--models: not registered: {', '.join(unknown)}; registered: {', '.join(registered)}")
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if not datasets or any(d not in DATASETS for d in datasets):
-        parser.error(f"--datasets: choose from {', '.join(DATASETS)}")
+    models, datasets, epochs = zoo.parse_runs(parser, args, DATASETS)
     try:
-        epochs = {k.strip(): int(v) for k, v in (item.split("=") for item in args.epochs.split(","))}
         ratios = [float(r) for r in (args.ratios or ("16" if args.quick else ",".join(map(str, RATIOS)))).split(",")]
     except ValueError:
-        parser.error("--epochs NAME=N,… and --ratios R,… (numbers)")
-    if args.quick:
-        epochs = dict.fromkeys(DATASETS, 1)
-    if any(epochs.get(d, 0) < 1 for d in datasets):
-        parser.error("--epochs: every dataset needs a cap ≥ 1")
+        parser.error("--ratios: expected numbers R,… e.g. 4,16,64")
     if any(r <= 1 for r in ratios):
         parser.error("--ratios: each must be > 1 (full tables are always run)")
     compressing = [s for s in scheme_names() if s != FULL]

@@ -554,6 +554,30 @@ def log(message: str) -> None:
 
 # ---- main ------------------------------------------------------------------------------------------
 
+def parse_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, known: tuple[str, ...]
+               ) -> tuple[list[str], list[str], dict[str, int]]:
+    """--models (default: every registered one), --datasets (of ``known``) and --epochs (NAME=N,…; 1 each with
+    --quick), checked: a bad value is the parser's error naming the flag. Shared with bench_embeddings."""
+    registered = model_names()
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else registered
+    unknown = [m for m in models if m not in registered]
+    if unknown:
+        parser.error(f"--models: not registered: {', '.join(unknown)}; registered: {', '.join(registered)}")
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if not datasets or any(d not in known for d in datasets):
+        parser.error(f"--datasets: choose from {', '.join(known)}")
+    try:
+        epochs = {k.strip(): int(v) for k, v in (item.split("=") for item in args.epochs.split(","))}
+    except ValueError:
+        parser.error("--epochs: expected NAME=N,… e.g. synthetic=1,movielens=10")
+    if args.quick:
+        epochs = dict.fromkeys(known, 1)
+    missing = [d for d in datasets if epochs.get(d, 0) < 1]
+    if missing:
+        parser.error(f"--epochs: no epoch cap ≥ 1 for {', '.join(missing)}")
+    return models, datasets, epochs
+
+
 def parse(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated registered models (default: all registered: "
@@ -577,23 +601,7 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--fresh", action="store_true", help="retrain runs already in --work")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: a smoke run")
     args = parser.parse_args(argv)
-    registered = model_names()
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else registered
-    unknown = [m for m in models if m not in registered]
-    if unknown:
-        parser.error(f"--models: not registered: {', '.join(unknown)}; registered: {', '.join(registered)}")
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if not datasets or any(d not in DATASETS for d in datasets):
-        parser.error(f"--datasets: choose from {', '.join(DATASETS)}")
-    try:
-        epochs = {k.strip(): int(v) for k, v in (item.split("=") for item in args.epochs.split(","))}
-    except ValueError:
-        parser.error("--epochs: expected NAME=N,… e.g. synthetic=1,movielens=10")
-    if args.quick:
-        epochs = dict.fromkeys(DATASETS, 1)
-    missing = [d for d in datasets if epochs.get(d, 0) < 1]
-    if missing:
-        parser.error(f"--epochs: no epoch cap ≥ 1 for {', '.join(missing)}")
+    models, datasets, epochs = parse_runs(parser, args, DATASETS)
     if args.seeds < 1:
         parser.error("--seeds: at least 1")
     if any(d in MOVIELENS_SPLITS for d in datasets) and not (args.movielens / "ratings.csv").is_file():

@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +57,13 @@ def small_ctr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small_ctr") / "ctr"
     synth_ctr(CtrConfig(rows=12_000, seed=3), out, PrepareOptions(seed=3))
     return out
+
+
+@pytest.fixture(scope="module")
+def contract_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis server (the embedded one) for a contract suite's served-over-HTTP tests."""
+    from services.feature_store.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis.start(tmp_path_factory.mktemp("contract-redis"))
+    yield server
+    server.kill()

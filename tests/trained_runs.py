@@ -1,6 +1,7 @@
-"""Checks every trained run of the contract suites must pass (models: tests/models/test_contract.py, embedding
-schemes: tests/embeddings/test_scheme_contract.py): its artifact reloads in a fresh process with the trained
-model's predictions, and ``recsys serve`` over HTTP, from a real Redis, gives the offline scores."""
+"""Checks the contract suites share (models: tests/models/test_contract.py, embedding schemes:
+tests/embeddings/test_scheme_contract.py): an unsharded model learns from a real batch; a 2-process run learned;
+its artifact reloads in a fresh process with the trained model's predictions, and ``recsys serve`` over HTTP,
+from a real Redis (``contract_redis`` in tests/conftest.py), gives the offline scores."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from torch import nn
 
 from recsys import artifact as artifacts
+from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
 from recsys.tasks import task_spec
 from services.feature_store.embedded import EmbeddedRedis
@@ -29,9 +32,31 @@ def train_losses(run: Path) -> list[float]:
     return [line["loss"] for line in lines if line["split"] == "train"]
 
 
+def assert_learns_from_a_batch(model: nn.Module, data: Path, label: str) -> None:
+    """On 64 training rows of ``data``: one finite float32 logit per row, and the task's loss backward reaches
+    every parameter with a non-zero gradient."""
+    batch = next(iter(ParquetReader(data, "train", 64)))
+    logits = model(batch)
+    assert logits.shape == (64,) and logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())
+    task_spec(load_schema(data)).loss(logits, batch.labels).backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not silent, f"{label}: no gradient reaches {silent}"
+
+
+def assert_two_process_run_learned(run: Path, steps: int, label: str) -> None:
+    """``steps`` finite losses, the last 5 below the first 5 on average, tables on both processes."""
+    losses = train_losses(run)
+    assert len(losses) == steps and all(np.isfinite(losses)), losses
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"{label}: the loss did not decrease: {losses}"
+    plan = (run / "plan.txt").read_text()
+    assert "rank 0" in plan and "rank 1" in plan, plan  # tables on both processes
+
+
+
 _SCORE = """
 import sys, numpy as np, torch
 from recsys import artifact
+from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
 from recsys.tasks import task_spec
 loaded = artifact.load(sys.argv[1])

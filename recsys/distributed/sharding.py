@@ -41,7 +41,7 @@ from recsys.config import (ComputeKernel, DenseOptimizer, ShardingConfig, Shardi
                            SparseOptimizerConfig, TrainConfig)
 from recsys.distributed.env import DistEnv
 from recsys.distributed.managed_collision import ManagedCollisionSharder
-from recsys.embeddings import embedding_modules, embedding_tables, logical_of, table_names
+from recsys.embeddings import embedding_modules, embedding_tables, logical_of, table_names, table_users
 from recsys.errors import RecsysError
 
 _GIB = 1024 ** 3
@@ -151,13 +151,8 @@ def plan_text(sharding_plan: ShardingPlan, model: nn.Module | None = None) -> st
                                                f"kernel={parameter.compute_kernel} [{where}]")
     if model is None:
         return "".join(line + "\n" for group in lines.values() for line in group)
-    users: dict[str, list[str]] = {}  # physical table → the logical tables it embeds
-    schemes: dict[str, str] = {}
-    for module in model.modules():
-        schemes |= getattr(module, "schemes", None) or {}
-        for owner, physical in (getattr(module, "physical_tables", None) or {}).items():
-            for name in physical:
-                users.setdefault(name, []).append(owner)
+    users = table_users(model)
+    schemes = {name: scheme for m in model.modules() for name, scheme in (getattr(m, "schemes", None) or {}).items()}
     groups: dict[str, list[str]] = {}  # heading → physical tables
     for table in lines:
         owners = users.get(table, [table])

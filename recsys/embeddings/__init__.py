@@ -251,15 +251,19 @@ def table_names(model: nn.Module) -> list[str]:
     return [table for _, module in embedding_modules(model) for table in _tables_of(module)]
 
 
-def logical_of(model: nn.Module) -> dict[str, str]:
-    """Physical table → the logical table it embeds (itself for full tables). A shared table maps to the
-    first logical table that uses it."""
-    owners: dict[str, str] = {}
+def table_users(model: nn.Module) -> dict[str, list[str]]:
+    """Physical table → the logical tables it embeds (itself for a full table; several for a shared one)."""
+    users: dict[str, list[str]] = {}
     for module in model.modules():
         for logical, physical in (getattr(module, "physical_tables", None) or {}).items():
             for name in physical:
-                owners.setdefault(name, logical)
-    return {name: owners.get(name, name) for name in table_names(model)}
+                users.setdefault(name, []).append(logical)
+    return {name: users.get(name, [name]) for name in table_names(model)}
+
+
+def logical_of(model: nn.Module) -> dict[str, str]:
+    """Physical table → the logical table it embeds; a shared table maps to the first logical table using it."""
+    return {name: users[0] for name, users in table_users(model).items()}
 
 
 def model_bytes(model: nn.Module) -> dict[str, int]:

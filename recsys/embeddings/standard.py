@@ -42,7 +42,7 @@ class StandardEmbeddings(nn.Module):
 
     def __init__(self, schema: Schema, config: EmbeddingConfig, device: torch.device) -> None:
         super().__init__()
-        dim_of = {t: config.for_table(t)["dim"] for t in [t.name for t in schema.tables]}
+        dim_of = {t.name: config.for_table(t.name)["dim"] for t in schema.tables}
         poolings = {f.name: f.pooling for f in [*schema.sparse, *schema.sequences]}
         sequence_tables = {f.table for f in schema.sequences}
         bags: list[EmbeddingBagConfig] = []

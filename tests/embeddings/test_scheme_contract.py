@@ -12,23 +12,19 @@ contract's (tests/models/test_contract.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from recsys.config import TrainConfig
 from recsys.data.layout import load_schema
-from recsys.data.reader import ParquetReader
 from recsys.embeddings import scheme_names
 from recsys.models import build_model, model_names
-from recsys.tasks import task_spec
 from services.feature_store.embedded import EmbeddedRedis
 from tests.conftest import REPO_ROOT, train_cli
-from tests.trained_runs import (assert_reloads_with_the_same_predictions, assert_served_with_the_offline_scores,
-                                train_losses)
+from tests.trained_runs import (assert_learns_from_a_batch, assert_reloads_with_the_same_predictions,
+                                assert_served_with_the_offline_scores, assert_two_process_run_learned)
 
 SCHEMES = scheme_names()
 COMPRESSING = [s for s in SCHEMES if s != "standard"]
@@ -48,12 +44,7 @@ def test_every_model_learns_through_the_scheme(scheme: str, model_name: str, sma
     torch.manual_seed(0)
     model = build_model(model_name, schema, config.model, config.embedding)
     assert model.sparse_arch.schemes["C1"] == "standard" and model.sparse_arch.schemes["C3"] == scheme
-    batch = next(iter(ParquetReader(small_ctr, "train", 64)))
-    logits = model(batch)
-    assert logits.shape == (64,) and bool(torch.isfinite(logits).all())
-    task_spec(schema).loss(logits, batch.labels).backward()
-    silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
-    assert not silent, f"{scheme}/{model_name}: no gradient reaches {silent}"
+    assert_learns_from_a_batch(model, small_ctr, f"{scheme}/{model_name}")
 
 
 @pytest.fixture(scope="module", params=COMPRESSING)
@@ -71,11 +62,8 @@ def trained(request: pytest.FixtureRequest, small_ctr: Path, tmp_path_factory: p
 @pytest.mark.slow
 def test_two_process_sharded_training_learns_within_the_budget(trained: tuple[str, Path]) -> None:
     scheme, run = trained
-    losses = train_losses(run)
-    assert len(losses) == STEPS and all(np.isfinite(losses)), losses
-    assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"{scheme}: the loss did not decrease: {losses}"
+    assert_two_process_run_learned(run, STEPS, scheme)
     plan = (run / "plan.txt").read_text()
-    assert "rank 0" in plan and "rank 1" in plan, plan  # tables on both processes
     # logical tables head their physical ones; the full table C1 keeps its one line
     assert f"C3 ({scheme})" in plan or "(shared by" in plan, plan
     assert "\nsparse_arch.ebc.C1:" in "\n" + plan or "\nsparse_arch.ecs.0.C1:" in "\n" + plan, plan
@@ -91,14 +79,7 @@ def test_artifact_reloads_in_a_fresh_process_with_the_same_predictions(trained: 
     assert_reloads_with_the_same_predictions(trained[1], small_ctr, tmp_path)
 
 
-@pytest.fixture(scope="module")
-def scheme_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis.start(tmp_path_factory.mktemp("scheme-redis"))
-    yield server
-    server.kill()
-
-
 @pytest.mark.slow
 def test_served_over_http_with_the_offline_scores(trained: tuple[str, Path], small_ctr: Path,
-                                                  scheme_redis: EmbeddedRedis, tmp_path: Path) -> None:
-    assert_served_with_the_offline_scores("dlrm", trained[1], small_ctr, scheme_redis, tmp_path)
+                                                  contract_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    assert_served_with_the_offline_scores("dlrm", trained[1], small_ctr, contract_redis, tmp_path)

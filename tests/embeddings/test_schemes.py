@@ -14,7 +14,6 @@ from kernels.quantize import quantize_tables, served_embedding_bytes
 from recsys import artifact
 from recsys.config import EmbeddingConfig, ShardingConfig, TrainConfig
 from recsys.data.layout import load_schema
-from recsys.data.reader import ParquetReader
 from recsys.distributed.sharding import constraints
 from recsys.embeddings import (LogicalTable, build_embeddings, embedding_tables, full_table_bytes, model_bytes,
                                table_vectors)
@@ -23,8 +22,8 @@ from recsys.embeddings.qr import QROptions, QRPart, radices
 from recsys.errors import RecsysError
 from recsys.models import build_model, model_names
 from recsys.schema import Schema
-from recsys.tasks import task_spec
 from tests.conftest import REPO_ROOT, train_cli
+from tests.trained_runs import assert_learns_from_a_batch
 
 
 def _schema(rows: dict[str, int], dim: int = 4, multi: str | None = None) -> Schema:
@@ -177,12 +176,7 @@ def test_every_model_takes_tables_of_several_dims(model_name: str, small_ctr: Pa
     model = build_model(model_name, schema, config.model, config.embedding)
     dims = dict(zip(model.sparse_arch.feature_names, model.sparse_arch.embedding_dims))
     assert dims["C1"] == 8 and dims["C2"] == 24
-    batch = next(iter(ParquetReader(small_ctr, "train", 64)))
-    logits = model(batch)
-    assert logits.shape == (64,) and bool(torch.isfinite(logits).all())
-    task_spec(schema).loss(logits, batch.labels).backward()
-    silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
-    assert not silent, f"{model_name}: no gradient reaches {silent}"
+    assert_learns_from_a_batch(model, small_ctr, model_name)
 
 
 def test_metrics_record_bytes_as_trained_and_as_served(small_ctr: Path, tmp_path: Path) -> None:

@@ -12,22 +12,18 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from recsys.config import TrainConfig
 from recsys.data.layout import load_schema
-from recsys.data.reader import ParquetReader
 from recsys.models import build_model, model_names
-from recsys.tasks import task_spec
 from services.feature_store.embedded import EmbeddedRedis
 from tests.conftest import REPO_ROOT, train_cli
-from tests.trained_runs import (assert_reloads_with_the_same_predictions, assert_served_with_the_offline_scores,
-                                train_losses)
+from tests.trained_runs import (assert_learns_from_a_batch, assert_reloads_with_the_same_predictions,
+                                assert_served_with_the_offline_scores, assert_two_process_run_learned)
 
 MODELS = model_names()
 STEPS = 20
@@ -43,12 +39,7 @@ def test_shapes_and_every_parameter_learns(name: str, small_ctr: Path) -> None:
     schema = load_schema(small_ctr)
     torch.manual_seed(0)
     model = build_model(name, schema, config.model, config.embedding)
-    batch = next(iter(ParquetReader(small_ctr, "train", 64)))
-    logits = model(batch)
-    assert logits.shape == (64,) and logits.dtype == torch.float32 and bool(torch.isfinite(logits).all())
-    task_spec(schema).loss(logits, batch.labels).backward()
-    silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
-    assert not silent, f"{name}: no gradient reaches {silent}"
+    assert_learns_from_a_batch(model, small_ctr, name)
     source = inspect.getsource(sys.modules[type(model).__module__])
     assert not re.search(r"^\s*(from|import) (recsys\.distributed|torch\.distributed)", source, re.MULTILINE)  # no sharding
 
@@ -69,24 +60,13 @@ def trained(request: pytest.FixtureRequest, small_ctr: Path, tmp_path_factory: p
 @pytest.mark.slow
 def test_two_process_sharded_training_learns(trained: tuple[str, Path]) -> None:
     name, run = trained
-    losses = train_losses(run)
-    assert len(losses) == STEPS and all(np.isfinite(losses)), losses
-    assert np.mean(losses[-5:]) < np.mean(losses[:5]), f"{name}: the loss did not decrease: {losses}"
-    plan = (run / "plan.txt").read_text()
-    assert "rank 0" in plan and "rank 1" in plan, plan  # tables on both processes
+    assert_two_process_run_learned(run, STEPS, name)
 
 
 @pytest.mark.slow
 def test_artifact_reloads_in_a_fresh_process_with_the_same_predictions(trained: tuple[str, Path], small_ctr: Path,
                                                                         tmp_path: Path) -> None:
     assert_reloads_with_the_same_predictions(trained[1], small_ctr, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def contract_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis.start(tmp_path_factory.mktemp("contract-redis"))
-    yield server
-    server.kill()
 
 
 @pytest.mark.slow
