@@ -1,0 +1,93 @@
+"""Implicit feedback for retrieval: observed user-item interactions, a retriever's pair scores, ranking metrics.
+
+A retriever's forward returns ``PairScores`` (``recsys.models.retriever``): each
+row's user scored against its positive item and some negatives. The loss is the
+one the model's config names:
+
+- ``bpr``: mean over negatives of -log σ(s⁺ - s⁻) (Rendle et al., "BPR: Bayesian
+  Personalized Ranking from Implicit Feedback", UAI 2009);
+- ``softmax``: cross entropy over the candidates with logits (s - log q) / τ, the
+  sampling-bias correction of Yi et al., "Sampling-Bias-Corrected Neural Modeling
+  for Large Corpus Item Recommendations", RecSys 2019; excluded candidates (another
+  row's copy of the positive) are masked out;
+- ``hinge``: mean over negatives of max(0, m - s⁺ + s⁻); with s = -d² this is
+  Collaborative Metric Learning's loss (Hsieh et al., WWW 2017).
+
+Metrics are full-ranking (every catalogue item is scored, the user's training
+items excluded): Recall@K, NDCG@K, HR@K for K in ``CUTOFFS`` and MRR, computed by
+``recsys.eval``; Recall@20 is the primary one, as on the BARS matching benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recsys.models.retriever import PairScores, RetrievalLoss
+from recsys.tasks import Metric, MetricState, TaskSpec, register_task
+
+CUTOFFS = (5, 10, 20, 50)
+
+METRICS = [
+    *(Metric(f"recall@{k}", f"Recall@{k}", 1, f"recall at {k} (full ranking)", logged=k in (20, 50))
+      for k in CUTOFFS),
+    *(Metric(f"ndcg@{k}", f"NDCG@{k}", 1, f"NDCG at {k} (full ranking)", logged=k == 20) for k in CUTOFFS),
+    *(Metric(f"hr@{k}", f"HR@{k}", 1, f"hit rate at {k} (full ranking)", logged=False) for k in CUTOFFS),
+    Metric("mrr", "MRR", 1, "mean reciprocal rank of the first relevant item (full ranking)"),
+]
+
+
+def pair_loss(out: PairScores) -> torch.Tensor:
+    """The mean training loss of a batch's pair scores (see the module docstring)."""
+    scores = out.scores.float()
+    if out.loss is RetrievalLoss.SOFTMAX:
+        logits = scores if out.log_q is None else scores - out.log_q
+        if out.exclude is not None:
+            logits = logits.masked_fill(out.exclude, float("-inf"))
+        loss = F.cross_entropy(logits / out.temperature, out.target)
+    else:
+        positive = scores.gather(1, out.target.unsqueeze(1))  # (B, 1)
+        negative = torch.ones_like(scores, dtype=torch.bool).scatter_(1, out.target.unsqueeze(1), False)
+        if out.exclude is not None:
+            negative &= ~out.exclude
+        margins = positive - scores  # (B, C): s⁺ - s⁻ for every negative column
+        if out.loss is RetrievalLoss.BPR:
+            per_pair = -F.logsigmoid(margins)
+        else:
+            per_pair = F.relu(out.margin - margins)
+        loss = (per_pair * negative).sum() / negative.sum().clamp(min=1)
+    if out.penalty is not None:
+        loss = loss + out.penalty
+    return loss
+
+
+@register_task("implicit")
+class ImplicitRetrieval(TaskSpec):
+    name = "implicit"
+    primary = "recall@20"
+    score_description = "the retriever's similarity of user and item (dot product, or minus squared distance)"
+
+    def loss(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(logits, PairScores):
+            raise TypeError(f"the implicit task trains retrievers, whose forward returns PairScores; "
+                            f"got {type(logits).__name__}")
+        return pair_loss(logits)
+
+    def link(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float()
+
+    def link_numpy(self, logits: np.ndarray) -> np.ndarray:
+        return logits.astype(np.float64)
+
+    def metric_state(self, device: torch.device) -> MetricState:
+        raise NotImplementedError("implicit: evaluation is full-ranking (recsys.eval), not per batch")
+
+    @property
+    def metrics(self) -> list[Metric]:
+        return METRICS
+
+    def offline_metrics(self, labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+        return {"rows": len(labels)}
