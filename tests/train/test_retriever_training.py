@@ -40,3 +40,11 @@ def test_training_interactions_are_the_train_split_rows(small_implicit: Path) ->
     assert users.dtype == np.int64 and items.dtype == np.int64
     np.testing.assert_array_equal(users, frame["user_id"].to_numpy())
     np.testing.assert_array_equal(items, frame["item_id"].to_numpy())
+
+
+def test_a_retriever_refuses_the_train_pipeline(small_implicit: Path, tmp_path: Path) -> None:
+    """torchrec's pipeline prefetches the batch's ids only; a retriever also looks up the negatives it samples."""
+    result = train_cli(small_implicit, tmp_path / "run", "trainer.pipeline=on", "trainer.max_steps=2", model="mf")
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert "trainer.pipeline" in error and "--model mf" in error
