@@ -48,3 +48,22 @@ def test_a_retriever_refuses_the_train_pipeline(small_implicit: Path, tmp_path: 
     assert result.returncode != 0
     error = result.stderr.strip().splitlines()[-1]
     assert "trainer.pipeline" in error and "--model mf" in error
+
+
+def test_sampled_softmax_trains_with_the_item_table_split_over_both_processes(small_implicit: Path,
+                                                                              tmp_path: Path) -> None:
+    """Partial FC-style: each step looks up the batch's positives and 64 shared sampled items from an item table
+    whose columns live on both processes."""
+    run = tmp_path / "run"
+    result = train_cli(small_implicit, run, "model.loss=softmax", "model.sampling=in_batch", "model.negatives=64",
+                       "trainer.max_steps=20", "trainer.log_every=1", "trainer.batch_size=256",
+                       "sharding.sharding_types=[column_wise]", "sharding.min_partition=8", model="mf", nproc=2,
+                       extra=("--config", str(REPO_ROOT / "configs" / "mf.yaml")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    item_table = [line for line in (run / "plan.txt").read_text().splitlines() if ".item_id:" in line]
+    assert len(item_table) == 1 and "rank 0" in item_table[0] and "rank 1" in item_table[0], item_table
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["split"] == "train"]
+    assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    metrics = json.loads((run / "artifact" / "metrics.json").read_text())
+    assert metrics["test.recall@20"] > 2 * 20 / metrics["test.items"]
