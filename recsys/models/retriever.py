@@ -21,10 +21,13 @@ loss: BPR, sampled softmax with log-Q correction, or hinge.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -79,6 +82,24 @@ class PairScores:
     exclude: torch.Tensor | None = None
     log_q: torch.Tensor | None = None
     penalty: torch.Tensor | None = None
+
+
+_TENSORS = ("scores", "target", "exclude", "log_q", "penalty")
+_SETTINGS = ("loss", "margin", "temperature")
+
+
+def _flatten(out: PairScores) -> tuple[list[torch.Tensor | None], tuple[Any, ...]]:
+    return [getattr(out, name) for name in _TENSORS], tuple(getattr(out, name) for name in _SETTINGS)
+
+
+def _unflatten(tensors: Iterable[torch.Tensor | None], settings: tuple[Any, ...]) -> PairScores:
+    return PairScores(**dict(zip(_TENSORS, tensors)), **dict(zip(_SETTINGS, settings)))
+
+
+# A pytree, so that wrappers that look for the tensors of a forward's output find them: torchrec wraps the
+# dense part in DDP with static_graph, whose gradient all-reduce hangs off the output's tensors; an opaque
+# output would leave each process's dense weights to drift apart.
+pytree.register_pytree_node(PairScores, _flatten, _unflatten, serialized_type_name="recsys.PairScores")
 
 
 class Retriever(nn.Module):

@@ -11,6 +11,7 @@ scores and test recall as the sharded model measured.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,15 +83,19 @@ def test_every_parameter_learns_under_each_loss(name: str, loss: RetrievalLoss, 
     assert not silent, f"{name} ({loss.value}): no gradient reaches {silent}"
 
 
+def _train(name: str, data: Path, out: Path, nproc: int, *more: str) -> subprocess.CompletedProcess[str]:
+    return train_cli(data, out, f"trainer.max_steps={STEPS}", "trainer.epochs=1", "trainer.log_every=1",
+                     "trainer.batch_size=256", "trainer.checkpoint_every=0", model=name, nproc=nproc,
+                     extra=("--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), *more))
+
+
 @pytest.fixture(scope="module", params=RETRIEVERS)
 def trained(request: pytest.FixtureRequest, small_implicit: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[str, Path]:
     """(model, run folder): 30 steps of ``recsys train --nproc 2`` with the model's config, one evaluation."""
     name = request.param
     out = tmp_path_factory.mktemp(f"retriever-{name}") / "run"
-    result = train_cli(small_implicit, out, f"trainer.max_steps={STEPS}", "trainer.epochs=1", "trainer.log_every=1",
-                       "trainer.batch_size=256", "trainer.checkpoint_every=0", model=name, nproc=2,
-                       extra=("--config", str(REPO_ROOT / "configs" / f"{name}.yaml")))
+    result = _train(name, small_implicit, out, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Recall@20" in result.stdout + result.stderr  # the summary line names the primary metric
     return name, out
@@ -149,3 +154,20 @@ def test_exported_vectors_reload_in_a_fresh_process_with_the_same_scores(trained
     # The sharded model's test recall, measured during training, from the reloaded model in a fresh process.
     metrics = json.loads((run / "artifact" / "metrics.json").read_text())
     assert float(fresh["recall"]) == pytest.approx(metrics["test.recall@20"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_two_processes_resumes_in_one_with_the_same_test_recall(trained: tuple[str, Path],
+                                                                              small_implicit: Path,
+                                                                              tmp_path: Path) -> None:
+    """The checkpoint holds the weights the sharded model was evaluated with, dense layers included (the same on
+    every process): resumed with nothing left to train, one process measures the same test recall."""
+    name, run = trained
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    result = _train(name, small_implicit, copy, 1, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = json.loads((run / "artifact" / "metrics.json").read_text())
+    after = json.loads((copy / "artifact" / "metrics.json").read_text())
+    assert after["train.world_size"] == 1
+    assert after["test.recall@20"] == pytest.approx(before["test.recall@20"], abs=1e-6)
+    assert after["test.ndcg@20"] == pytest.approx(before["test.ndcg@20"], abs=1e-6)
