@@ -29,6 +29,9 @@ import numpy as np
 import torch
 
 
+NUMPY_COUNT = True  # count with numpy on the CPU (the torch path is what runs on an accelerator)
+
+
 @dataclass
 class Ranked:
     """What the metrics read of a block of U users' rankings.
@@ -108,7 +111,7 @@ def rank(scores: torch.Tensor, relevant: torch.Tensor, excluded: torch.Tensor | 
 def _count(scores: torch.Tensor, threshold: torch.Tensor, equal: bool = False) -> torch.Tensor:
     """(U,) int64: per row, the scores above (or equal to) the row's (U, 1) threshold. numpy on the CPU: its
     count is several times faster than torch's sum of a bool tensor."""
-    if scores.device.type == "cpu":
+    if scores.device.type == "cpu" and NUMPY_COUNT:
         values, cut = scores.numpy(), threshold.numpy()
         counts = np.count_nonzero(values == cut if equal else values > cut, axis=1)
         return torch.from_numpy(counts.astype(np.int64))

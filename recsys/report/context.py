@@ -67,6 +67,11 @@ class ReportArtifact:
     def metrics(self) -> dict[str, Any]:
         return self.artifact.metrics
 
+    @property
+    def is_retriever(self) -> bool:
+        """A retrieval artifact (its manifest describes item vectors): judged by full ranking, not row scores."""
+        return isinstance(self.artifact.manifest.get("retrieval"), dict)
+
     @cached_property
     def model_sizes(self) -> dict[str, int]:
         """Bytes of the embedding tables (torchrec collections, whatever the scheme) and of the rest."""
@@ -99,11 +104,13 @@ class ReportContext:
     _scored: dict[str, Scored] = field(default_factory=dict)
     _keys: dict[Path, dict[str, np.ndarray]] = field(default_factory=dict)
     _counts: dict[tuple[Path, str], np.ndarray] = field(default_factory=dict)
+    _ranked: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
     # ---- scoring -------------------------------------------------------------------------------
     def scored(self, item: ReportArtifact) -> Scored | None:
-        """The artifact's scores on its data's test split (at most ``max_rows`` rows); None without data."""
-        if item.data_dir is None:
+        """The artifact's scores on its data's test split (at most ``max_rows`` rows); None without data, and
+        for a retriever, whose forward scores training pairs, not rows (``ranked`` evaluates it)."""
+        if item.data_dir is None or item.is_retriever:
             return None
         if item.label not in self._scored:
             self._scored[item.label] = _score(item, self.max_rows, self.batch_size, self.progress)
@@ -116,9 +123,31 @@ class ReportContext:
             if scored is not None:
                 yield index, item, scored
 
+    def ranked(self, item: ReportArtifact) -> dict[str, float | int] | None:
+        """A retriever's full-ranking metrics on its data's test split, recomputed from the artifact's model
+        (``recsys.eval.retrieval``, the trainer's code); None without data or for a ranking model."""
+        if item.data_dir is None or not item.is_retriever:
+            return None
+        if item.label not in self._ranked:
+            from recsys.eval.retrieval import evaluate_retriever
+
+            model = item.artifact.model
+            log.info("ranking the catalogue for %s's test users", item.label)
+            self._ranked[item.label] = evaluate_retriever(model.user_vectors, model.item_vectors, model.similarity,
+                                                          item.data_dir, "test")
+        return self._ranked[item.label]
+
+    @property
+    def only_retrievers(self) -> bool:
+        """Every artifact is a retriever: the sections of per-row scores have nothing to show and are left out."""
+        return all(item.is_retriever for item in self.artifacts)
+
     def no_data_note(self) -> str:
-        """Why scoring sections are empty or partial: one line per artifact without data."""
-        return " ".join(f"{item.label}: {item.data_note}" for item in self.artifacts if item.data_dir is None)
+        """Why row-scoring sections are empty or partial: one line per artifact without data or row scores."""
+        notes = [f"{item.label}: {item.data_note}" for item in self.artifacts if item.data_dir is None]
+        notes += [f"{item.label}: a retriever, judged by full ranking (section Retrieval), not per-row scores."
+                  for item in self.artifacts if item.data_dir is not None and item.is_retriever]
+        return " ".join(notes)
 
     def scoring_note(self) -> str:
         """Which rows were scored, for the sections that show scores."""

@@ -89,8 +89,13 @@ def test_ranking_shorter_than_depth() -> None:
     assert ranked.first.tolist() == [1]
 
 
-def test_rank_matches_a_stable_sort_with_many_ties() -> None:
-    """Integer scores in 0..3 over 40 items: every cut falls inside a tie."""
+@pytest.mark.parametrize("numpy_count", [True, False], ids=["numpy", "torch"])
+def test_rank_matches_a_stable_sort_with_many_ties(numpy_count: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integer scores in 0..3 over 40 items: every cut falls inside a tie. Both ways of counting (the torch one
+    is what an accelerator runs)."""
+    import recsys.eval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "NUMPY_COUNT", numpy_count)
     generator = torch.Generator().manual_seed(0)
     users, items, depth = 64, 40, 7
     scores = torch.randint(0, 4, (users, items), generator=generator).float()

@@ -16,7 +16,9 @@ BINS = 20
 
 
 @register_section("calibration", title="Calibration", order=40)
-def render(ctx: ReportContext) -> Section:
+def render(ctx: ReportContext) -> Section | None:
+    if ctx.only_retrievers:  # ranked, not scored row by row: the Retrieval section shows them
+        return None
     fig, (ax,) = plots.figure(1, width=7.0, height=5.4)
     per = {}
     top = 0.0
@@ -34,7 +36,7 @@ def render(ctx: ReportContext) -> Section:
                 label=f"{item.label} (ECE {ece:.4f})")
         top = max(top, float(predicted.max()), float(observed.max()))
     if not per:
-        return Section(note=f"No calibration plot: no test data to score. {ctx.no_data_note()}")
+        return Section(note=f"No calibration plot: no test rows scored. {ctx.no_data_note()}")
     limit = min(1.0, top * 1.05 + 0.01)
     ax.plot([0, limit], [0, limit], color="#888888", linestyle="--", linewidth=1, label="perfectly calibrated")
     ax.set_xlim(0, limit)

@@ -13,7 +13,9 @@ CURVE_POINTS = 300  # per curve, for the plot and report.json; the metrics use e
 
 
 @register_section("curves", title="ROC and precision-recall curves", order=30)
-def render(ctx: ReportContext) -> Section:
+def render(ctx: ReportContext) -> Section | None:
+    if ctx.only_retrievers:  # ranked, not scored row by row: the Retrieval section shows them
+        return None
     fig, (roc_ax, pr_ax) = plots.figure(2)
     per = {}
     for index, item, scored in ctx.with_scores():
@@ -37,7 +39,7 @@ def render(ctx: ReportContext) -> Section:
             "pr": {"recall": recall.round(5), "precision": precision.round(5)},
         }
     if not per:
-        return Section(note=f"No curves: no test data to score. {ctx.no_data_note()}")
+        return Section(note=f"No curves: no test rows scored. {ctx.no_data_note()}")
     roc_ax.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1, label="chance")
     plots.style(roc_ax, "ROC curve (test split)", "false positive rate", "true positive rate")
     pr_ax.set_ylim(0, 1.02)

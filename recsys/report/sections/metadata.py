@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from recsys.data.layout import split_protocol
 from recsys.report import html
 from recsys.report.context import ReportContext
 from recsys.report.sections import Section, register_section
@@ -60,6 +61,7 @@ def render(ctx: ReportContext) -> Section:
                     for label in labels)
 
     data_stats: dict[str, Any] = {}
+    protocols: dict[str, str] = {}  # how each data set was split
     for data_dir, stats in ctx.data_stats.items():
         splits = stats.get("splits") if isinstance(stats.get("splits"), dict) else {}
         bayes = stats.get("splits_bayes") if isinstance(stats.get("splits_bayes"), dict) else {}
@@ -73,9 +75,11 @@ def render(ctx: ReportContext) -> Section:
         headers = ["split", "rows", "positive rate", *(["Bayes-optimal AUC"] if has_bayes else [])]
         rows = [[split, html.fmt(v["rows"]), html.fmt(v["positive_rate"], 4),
                  *([html.fmt(v["bayes_auc"], 4)] if has_bayes else [])] for split, v in entry.items()]
-        body += html.table(headers, rows, caption=f"Data: <code>{html.esc(data_dir)}</code> (stats.json)")
+        protocols[str(data_dir)] = split_protocol(stats)
+        body += html.table(headers, rows, caption=f"Data: <code>{html.esc(data_dir)}</code> (stats.json); "
+                                                  f"{html.esc(protocols[str(data_dir)])}")
     missing = [item for item in ctx.artifacts if item.data_dir is not None and item.data_dir not in ctx.data_stats]
     notes = [f"{item.label}: {item.data_dir} has no readable stats.json." for item in missing]
     if ctx.no_data_note():
         notes.append(ctx.no_data_note())
-    return Section(body, {"artifacts": per, "data": data_stats}, " ".join(notes))
+    return Section(body, {"artifacts": per, "data": data_stats, "split_protocols": protocols}, " ".join(notes))

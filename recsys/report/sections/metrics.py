@@ -11,7 +11,9 @@ from recsys.report.metrics import best
 from recsys.report.sections import Section, register_section
 from recsys.tasks import task_spec
 
-EXTRA_ROWS = [("test.rows", "test rows"), ("test.bayes_auc", "Bayes-optimal test AUC (synthetic data)"),
+EXTRA_ROWS = [("test.rows", "test rows"), ("test.users", "test users ranked (retrievers)"),
+              ("test.items", "catalogue items (retrievers)"),
+              ("test.bayes_auc", "Bayes-optimal test AUC (synthetic data)"),
               ("train.best_epoch", "epoch of the exported weights (best valid)")]
 
 
@@ -48,9 +50,15 @@ def render(ctx: ReportContext) -> Section:
         cells = [f"<b>{c}</b>" if label == winner else c for label, c in zip(values, cells, strict=True)]
         table_rows.append([name, *cells])
     body = html.table(["metric", *map(html.esc, per)], table_rows)
-    note = ("From each artifact's metrics.json, as the trainer computed them on all rows of the split "
-            "(torchmetrics AUC; log loss; NE = log loss / entropy of the positive rate; "
-            "calibration = mean predicted / observed positive rate).")
+    tasks = {task_spec(item.artifact.schema).name for item in ctx.artifacts}
+    note = "From each artifact's metrics.json, as the trainer computed them on all rows of the split"
+    if "ctr" in tasks:
+        note += (" (torchmetrics AUC; log loss; NE = log loss / entropy of the positive rate; "
+                 "calibration = mean predicted / observed positive rate)")
+    if "implicit" in tasks:
+        note += ("; retrievers: Recall@K, NDCG@K, HR@K and MRR of a full ranking of the catalogue, training "
+                 "items excluded (section Retrieval has the protocol)")
+    note += "."
     if len(per) > 1:
         note += " Best of the artifacts in bold (calibration: closest to 1)."
     return Section(body, {"artifacts": per, "best": winners}, note)

@@ -15,10 +15,12 @@ PER_ROW = 3
 
 
 @register_section("scores", title="Score distributions", order=50)
-def render(ctx: ReportContext) -> Section:
+def render(ctx: ReportContext) -> Section | None:
+    if ctx.only_retrievers:  # ranked, not scored row by row: the Retrieval section shows them
+        return None
     scored_items = list(ctx.with_scores())
     if not scored_items:
-        return Section(note=f"No score distributions: no test data to score. {ctx.no_data_note()}")
+        return Section(note=f"No score distributions: no test rows scored. {ctx.no_data_note()}")
     ncols = min(len(scored_items), PER_ROW)
     fig, axes = plots.figure(ncols, math.ceil(len(scored_items) / ncols), width=5.2 if ncols > 1 else 7.0,
                              height=4.0)

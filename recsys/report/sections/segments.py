@@ -72,13 +72,15 @@ def _segments(ctx: ReportContext, data_dir: Path) -> tuple[list[_Segment], list[
 
 
 @register_section("segments", title="Metrics by segment", order=60)
-def render(ctx: ReportContext) -> Section:
+def render(ctx: ReportContext) -> Section | None:
+    if ctx.only_retrievers:  # ranked, not scored row by row: the Retrieval section shows them
+        return None
     groups: dict[Path, list[tuple[int, ReportArtifact, Scored]]] = {}
     for index, item, scored in ctx.with_scores():
         assert item.data_dir is not None
         groups.setdefault(item.data_dir, []).append((index, item, scored))
     if not groups:
-        return Section(note=f"No segments: no test data to score. {ctx.no_data_note()}")
+        return Section(note=f"No segments: no test rows scored. {ctx.no_data_note()}")
     body, data, notes = "", {}, []
     for data_dir, members in groups.items():
         segments, missing = _segments(ctx, data_dir)
