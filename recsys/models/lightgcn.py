@@ -1,0 +1,126 @@
+"""LightGCN: user and item vectors propagated over the interaction graph, averaged over layers.
+
+Paper: He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for
+Recommendation", SIGIR 2020. E0 is the user_id and item_id tables (from
+``recsys.embeddings``: any scheme, sharded by ``recsys.distributed``);
+E_k = Â·E_{k-1} with the symmetric-normalised bipartite adjacency Â; the final
+vectors are the mean of E_0..E_K; the loss is BPR with uniform negatives plus L2 on
+the batch's E0 rows (``l2`` × ½(‖e_u‖² + ‖e_i⁺‖² + ‖e_i⁻‖²) / B, the paper code's
+form), and the score a dot product. Every training step propagates the whole graph,
+as the paper does: its cost is K sparse products over all edges, whatever the batch.
+
+The graph comes from ``attach_interactions`` (the trainer calls it with the training
+split before sharding). Scoring needs no graph: the final vectors of every user and
+item are persistent buffers, recomputed from the tables when the model turns to eval
+mode after training (``refresh``), exported with the weights and read by
+``user_vectors``/``item_vectors`` in eval mode. They are no DDP buffers to broadcast
+(torchrec wraps with ``broadcast_buffers=False``, and this model has no dense
+parameters): each process computes the same vectors from the same tables.
+
+Differences from the paper: the optimiser is whatever ``optimizer.sparse`` fuses into
+the tables (fbgemm's CPU kernels have no Adam; the paper uses Adam); the softmax and
+hinge losses and in-batch negatives of the retriever contract are also accepted.
+
+    model = build_model("lightgcn", schema, {"layers": 3}, EmbeddingConfig())
+    model.attach_interactions(users, items)     # int64 rows of the user_id / item_id tables
+    out = model(batch)                          # PairScores: scores (B, 1 + negatives)
+    model.eval()                                # propagates once; user/item vectors are lookups from here
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from recsys.models import register_model
+from recsys.models.graph import (ITEM_FEATURE, USER_FEATURE, Graph, batch_ids, build_graph, candidates,
+                                 empty_graph, id_features, l2_rows, lookup_all, node_dim, pair_scores, propagate,
+                                 table_rows)
+from recsys.models.retriever import PairScores, Retriever, RetrieverConfig
+from recsys.schema import Schema
+from recsys.types import Batch
+
+
+class LightGCNConfig(RetrieverConfig):
+    """The ``model:`` section for ``--model lightgcn``."""
+
+    layers: int = Field(3, ge=0, le=8, description="propagation layers K (final = mean of E_0..E_K)")
+    l2: float = Field(1e-4, ge=0, description="weight of the L2 penalty on the batch's E0 rows")
+
+
+class LightGCN(Retriever):
+    """Batch → PairScores in training; user/item vectors (B, d) from the propagated tables."""
+
+    def __init__(self, schema: Schema, config: LightGCNConfig, embeddings: nn.Module) -> None:
+        super().__init__()
+        id_features(schema)
+        self.config = config
+        self.embeddings = embeddings
+        self.users, self.items = table_rows(schema)
+        self.dim = node_dim(embeddings)
+        self.graph: Graph = empty_graph(self.users, self.items)
+        # The propagated vectors as of the last refresh: what scoring and the artifact use.
+        self.register_buffer("user_final", torch.zeros(self.users, self.dim))
+        self.register_buffer("item_final", torch.zeros(self.items, self.dim))
+        self._stale = False  # the tables or the graph changed since the buffers were computed
+
+    def attach_interactions(self, users: np.ndarray, items: np.ndarray) -> None:
+        self.graph = build_graph(users, items, self.users, self.items)
+        self._stale = True
+
+    def propagated(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final (N, d), E0 (N, d)) for every node, differentiable in the tables; N = users + items."""
+        e0 = lookup_all(self.embeddings, self.users, self.items)  # (N, d): a collective under DMP
+        layer, total = e0, e0
+        for _ in range(self.config.layers):
+            layer = propagate(self.graph, layer)  # (N, d)
+            total = total + layer
+        return total / (self.config.layers + 1), e0
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the final-vector buffers from the tables (every process, in step: it looks up all rows)."""
+        final, _ = self.propagated()
+        self.user_final.copy_(final[: self.users])
+        self.item_final.copy_(final[self.users:])
+        self._stale = False
+
+    def train(self, mode: bool = True) -> LightGCN:
+        super().train(mode)
+        if not mode and self._stale:
+            self.refresh()
+        return self
+
+    def forward(self, batch: Batch) -> PairScores:
+        users, positives = batch_ids(batch, USER_FEATURE), batch_ids(batch, ITEM_FEATURE)  # (B,), (B,)
+        chosen = candidates(self.config, positives, self.items)  # ids (B, C)
+        if not self.training:
+            return pair_scores(self.config, self.user_final[users], self.item_final[chosen.ids], chosen, None)
+        self._stale = True
+        final, e0 = self.propagated()  # (N, d), (N, d)
+        item_final, item_e0 = final[self.users:], e0[self.users:]
+        penalty = None
+        if self.config.l2:
+            penalty = self.config.l2 * 0.5 * l2_rows(self.config, e0[users], item_e0, chosen, positives)
+            penalty = penalty / batch.batch_size
+        return pair_scores(self.config, final[users], item_final[chosen.ids], chosen, penalty)
+
+    def user_vectors(self, batch: Batch) -> torch.Tensor:
+        users = batch_ids(batch, USER_FEATURE)
+        if self.training:
+            return self.propagated()[0][users]
+        return self.user_final[users]  # (B, d)
+
+    def item_vectors(self, batch: Batch) -> torch.Tensor:
+        items = batch_ids(batch, ITEM_FEATURE)
+        if self.training:
+            return self.propagated()[0][self.users + items]
+        return self.item_final[items]  # (B, d)
+
+
+@register_model("lightgcn", LightGCNConfig)
+def build(schema: Schema, config: LightGCNConfig, embeddings: nn.Module) -> nn.Module:
+    return LightGCN(schema, config, embeddings)
+
