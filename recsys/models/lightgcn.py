@@ -64,7 +64,10 @@ class LightGCN(Retriever):
         # The propagated vectors as of the last refresh: what scoring and the artifact use.
         self.register_buffer("user_final", torch.zeros(self.users, self.dim))
         self.register_buffer("item_final", torch.zeros(self.items, self.dim))
-        self._stale = False  # the tables or the graph changed since the buffers were computed
+        # The buffers do not yet hold the tables' propagation: the next turn to eval mode computes it, unless a state
+        # dict (an artifact's) brings them first.
+        self._stale = True
+        self.register_load_state_dict_post_hook(_loaded)
 
     def attach_interactions(self, users: np.ndarray, items: np.ndarray) -> None:
         self.graph = build_graph(users, items, self.users, self.items)
@@ -118,6 +121,12 @@ class LightGCN(Retriever):
         if self.training:
             return self.propagated()[0][self.users + items]
         return self.item_final[items]  # (B, d)
+
+
+def _loaded(module: nn.Module, incompatible: object) -> None:
+    """Final vectors loaded with the tables are theirs: scoring uses them as they are (no graph needed)."""
+    if not any(key.endswith(("user_final", "item_final")) for key in getattr(incompatible, "missing_keys", [])):
+        module._stale = False
 
 
 @register_model("lightgcn", LightGCNConfig)

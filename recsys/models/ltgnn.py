@@ -97,7 +97,10 @@ class LTGNN(Retriever):
         self.register_buffer("grad_memory", torch.zeros(nodes, self.dim), persistent=False)
         self.register_buffer("grad_snapshot", torch.zeros(nodes, self.dim), persistent=False)
         self.register_buffer("grad_snapshot_agg", torch.zeros(nodes, self.dim), persistent=False)
-        self._stale = False  # the tables or the graph changed since the final vectors were computed
+        # The buffers do not yet hold the tables' propagation: the next turn to eval mode computes it, unless a state
+        # dict (an artifact's) brings them first.
+        self._stale = True
+        self.register_load_state_dict_post_hook(_loaded)
         self._ready = False  # the memory holds a refresh of the current graph
         self._since_refresh = 0
         self.step_rows: dict[str, int] = {}  # what the last training step read: table ids and memory rows
@@ -235,6 +238,12 @@ class LTGNN(Retriever):
         if self.training:
             return self._solved()[self.users + items]
         return self.item_final[items]  # (B, d)
+
+
+def _loaded(module: nn.Module, incompatible: object) -> None:
+    """Final vectors loaded with the tables are theirs: scoring uses them as they are (no graph needed)."""
+    if not any(key.endswith(("user_final", "item_final")) for key in getattr(incompatible, "missing_keys", [])):
+        module._stale = False
 
 
 @register_model("ltgnn", LTGNNConfig)
