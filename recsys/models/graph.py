@@ -25,12 +25,9 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.errors import RecsysError
-from recsys.models.retriever import NegativeSampling, PairScores, RetrievalLoss, RetrieverConfig
+from recsys.models.candidates import ITEM_ID, USER_ID
 from recsys.schema import Schema
 from recsys.types import Batch
-
-USER_FEATURE, ITEM_FEATURE = "user_id", "item_id"
-
 
 @dataclass
 class Graph:
@@ -142,27 +139,28 @@ def sample_neighbours(graph: Graph, nodes: torch.Tensor, count: int,
     return graph.col[position], weights
 
 
-def id_features(schema: Schema) -> None:
-    """A graph model's schema needs the ``user_id`` and ``item_id`` features: they name the graph's nodes."""
-    missing = [f for f in (USER_FEATURE, ITEM_FEATURE) if f not in schema.sparse_keys]
+def graph_inputs(schema: Schema, config: object) -> list[str]:
+    """The features a graph retriever embeds (``register_model``'s ``inputs``): user_id and item_id, the nodes."""
+    missing = [f for f in (USER_ID, ITEM_ID) if f not in schema.sparse_keys]
     if missing:
         raise RecsysError(f"schema: a graph retriever needs the sparse feature '{missing[0]}' (one id per row); "
                           f"features: {', '.join(schema.sparse_keys)}")
+    return [USER_ID, ITEM_ID]
 
 
 def table_rows(schema: Schema) -> tuple[int, int]:
     """(users, items): the rows of the user_id and item_id features' tables."""
-    users, items = schema.feature_table(USER_FEATURE).cardinality, schema.feature_table(ITEM_FEATURE).cardinality
+    users, items = schema.feature_table(USER_ID).cardinality, schema.feature_table(ITEM_ID).cardinality
     assert users is not None and items is not None  # resolved schema
     return users, items
 
 
 def node_dim(embeddings: nn.Module) -> int:
     dims = dict(zip(embeddings.feature_names, embeddings.embedding_dims))
-    if dims[USER_FEATURE] != dims[ITEM_FEATURE]:
+    if dims[USER_ID] != dims[ITEM_ID]:
         raise RecsysError(f"embedding: a graph retriever propagates users and items together, so their dims must "
-                          f"agree; user_id has {dims[USER_FEATURE]}, item_id {dims[ITEM_FEATURE]}")
-    return dims[USER_FEATURE]
+                          f"agree; user_id has {dims[USER_ID]}, item_id {dims[ITEM_ID]}")
+    return dims[USER_ID]
 
 
 def batch_ids(batch: Batch, feature: str) -> torch.Tensor:
@@ -185,13 +183,13 @@ def lookup(embeddings: nn.Module, users: torch.Tensor, items: torch.Tensor,
     keys: list[str] = list(embeddings.input_names)
     stride = max(users.numel(), items.numel(), 1) if stride is None else stride
     lengths = torch.zeros(len(keys), stride, dtype=torch.int32)
-    at_user, at_item = keys.index(USER_FEATURE), keys.index(ITEM_FEATURE)
+    at_user, at_item = keys.index(USER_ID), keys.index(ITEM_ID)
     lengths[at_user, : users.numel()] = 1
     lengths[at_item, : items.numel()] = 1
     values = torch.cat([users, items] if at_user < at_item else [items, users]).long()
     kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.flatten(), stride=stride)
     pooled = embeddings(kjt).pooled
-    return pooled[USER_FEATURE][: users.numel()], pooled[ITEM_FEATURE][: items.numel()]
+    return pooled[USER_ID][: users.numel()], pooled[ITEM_ID][: items.numel()]
 
 
 def lookup_all(embeddings: nn.Module, users: int, items: int) -> torch.Tensor:
@@ -199,47 +197,3 @@ def lookup_all(embeddings: nn.Module, users: int, items: int) -> torch.Tensor:
     user_rows, item_rows = lookup(embeddings, torch.arange(users), torch.arange(items))
     return torch.cat([user_rows, item_rows])
 
-
-@dataclass
-class Candidates:
-    """Each row's positive and negative items: ids (B, C) into the item table, column ``target`` the positive."""
-
-    ids: torch.Tensor
-    target: torch.Tensor
-    exclude: torch.Tensor | None
-
-
-def candidates(config: RetrieverConfig, positives: torch.Tensor, items: int) -> Candidates:
-    """uniform: bpr/hinge draw ``negatives`` items per row, softmax ``negatives`` shared by the batch;
-    in_batch: the other rows' positives (a row's own item elsewhere in the batch is excluded)."""
-    rows = positives.numel()
-    if config.sampling is NegativeSampling.IN_BATCH:
-        ids = positives.unsqueeze(0).expand(rows, rows)  # (B, B)
-        same = positives.unsqueeze(0) == positives.unsqueeze(1)
-        return Candidates(ids, torch.arange(rows), same & ~torch.eye(rows, dtype=torch.bool))
-    if config.loss is RetrievalLoss.SOFTMAX:
-        shared = torch.randint(0, items, (config.negatives,)).unsqueeze(0).expand(rows, -1)  # (B, n)
-        ids = torch.cat([positives.unsqueeze(1), shared], dim=1)  # (B, 1 + n)
-        exclude = torch.cat([torch.zeros(rows, 1, dtype=torch.bool), shared == positives.unsqueeze(1)], dim=1)
-        return Candidates(ids, torch.zeros(rows, dtype=torch.int64), exclude)
-    negatives = torch.randint(0, items, (rows, config.negatives))  # (B, n)
-    return Candidates(torch.cat([positives.unsqueeze(1), negatives], dim=1), torch.zeros(rows, dtype=torch.int64),
-                      None)
-
-
-def pair_scores(config: RetrieverConfig, users: torch.Tensor, items: torch.Tensor, chosen: Candidates,
-                penalty: torch.Tensor | None) -> PairScores:
-    """users (B, d), items (B, C, d) → dot scores (B, C) in the task's PairScores."""
-    scores = (users.unsqueeze(1) * items).sum(-1)  # (B, C)
-    return PairScores(scores=scores, target=chosen.target, loss=config.loss, margin=config.margin,
-                      temperature=config.temperature, exclude=chosen.exclude, penalty=penalty)
-
-
-def l2_rows(config: RetrieverConfig, users: torch.Tensor, items: torch.Tensor, chosen: Candidates,
-            positives: torch.Tensor) -> torch.Tensor:
-    """Σ of squared E0 entries of a batch's users (B, d), positives and, with per-row uniform negatives, its
-    negatives: the L2 term of LightGCN's loss (``items`` (I, d) indexed by item id)."""
-    total = users.square().sum() + items[positives].square().sum()
-    if config.sampling is NegativeSampling.UNIFORM and config.loss is not RetrievalLoss.SOFTMAX:
-        total = total + items[chosen.ids[:, 1:]].square().sum()
-    return total

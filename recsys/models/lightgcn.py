@@ -18,8 +18,10 @@ mode after training (``refresh``), exported with the weights and read by
 parameters): each process computes the same vectors from the same tables.
 
 Differences from the paper: the optimiser is whatever ``optimizer.sparse`` fuses into
-the tables (fbgemm's CPU kernels have no Adam; the paper uses Adam); the softmax and
-hinge losses and in-batch negatives of the retriever contract are also accepted.
+the tables (the paper uses Adam, which fbgemm's CPU kernels do not fuse); the
+candidates are every retriever's (``recsys.models.candidates``), so the softmax and
+hinge losses and in-batch negatives are accepted too, and a negative equal to the
+row's positive is excluded.
 
     model = build_model("lightgcn", schema, {"layers": 3}, EmbeddingConfig())
     model.attach_interactions(users, items)     # int64 rows of the user_id / item_id tables
@@ -35,15 +37,15 @@ from pydantic import Field
 from torch import nn
 
 from recsys.models import register_model
-from recsys.models.graph import (ITEM_FEATURE, USER_FEATURE, Graph, batch_ids, build_graph, candidates,
-                                 empty_graph, id_features, l2_rows, lookup_all, node_dim, pair_scores, propagate,
-                                 table_rows)
-from recsys.models.retriever import PairScores, Retriever, RetrieverConfig
+from recsys.models.candidates import ITEM_ID, USER_ID, Candidates, SampledConfig
+from recsys.models.graph import (Graph, batch_ids, build_graph, empty_graph, graph_inputs, lookup_all, node_dim,
+                                 propagate, table_rows)
+from recsys.models.retriever import PairScores, Retriever
 from recsys.schema import Schema
 from recsys.types import Batch
 
 
-class LightGCNConfig(RetrieverConfig):
+class LightGCNConfig(SampledConfig):
     """The ``model:`` section for ``--model lightgcn``."""
 
     layers: int = Field(3, ge=0, le=8, description="propagation layers K (final = mean of E_0..E_K)")
@@ -55,12 +57,12 @@ class LightGCN(Retriever):
 
     def __init__(self, schema: Schema, config: LightGCNConfig, embeddings: nn.Module) -> None:
         super().__init__()
-        id_features(schema)
         self.config = config
         self.embeddings = embeddings
         self.users, self.items = table_rows(schema)
         self.dim = node_dim(embeddings)
         self.graph: Graph = empty_graph(self.users, self.items)
+        self.candidates = Candidates(schema, config, self.similarity)
         # The propagated vectors as of the last refresh: what scoring and the artifact use.
         self.register_buffer("user_final", torch.zeros(self.users, self.dim))
         self.register_buffer("item_final", torch.zeros(self.items, self.dim))
@@ -97,27 +99,33 @@ class LightGCN(Retriever):
         return self
 
     def forward(self, batch: Batch) -> PairScores:
-        users, positives = batch_ids(batch, USER_FEATURE), batch_ids(batch, ITEM_FEATURE)  # (B,), (B,)
-        chosen = candidates(self.config, positives, self.items)  # ids (B, C)
+        users, positives = batch_ids(batch, USER_ID), batch_ids(batch, ITEM_ID)  # (B,), (B,)
         if not self.training:
-            return pair_scores(self.config, self.user_final[users], self.item_final[chosen.ids], chosen, None)
+            return self.candidates(self.user_final[users], self.item_final[positives], positives,
+                                   lambda ids: self.item_final[ids], self.score)
         self._stale = True
         final, e0 = self.propagated()  # (N, d), (N, d)
         item_final, item_e0 = final[self.users:], e0[self.users:]
-        penalty = None
+        drawn: list[torch.Tensor] = []  # the negatives' E0 rows, for the L2 term
+
+        def negatives(ids: torch.Tensor) -> torch.Tensor:
+            drawn.append(item_e0[ids])
+            return item_final[ids]  # (N, d)
+
+        out = self.candidates(final[users], item_final[positives], positives, negatives, self.score)
         if self.config.l2:
-            penalty = self.config.l2 * 0.5 * l2_rows(self.config, e0[users], item_e0, chosen, positives)
-            penalty = penalty / batch.batch_size
-        return pair_scores(self.config, final[users], item_final[chosen.ids], chosen, penalty)
+            rows = [e0[users], item_e0[positives], *drawn]
+            out.penalty = self.config.l2 * 0.5 * sum(r.square().sum() for r in rows) / batch.batch_size
+        return out
 
     def user_vectors(self, batch: Batch) -> torch.Tensor:
-        users = batch_ids(batch, USER_FEATURE)
+        users = batch_ids(batch, USER_ID)
         if self.training:
             return self.propagated()[0][users]
         return self.user_final[users]  # (B, d)
 
     def item_vectors(self, batch: Batch) -> torch.Tensor:
-        items = batch_ids(batch, ITEM_FEATURE)
+        items = batch_ids(batch, ITEM_ID)
         if self.training:
             return self.propagated()[0][self.users + items]
         return self.item_final[items]  # (B, d)
@@ -129,7 +137,7 @@ def _loaded(module: nn.Module, incompatible: object) -> None:
         module._stale = False
 
 
-@register_model("lightgcn", LightGCNConfig)
+@register_model("lightgcn", LightGCNConfig, graph_inputs)
 def build(schema: Schema, config: LightGCNConfig, embeddings: nn.Module) -> nn.Module:
     return LightGCN(schema, config, embeddings)
 

@@ -53,15 +53,15 @@ from pydantic import Field
 from torch import nn
 
 from recsys.models import register_model
-from recsys.models.graph import (ITEM_FEATURE, USER_FEATURE, Graph, batch_ids, build_graph, candidates,
-                                 empty_graph, id_features, lookup, lookup_all, node_dim, pair_scores,
-                                 propagate, sample_neighbours, table_rows)
-from recsys.models.retriever import NegativeSampling, PairScores, RetrievalLoss, Retriever, RetrieverConfig
+from recsys.models.candidates import ITEM_ID, USER_ID, Candidates, SampledConfig
+from recsys.models.graph import (Graph, batch_ids, build_graph, empty_graph, graph_inputs, lookup, lookup_all,
+                                 node_dim, propagate, sample_neighbours, table_rows)
+from recsys.models.retriever import PairScores, Retriever
 from recsys.schema import Schema
 from recsys.types import Batch
 
 
-class LTGNNConfig(RetrieverConfig):
+class LTGNNConfig(SampledConfig):
     """The ``model:`` section for ``--model ltgnn`` (defaults: the paper code's Gowalla/Yelp settings)."""
 
     layers: int = Field(1, ge=1, le=4, description="fixed-point iterations per step (the paper uses 1)")
@@ -80,12 +80,12 @@ class LTGNN(Retriever):
 
     def __init__(self, schema: Schema, config: LTGNNConfig, embeddings: nn.Module) -> None:
         super().__init__()
-        id_features(schema)
         self.config = config
         self.embeddings = embeddings
         self.users, self.items = table_rows(schema)
         self.dim = node_dim(embeddings)
         self.graph: Graph = empty_graph(self.users, self.items)
+        self.candidates = Candidates(schema, config, self.similarity)
         nodes = self.users + self.items
         self.register_buffer("user_final", torch.zeros(self.users, self.dim))
         self.register_buffer("item_final", torch.zeros(self.items, self.dim))
@@ -158,23 +158,40 @@ class LTGNN(Retriever):
         return (weights.unsqueeze(2) * difference).sum(1) + snapshot_agg[nodes]
 
     def forward(self, batch: Batch) -> PairScores:
-        users, positives = batch_ids(batch, USER_FEATURE), batch_ids(batch, ITEM_FEATURE)  # (B,), (B,)
-        chosen = candidates(self.config, positives, self.items)  # ids (B, C)
+        users, positives = batch_ids(batch, USER_ID), batch_ids(batch, ITEM_ID)  # (B,), (B,)
         if not self.training:
-            return pair_scores(self.config, self.user_final[users], self.item_final[chosen.ids], chosen, None)
+            return self.candidates(self.user_final[users], self.item_final[positives], positives,
+                                   lambda ids: self.item_final[ids], self.score)
         if self._refresh_due(batch.batch_size):
             self.refresh()
         self._stale = True
         self._since_refresh += 1
         self.step_rows = {}
-        user_nodes, user_at = torch.unique(users, return_inverse=True)  # (n_u,), (B,)
-        item_nodes, item_at = torch.unique(torch.cat([positives, chosen.ids.flatten()]), return_inverse=True)
-        # One stride on every process: the most distinct ids a batch of this size can bring.
-        stride = batch.batch_size + self._drawn_negatives(batch.batch_size)
-        e0_users, e0_items = lookup(self.embeddings, user_nodes, item_nodes, stride)  # (n_u, d), (n_i, d)
-        e0 = torch.cat([e0_users, e0_items])  # (n, d), n = n_u + n_i
-        self.step_rows["tables"] = user_nodes.numel() + item_nodes.numel()
-        nodes = torch.cat([user_nodes, self.users + item_nodes])  # (n,) graph node ids
+        (user_out, user_e0), (positive_out, positive_e0) = self.step(users, positives)
+        drawn: list[torch.Tensor] = []  # the negatives' E0 rows, for the L2 term
+
+        def negatives(ids: torch.Tensor) -> torch.Tensor:
+            _, (out, e0) = self.step(ids[:0], ids)  # the negatives' nodes: a second lookup, the same on all ranks
+            drawn.append(e0)
+            return out  # (N, d)
+
+        out = self.candidates(user_out, positive_out, positives, negatives, self.score)
+        if self.config.l2:
+            rows = [user_e0, positive_e0, *drawn]
+            out.penalty = self.config.l2 * 0.5 * sum(r.square().sum() for r in rows) / batch.batch_size
+        return out
+
+    def step(self, users: torch.Tensor, items: torch.Tensor
+             ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """One fixed-point iteration per layer for these nodes only: users (n_u,), items (n_i,) ids (repeats
+        allowed) → ((out, E0) of the users (n_u, d) each, (out, E0) of the items (n_i, d) each). Updates the
+        memory rows of the distinct nodes; the lookup's stride is n_u + n_i, which every process shares."""
+        user_nodes, user_at = torch.unique(users, return_inverse=True)  # (u,), (n_u,)
+        item_nodes, item_at = torch.unique(items, return_inverse=True)  # (i,), (n_i,)
+        e0_users, e0_items = lookup(self.embeddings, user_nodes, item_nodes, max(1, users.numel() + items.numel()))
+        e0 = torch.cat([e0_users, e0_items])  # (u + i, d)
+        self.step_rows["tables"] = self.step_rows.get("tables", 0) + e0.shape[0]
+        nodes = torch.cat([user_nodes, self.users + item_nodes])  # (u + i,) graph node ids
         alpha = self.config.alpha
         out = e0
         with torch.no_grad():
@@ -183,27 +200,13 @@ class LTGNN(Retriever):
         for layer in range(self.config.layers):
             source = self.memory[layer - 1]  # layer 0 reads the last layer's memory: the warm start
             with torch.no_grad():
-                aggregated = self.estimate(nodes, source, self.snapshot, self.snapshot_agg)  # (n, d)
-            out = (1 - alpha) * aggregated + alpha * e0  # (n, d)
+                aggregated = self.estimate(nodes, source, self.snapshot, self.snapshot_agg)  # (u + i, d)
+            out = (1 - alpha) * aggregated + alpha * e0  # (u + i, d)
             self.memory[layer, nodes] = out.detach()
         if grad_agg is not None and out.requires_grad:
             self._implicit_backward(nodes, out, e0, grad_agg)
-        n_users = user_nodes.numel()
-        positive_rows = item_at[: positives.numel()]  # (B,) rows of the batch's items
-        chosen_rows = item_at[positives.numel():].view_as(chosen.ids)  # (B, C)
-        penalty = None
-        if self.config.l2:
-            item_e0 = e0[n_users:]
-            total = e0[user_at].square().sum() + item_e0[positive_rows].square().sum()
-            if self.config.sampling is NegativeSampling.UNIFORM and self.config.loss is not RetrievalLoss.SOFTMAX:
-                total = total + item_e0[chosen_rows[:, 1:]].square().sum()
-            penalty = self.config.l2 * 0.5 * total / batch.batch_size
-        return pair_scores(self.config, out[user_at], out[n_users:][chosen_rows], chosen, penalty)
-
-    def _drawn_negatives(self, rows: int) -> int:
-        if self.config.sampling is NegativeSampling.IN_BATCH:
-            return 0
-        return self.config.negatives * (1 if self.config.loss is RetrievalLoss.SOFTMAX else rows)
+        split = user_nodes.numel()
+        return ((out[:split][user_at], e0[:split][user_at]), (out[split:][item_at], e0[split:][item_at]))
 
     def _implicit_backward(self, nodes: torch.Tensor, out: torch.Tensor, e0: torch.Tensor,
                            grad_agg: torch.Tensor) -> None:
@@ -228,13 +231,13 @@ class LTGNN(Retriever):
         return self.solve(lookup_all(self.embeddings, self.users, self.items))
 
     def user_vectors(self, batch: Batch) -> torch.Tensor:
-        users = batch_ids(batch, USER_FEATURE)
+        users = batch_ids(batch, USER_ID)
         if self.training:
             return self._solved()[users]
         return self.user_final[users]  # (B, d)
 
     def item_vectors(self, batch: Batch) -> torch.Tensor:
-        items = batch_ids(batch, ITEM_FEATURE)
+        items = batch_ids(batch, ITEM_ID)
         if self.training:
             return self._solved()[self.users + items]
         return self.item_final[items]  # (B, d)
@@ -246,6 +249,6 @@ def _loaded(module: nn.Module, incompatible: object) -> None:
         module._stale = False
 
 
-@register_model("ltgnn", LTGNNConfig)
+@register_model("ltgnn", LTGNNConfig, graph_inputs)
 def build(schema: Schema, config: LTGNNConfig, embeddings: nn.Module) -> nn.Module:
     return LTGNN(schema, config, embeddings)

@@ -187,17 +187,19 @@ def test_export_reloads_in_a_fresh_process_with_identical_scores(tmp_path: Path)
 
 
 @pytest.mark.parametrize("name", ["lightgcn", "ltgnn"])
-@pytest.mark.parametrize("section", [{"loss": "softmax", "negatives": 3}, {"loss": "softmax", "sampling": "in_batch"},
-                                     {"loss": "hinge", "negatives": 2}, {"layers": 2}])
+@pytest.mark.parametrize("section", [{"loss": "softmax", "sampling": "in_batch", "negatives": 3},
+                                     {"loss": "bpr", "sampling": "in_batch"}, {"loss": "hinge", "negatives": 2},
+                                     {"layers": 2}])
 def test_every_loss_and_sampling_of_the_contract_trains(name: str, section: dict) -> None:
     torch.manual_seed(0)
     model = build_model(name, implicit_schema(20, 30, 8), section, EmbeddingConfig())
     model.attach_interactions(*random_pairs(20, 30, 150))
     batch = pair_batch([0, 4, 4, 9], [1, 2, 2, 7])  # rows 1 and 2 share their item: excluded for each other
     out = model(batch)
-    width = 4 if section.get("sampling") == "in_batch" else 1 + section.get("negatives", 1)
+    in_batch = section.get("sampling") == "in_batch"
+    width = 4 + section.get("negatives", 0) if in_batch else 1 + section.get("negatives", 1)
     assert out.scores.shape == (4, width)
-    if section.get("sampling") == "in_batch":
+    if in_batch:
         assert out.exclude[1, 2] and out.exclude[2, 1] and not out.exclude[1, 1]
     loss = pair_loss(out)
     loss.backward()
