@@ -19,8 +19,10 @@ for the batch's nodes only (its users, positives and negatives):
   same way: one iteration from a memory of gradients, G[B] ← g[B] + (1-α)·(Â·G)[B],
   with the same sampled, variance-reduced estimate, and α·G[B] reaches the tables.
 
-So a step looks up |B| table rows and layers × |B| × ``neighbours`` memory rows
-(twice that with ``implicit_backward``), whatever the size of the graph.
+The batch's nodes are its distinct users and positives, then, in a second lookup, the
+negatives the retrievers' sampler draws (``recsys.models.candidates``). So a step looks
+up |B| table rows and (layers + 1) × |B| × ``neighbours`` memory rows (layers × … without
+``implicit_backward``), whatever the size of the graph.
 
 Differences from the paper (and its code):
 
