@@ -159,10 +159,16 @@ class Retrieval:
         """The user's record and seen list from the version materialised for the retriever (feature-store I/O)."""
         started = time.perf_counter()
         fingerprint = retriever.fingerprint
-        version = self.versions.target(fingerprint) or self.versions.settle(fingerprint, self.store.active_version())
-        fetched = self.store.fetch(user_id, [], version)
-        if fetched.version is None:
-            self.versions.lost(fingerprint, version)
+        try:
+            version = self.versions.target(fingerprint) or \
+                self.versions.settle(fingerprint, self.store.active_version())
+            fetched = self.store.fetch(user_id, [], version)
+            if fetched.version is None:
+                self.versions.lost(fingerprint, version)
+        except IncompatibleVersion as exc:
+            raise IncompatibleVersion(f"{self._where()}: {exc}") from None
+        except NoFeatureVersion as exc:
+            raise NoFeatureVersion(f"{self._where()}: {exc}") from None
         seen = self.store.seen(user_id, version) if exclude_seen else []
         with contextlib.suppress(NoFeatureVersion):
             self.versions.settle(fingerprint, fetched.active)
@@ -210,7 +216,10 @@ class Retrieval:
         except FeatureStoreUnavailable as exc:
             return False, {**details, "retriever_status": f"feature store unavailable: {exc}"}
         except (NoFeatureVersion, IncompatibleVersion) as exc:
-            prefix = getattr(self.store, "prefix", "")
-            return False, {**details, "retriever_status": f"retriever features (prefix '{prefix}'): {exc}"}
+            return False, {**details, "retriever_status": f"{self._where()}: {exc}"}
         return True, {**details, "retriever_feature_version": version}
+
+    def _where(self) -> str:
+        return (f"the retriever's features (prefix '{getattr(self.store, 'prefix', '?')}'; materialise them with "
+                "recsys features materialize --redis-prefix)")
 
