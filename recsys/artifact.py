@@ -9,10 +9,14 @@
     config.yaml          the resolved training config
     metrics.json         test.*, valid.*, train.* figures
     vocab/<table>.parquet  the vocabularies serving needs to encode raw ids
+    retrieval/           a retriever's catalogue: items.parquet (one column ``item_key``, row i is vector i)
+                         and item_vectors.safetensors (one float32 tensor ``vectors``, (N, d)); the manifest's
+                         ``retrieval`` entry holds {similarity, items, dim} and both files' sha256 are digested
 
 ``load(path)`` rebuilds the model from schema and config (no torch.distributed)
 and fills it from the safetensors file: ready for inference in a fresh process.
-An artifact is input from elsewhere (a shared folder, an admin request): every
+``load_item_vectors(path)`` reads a retriever's catalogue vectors (what an index
+is built from), checked against the manifest. An artifact is input from elsewhere (a shared folder, an admin request): every
 way a file can be missing, unreadable, changed after export (its sha256 differs
 from the manifest's), malformed, of the wrong shapes or non-finite is one line
 naming the file. The version, which the service reports as ``model_version``,
@@ -36,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -50,6 +56,17 @@ from recsys.schema import Schema
 MANIFEST, WEIGHTS, SCHEMA, CONFIG, METRICS, VOCAB = (
     "manifest.json", "weights.safetensors", "schema.json", "config.yaml", "metrics.json", "vocab")
 DIGESTED = (WEIGHTS, SCHEMA, CONFIG)  # the files that decide the scores: their sha256 is in the manifest
+RETRIEVAL, ITEMS, ITEM_VECTORS = "retrieval", "retrieval/items.parquet", "retrieval/item_vectors.safetensors"
+SIMILARITIES = ("dot", "l2")
+
+
+@dataclass
+class ItemVectors:
+    """A retriever's catalogue: raw item keys and their vectors, row for row, and how vectors are compared."""
+
+    keys: list[str]
+    vectors: torch.Tensor  # (N, d) float32
+    similarity: str  # "dot" | "l2"
 
 
 @dataclass
@@ -114,14 +131,18 @@ def git_sha() -> str:
 
 
 def save(out: Path, *, model_name: str, state: dict[str, torch.Tensor], schema: Schema, config: TrainConfig,
-         metrics: dict[str, Any], data_dir: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the artifact atomically: into a hidden sibling, renamed into place when complete.
+         metrics: dict[str, Any], data_dir: Path, extra: dict[str, Any] | None = None,
+         items: ItemVectors | None = None) -> Path:
+    """Write the artifact atomically: into a hidden sibling, renamed into place when complete. ``items``: a
+    retriever's catalogue vectors (the ``retrieval/`` files).
 
     Refuses non-finite weights (RecsysError naming the tensor): a model that scores NaN is never exported.
     """
     bad = non_finite(state)
     if bad is not None:
         raise RecsysError(f"{out}: not exported: weights '{bad}' hold NaN or infinite values")
+    if items is not None and not bool(torch.isfinite(items.vectors).all()):
+        raise RecsysError(f"{out}: not exported: the item vectors hold NaN or infinite values")
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -132,8 +153,15 @@ def save(out: Path, *, model_name: str, state: dict[str, torch.Tensor], schema: 
     vocab = data_dir / VOCAB
     if vocab.is_dir():
         shutil.copytree(vocab, tmp / VOCAB)
+    digested = DIGESTED
+    retrieval: dict[str, Any] = {}
+    if items is not None:
+        _write_item_vectors(tmp, items)
+        digested += (ITEMS, ITEM_VECTORS)
+        retrieval = {"retrieval": {"similarity": items.similarity, "items": len(items.keys),
+                                   "dim": int(items.vectors.shape[1])}}
     created = datetime.now(UTC)
-    digests = {name: sha256_file(tmp / name) for name in DIGESTED}
+    digests = {name: sha256_file(tmp / name) for name in digested}
     manifest = {
         "model": model_name,
         "version": f"{model_name}-{created.strftime('%Y%m%dT%H%M%SZ')}-{digests[WEIGHTS][:12]}",
@@ -144,6 +172,7 @@ def save(out: Path, *, model_name: str, state: dict[str, torch.Tensor], schema: 
         "data_dir": str(data_dir.resolve()),
         "files": sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()),
         "sha256": digests,
+        **retrieval,
         **(extra or {}),
     }
     (tmp / MANIFEST).write_text(json_text(manifest, indent=1))
@@ -151,6 +180,16 @@ def save(out: Path, *, model_name: str, state: dict[str, torch.Tensor], schema: 
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _write_item_vectors(out: Path, items: ItemVectors) -> None:
+    vectors = items.vectors.detach().to("cpu", torch.float32).contiguous()
+    if vectors.dim() != 2 or vectors.shape[0] != len(items.keys):
+        raise RecsysError(f"{out / ITEM_VECTORS}: {len(items.keys)} item keys for vectors of shape "
+                          f"{list(vectors.shape)}")
+    (out / RETRIEVAL).mkdir()
+    pq.write_table(pa.table({"item_key": pa.array(items.keys, pa.string())}), out / ITEMS)
+    save_file({"vectors": vectors}, str(out / ITEM_VECTORS))
 
 
 def _shown(path: Path) -> str:
@@ -190,7 +229,9 @@ def _check_digests(path: Path, manifest: dict[str, Any]) -> str:
     if recorded is not None and not isinstance(recorded, dict):
         raise RecsysError(f"{_shown(path / MANIFEST)}: 'sha256' must map file names to digests")
     digests = {}
-    for name in DIGESTED if recorded is not None else (WEIGHTS,):
+    names = (DIGESTED + ((ITEMS, ITEM_VECTORS) if "retrieval" in manifest else ())) if recorded is not None \
+        else (WEIGHTS,)
+    for name in names:
         file = path / name
         with _reading(file):
             digests[name] = sha256_file(file)
@@ -256,4 +297,59 @@ def load(path: str | Path) -> Artifact:
         raise RecsysError(f"{_shown(path)}: {exc}") from None
     _fill(model, state, path, model_name)
     model.eval()
+    if "retrieval" in manifest:
+        _read_item_vectors(path, manifest)
     return Artifact(path, model, model_name, schema, config, metrics, manifest, weights_sha256)
+
+
+def load_item_vectors(path: str | Path) -> tuple[list[str], torch.Tensor, str]:
+    """A retriever artifact's catalogue: (item keys, (N, d) float32 vectors, similarity "dot" | "l2"), checked
+    against the manifest (digests, shapes, finite values); RecsysError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RecsysError(f"{_shown(path)}: artifact directory not found")
+    manifest = _read_json(path / MANIFEST)
+    if "retrieval" not in manifest:
+        raise RecsysError(f"{_shown(path / MANIFEST)}: no 'retrieval' entry: the artifact of "
+                          f"'{manifest.get('model')}' is not a retriever's (no item vectors)")
+    _check_digests(path, manifest)
+    items = _read_item_vectors(path, manifest)
+    return items.keys, items.vectors, items.similarity
+
+
+def _read_item_vectors(path: Path, manifest: dict[str, Any]) -> ItemVectors:
+    """The retrieval files, as the manifest's entry describes them (digests are checked by the caller)."""
+    entry = manifest["retrieval"]
+    fields = {"similarity": str, "items": int, "dim": int}
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in fields.items()) \
+            or entry["similarity"] not in SIMILARITIES:
+        raise RecsysError(f"{_shown(path / MANIFEST)}: 'retrieval' should hold similarity (dot or l2), items and "
+                          f"dim, got {str(entry)[:200]}")
+    with _reading(path / ITEMS):
+        try:
+            table = pq.read_table(path / ITEMS)
+        except (pa.ArrowInvalid, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise RecsysError(f"{_shown(path / ITEMS)}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
+    if table.column_names != ["item_key"] or not pa.types.is_string(table.schema.field("item_key").type) \
+            or table.column("item_key").null_count:
+        raise RecsysError(f"{_shown(path / ITEMS)}: expected one non-null string column 'item_key', got "
+                          f"{table.schema.to_string(show_schema_metadata=False)[:200]!r}")
+    keys = table.column("item_key").to_pylist()
+    try:
+        vectors = load_file(str(path / ITEM_VECTORS)).get("vectors")
+    except FileNotFoundError:
+        raise RecsysError(f"{_shown(path / ITEM_VECTORS)}: missing from the artifact") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RecsysError(f"{_shown(path / ITEM_VECTORS)}: unreadable ({exc})") from None
+    expected = [entry["items"], entry["dim"]]
+    if vectors is None or vectors.dtype != torch.float32 or list(vectors.shape) != expected:
+        got = "no tensor 'vectors'" if vectors is None else f"{vectors.dtype} {list(vectors.shape)}"
+        raise RecsysError(f"{_shown(path / ITEM_VECTORS)}: expected float32 'vectors' of shape {expected} "
+                          f"({MANIFEST}), got {got}")
+    if len(keys) != entry["items"]:
+        raise RecsysError(f"{_shown(path / ITEMS)}: {len(keys)} item keys, but {MANIFEST} says {entry['items']}")
+    if not bool(torch.isfinite(vectors).all()):
+        raise RecsysError(f"{_shown(path / ITEM_VECTORS)}: holds NaN or infinite values")
+    return ItemVectors(keys, vectors, entry["similarity"])

@@ -72,6 +72,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -535,6 +536,68 @@ class _RankDataset(IterableDataset):
         return batches if info is None else _packed(batches)
 
 
+# ---- columns: which Parquet columns make a Batch, checked ---------------------------------------------
+
+def _column_kinds(arrow_schema: pa.Schema, schema: Schema, where: str) -> dict[str, bool]:
+    """Check that the schema's model columns are present with usable types; per sparse key, whether it is a
+    list column (jagged) or a scalar one."""
+    wanted = [(f.name, "dense feature") for f in schema.dense]
+    wanted += [(f.name, "sparse feature") for f in schema.sparse]
+    wanted += [(f.name, "sequence feature") for f in schema.sequences]
+    wanted += [(label, "label") for label in schema.label_names]
+    sequence_names = {f.name for f in schema.sequences}
+    is_list: dict[str, bool] = {}
+    for name, role in wanted:
+        if arrow_schema.get_field_index(name) < 0:
+            raise RecsysError(f"{where}: {role} column '{name}' is missing")
+        dtype = arrow_schema.field(name).type
+        if role in ("dense feature", "label"):
+            ok = pa.types.is_floating(dtype) or pa.types.is_integer(dtype) or pa.types.is_boolean(dtype)
+        else:
+            listed = _is_list(dtype)
+            ok = pa.types.is_integer(dtype.value_type if listed else dtype)
+            ok = ok and (listed or name not in sequence_names)
+            is_list[name] = listed
+        if not ok:
+            expected = "a number" if role in ("dense feature", "label") else (
+                "a list of integers" if name in sequence_names else "an integer or a list of integers")
+            raise RecsysError(f"{where}: {role} column '{name}' has type {dtype}, expected {expected}")
+    return is_list
+
+
+def _layout(files: tuple[str, ...], schema: Schema, is_list: dict[str, bool], arrow_schema: pa.Schema) -> _Layout:
+    keys = tuple(schema.sparse_keys)
+    dense, labels = tuple(f.name for f in schema.dense), tuple(schema.label_names)
+    return _Layout(
+        files=files,
+        dense=dense,
+        keys=keys,
+        is_list=tuple(is_list[k] for k in keys),
+        labels=labels,
+        arrow_schema=pa.schema([arrow_schema.field(name) for name in [*dense, *keys, *labels]]),
+    )
+
+
+def _to_batch(columns: _Columns, keys: tuple[str, ...]) -> Batch:
+    sparse = KeyedJaggedTensor(keys=list(keys), values=columns.values, lengths=columns.lengths)
+    return Batch(dense=columns.dense, sparse=sparse, labels=columns.labels)
+
+
+def table_batch(table: pa.Table, schema: Schema, where: str = "rows") -> Batch:
+    """The rows of an Arrow table that holds the schema's model columns, as one Batch: what the reader yields
+    for the same rows (full-ranking evaluation builds its catalogue and user batches from chosen rows this way).
+
+    where: names the rows in errors (a file, a split).
+    """
+    layout = _layout((where,), schema, _column_kinds(table.schema, schema, where), table.schema)
+    table = table.select(layout.columns)
+    for name, column in zip(table.column_names, table.columns):
+        listed = _is_list(column.type)
+        if (column.null_count and not listed) or (listed and pc.list_flatten(column).null_count):
+            raise RecsysError(f"{where}: column '{name}' has null values")
+    return _to_batch(_Window(table, np.arange(table.num_rows), layout).take(slice(0, table.num_rows)), layout.keys)
+
+
 # ---- the reader ------------------------------------------------------------------------------------
 
 class ParquetReader:
@@ -624,12 +687,6 @@ class ParquetReader:
 
     def _scan(self, files: list[Path]) -> tuple[_Layout, list[_Unit]]:
         """Check every file's footer against the schema and list its row groups."""
-        schema = self.schema
-        wanted = [(f.name, "dense feature") for f in schema.dense]
-        wanted += [(f.name, "sparse feature") for f in schema.sparse]
-        wanted += [(f.name, "sequence feature") for f in schema.sequences]
-        wanted += [(label, "label") for label in schema.label_names]
-        sequence_names = {f.name for f in schema.sequences}
         is_list: dict[str, bool] = {}
         units: list[_Unit] = []
         first_row = 0
@@ -639,23 +696,10 @@ class ParquetReader:
                 parquet = pq.ParquetFile(path)
             except (OSError, pa.ArrowException) as exc:
                 raise RecsysError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-            arrow_schema = parquet.schema_arrow
-            for name, role in wanted:
-                if arrow_schema.get_field_index(name) < 0:
-                    raise RecsysError(f"{path}: {role} column '{name}' is missing")
-                dtype = arrow_schema.field(name).type
-                if role in ("dense feature", "label"):
-                    ok = pa.types.is_floating(dtype) or pa.types.is_integer(dtype) or pa.types.is_boolean(dtype)
-                else:
-                    listed = _is_list(dtype)
-                    ok = pa.types.is_integer(dtype.value_type if listed else dtype)
-                    ok = ok and (listed or name not in sequence_names)
-                    if ok and is_list.setdefault(name, listed) != listed:
-                        raise RecsysError(f"{path}: column '{name}' is {dtype} here but not in {files[0].name}")
-                if not ok:
-                    expected = "a number" if role in ("dense feature", "label") else (
-                        "a list of integers" if name in sequence_names else "an integer or a list of integers")
-                    raise RecsysError(f"{path}: {role} column '{name}' has type {dtype}, expected {expected}")
+            for name, listed in _column_kinds(parquet.schema_arrow, self.schema, str(path)).items():
+                if is_list.setdefault(name, listed) != listed:
+                    dtype = parquet.schema_arrow.field(name).type
+                    raise RecsysError(f"{path}: column '{name}' is {dtype} here but not in {files[0].name}")
             metadata = parquet.metadata
             for row_group in range(metadata.num_row_groups):
                 rows = metadata.row_group(row_group).num_rows
@@ -663,18 +707,8 @@ class ParquetReader:
                     units.append(_Unit(index, row_group, rows, first_row))
                     first_row += rows
             if index == 0:
-                first_schema = arrow_schema
-        keys = tuple(schema.sparse_keys)
-        dense, labels = tuple(f.name for f in schema.dense), tuple(schema.label_names)
-        layout = _Layout(
-            files=tuple(str(p) for p in files),
-            dense=dense,
-            keys=keys,
-            is_list=tuple(is_list[k] for k in keys),
-            labels=labels,
-            arrow_schema=pa.schema([first_schema.field(name) for name in [*dense, *keys, *labels]]),
-        )
-        return layout, units
+                first_schema = parquet.schema_arrow
+        return _layout(tuple(str(p) for p in files), self.schema, is_list, first_schema), units
 
     # ---- sizes ---------------------------------------------------------------------------------
     @property
@@ -758,8 +792,7 @@ class ParquetReader:
             yield _unpack(packed, *dims)
 
     def _batch(self, columns: _Columns) -> Batch:
-        sparse = KeyedJaggedTensor(keys=list(self._layout.keys), values=columns.values, lengths=columns.lengths)
-        return Batch(dense=columns.dense, sparse=sparse, labels=columns.labels)
+        return _to_batch(columns, self._layout.keys)
 
     def __iter__(self) -> Iterator[Batch]:
         for columns in self._iter_columns():

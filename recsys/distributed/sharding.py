@@ -204,6 +204,12 @@ class SumDataParallelWrapper(DefaultDataParallelWrapper):
     """torchrec's DDP wrapping of the dense part, with gradients summed rather than averaged."""
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        # A model whose every parameter is a sharded table (mf) has nothing to all-reduce, and DDP refuses it.
+        sharded = set(DistributedModelParallel._sharded_parameter_names(dmp._dmp_wrapped_module))
+        if not any(p.requires_grad and name not in sharded
+                   for name, p in dmp._dmp_wrapped_module.named_parameters()):
+            dmp._dmp_wrapped_module.to(device)
+            return
         super().wrap(dmp, env, device)
         if isinstance(dmp._dmp_wrapped_module, DistributedDataParallel):
             dmp._dmp_wrapped_module.register_comm_hook(env.process_group, _allreduce_sum)
@@ -259,6 +265,12 @@ def shard(model: nn.Module, config: TrainConfig, env: DistEnv, sharding_plan: Sh
     for lookup in _replicated_lookups(dmp):
         lookup.register_comm_hook(dist.group.WORLD, _allreduce_sum)
     return dmp
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DistributedModelParallel and its data-parallel wrapper, its tables still sharded: to call
+    a method other than forward (a retriever's ``user_vectors``); the model itself when not wrapped."""
+    return model.module if isinstance(model, DistributedModelParallel) else model
 
 
 def optimizer(dmp: DistributedModelParallel, config: TrainConfig) -> CombinedOptimizer:

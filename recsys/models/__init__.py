@@ -6,6 +6,12 @@ loss, link and metrics) is the task's business (``recsys.tasks``). Models hold n
 sharding or device code: ``recsys.distributed`` shards the torchrec embedding
 modules they contain.
 
+A model that embeds only some of the schema's sparse features (a retriever: ``mf``
+looks up user_id and item_id alone) registers ``inputs(schema, config)``, the
+features it uses: its embedding module then holds only their tables, so no table
+is sharded, trained and exported for nothing. Its forward still takes batches
+with every schema key (``select_features`` picks its own).
+
 A model that can say why it scored a row as it did has ``explain(batch, top)``,
 returning per row its ``top`` largest ``Contribution``s (``explains(model)``): the
 ranking service answers ``"explain": true`` with them and the report counts them
@@ -23,6 +29,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.config import EmbeddingConfig
 from recsys.embeddings import build_embeddings
@@ -30,6 +37,7 @@ from recsys.errors import RecsysError
 from recsys.schema import Schema, describe_validation_error
 
 ModelBuilder = Callable[[Schema, Any, nn.Module], nn.Module]
+InputsOf = Callable[[Schema, Any], list[str]]
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class ModelSpec:
     name: str
     config_class: type[BaseModel]  # the ``model:`` section of the training config
     build: ModelBuilder  # (schema, validated config, embeddings module) → model
+    inputs: InputsOf | None = None  # (schema, validated config) → the sparse features it embeds; None: all
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,12 @@ def explains(model: nn.Module) -> bool:
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, config_class: type[BaseModel]) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, config_class: type[BaseModel], inputs: InputsOf | None = None
+                   ) -> Callable[[ModelBuilder], ModelBuilder]:
     def add(build: ModelBuilder) -> ModelBuilder:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = ModelSpec(name, config_class, build)
+        _MODELS[name] = ModelSpec(name, config_class, build, inputs)
         return build
     return add
 
@@ -87,7 +97,38 @@ def build_model(name: str, schema: Schema, section: dict[str, Any], embedding: E
     """The model with its embedding tables on ``embedding_device`` ('meta' lets the sharder allocate them)."""
     spec = model_spec(name)
     config = model_config(name, section)
-    return spec.build(schema, config, build_embeddings(schema, embedding, embedding_device))
+    return spec.build(schema, config, build_embeddings(embedded_schema(name, schema, section), embedding,
+                                                       embedding_device))
+
+
+def embedded_schema(name: str, schema: Schema, section: dict[str, Any]) -> Schema:
+    """The part of the schema the model's embedding module covers (all of it unless the model has ``inputs``)."""
+    spec = model_spec(name)
+    if spec.inputs is None:
+        return schema
+    return embedding_schema(schema, spec.inputs(schema, model_config(name, section)))
+
+
+def embedding_schema(schema: Schema, features: list[str]) -> Schema:
+    """The schema with only ``features`` among its sparse and sequence features, and the tables they use."""
+    unknown = sorted(set(features) - set(schema.sparse_keys))
+    if unknown:
+        raise RecsysError(f"schema: no sparse or sequence feature named '{unknown[0]}'; features: "
+                          f"{', '.join(schema.sparse_keys)}")
+    kept = set(features)
+    tables = {schema.feature_table(f).name for f in kept}
+    return schema.model_copy(update={
+        "sparse": [f for f in schema.sparse if f.name in kept],
+        "sequences": [f for f in schema.sequences if f.name in kept],
+        "tables": [t for t in schema.tables if t.name in tables]}, deep=True)
+
+
+def select_features(features: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
+    """The batch's KeyedJaggedTensor with only ``keys``, in that order (as is when it has exactly those)."""
+    have = features.keys()
+    if have == keys:
+        return features
+    return features.permute([have.index(key) for key in keys])
 
 
 for _module in pkgutil.iter_modules(__path__):

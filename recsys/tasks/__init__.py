@@ -12,15 +12,18 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from recsys.errors import RecsysError
 from recsys.schema import Schema
+from recsys.types import Batch
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ class MetricState(ABC):
 
     @abstractmethod
     def compute(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """A split to evaluate a model on: the prepared data directory, the split's name, the device the model is
+    on, and ``rows()``: this process's share of the split's rows, batch by batch (a fresh reader)."""
+
+    data_dir: Path
+    split: str
+    device: torch.device
+    rows: Callable[[], Iterable[Batch]]
 
 
 class TaskSpec(ABC):
@@ -76,6 +90,14 @@ class TaskSpec(ABC):
     @property
     @abstractmethod
     def metrics(self) -> list[Metric]: ...
+
+    def evaluate_model(self, model: nn.Module, split: EvalSplit) -> dict[str, float] | None:
+        """The metrics of a whole model on a split, for a task judged on more than its rows one by one (full
+        ranking over a catalogue); None (the default): the split's rows are scored batch by batch into
+        ``metric_state``. Called on every process under ``torch.no_grad`` with the model in eval mode and
+        unwrapped from its data-parallel wrapper: its sharded tables make every call a collective, so every
+        process must make the same calls."""
+        return None
 
     def direction(self, key: str) -> int | None:
         """+1, -1 or 0 for a metric key of this task (with or without a split prefix); None if unknown."""

@@ -25,9 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from recsys.models.retriever import PairScores, RetrievalLoss
-from recsys.tasks import Metric, MetricState, TaskSpec, register_task
+from recsys.errors import RecsysError
+from recsys.models.retriever import PairScores, RetrievalLoss, Retriever
+from recsys.tasks import EvalSplit, Metric, MetricState, TaskSpec, register_task
+from recsys.types import Batch
 
 CUTOFFS = (5, 10, 20, 50)
 
@@ -72,8 +75,8 @@ class ImplicitRetrieval(TaskSpec):
 
     def loss(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
         if not isinstance(logits, PairScores):
-            raise TypeError(f"the implicit task trains retrievers, whose forward returns PairScores; "
-                            f"got {type(logits).__name__}")
+            raise RecsysError(f"--model: the implicit task trains retrievers, whose forward returns PairScores; "
+                              f"this model gives {type(logits).__name__}")
         return pair_loss(logits)
 
     def link(self, logits: torch.Tensor) -> torch.Tensor:
@@ -91,3 +94,20 @@ class ImplicitRetrieval(TaskSpec):
 
     def offline_metrics(self, labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         return {"rows": len(labels)}
+
+    def evaluate_model(self, model: nn.Module, split: EvalSplit) -> dict[str, float]:
+        """Full ranking of the split's users over the catalogue (``recsys.eval.retrieval``), from the retriever's
+        user and item vectors: the same calls on every process (each a collective for a sharded model)."""
+        from recsys.eval.retrieval import evaluate_retriever
+
+        if not isinstance(model, Retriever):
+            raise RecsysError(f"{split.data_dir}: implicit data trains retrievers (models whose forward gives "
+                              f"PairScores); {type(model).__name__} is a ranking model")
+
+        def users(batch: Batch) -> torch.Tensor:
+            return model.user_vectors(batch.to(split.device))
+
+        def items(batch: Batch) -> torch.Tensor:
+            return model.item_vectors(batch.to(split.device))
+
+        return evaluate_retriever(users, items, model.similarity, split.data_dir, split.split)

@@ -1,5 +1,10 @@
 """Evaluation of a (sharded) model on a split, by its task's metrics (``recsys.tasks``).
 
+``evaluate_split`` asks the task first: a task judged on whole models (the
+implicit task's full ranking over the catalogue) evaluates the unwrapped model
+itself (``TaskSpec.evaluate_model``); otherwise the split's rows are scored batch
+by batch (``evaluate``).
+
 Metrics are torchmetrics objects whose states are gathered from every process at
 ``compute`` (the AUC over all rows, not rank 0's share). Every process must run
 the same number of forward passes, since a sharded forward is a collective; a
@@ -13,8 +18,25 @@ import torch.distributed as dist
 from torch import nn
 
 from recsys.data.reader import ParquetReader
+from recsys.distributed.sharding import unwrapped
 from recsys.errors import RecsysError
-from recsys.tasks import TaskSpec
+from recsys.tasks import EvalSplit, TaskSpec
+
+
+@torch.no_grad()  # not inference_mode: a DMP-wrapped forward fails under it
+def evaluate_split(model: nn.Module, split: EvalSplit, task: TaskSpec) -> dict[str, float]:
+    """The task's metrics of the model on the split, across all processes (every process calls it)."""
+    was_training = model.training
+    model.eval()
+    try:
+        metrics = task.evaluate_model(unwrapped(model), split)
+    finally:
+        model.train(was_training)
+    if metrics is not None:
+        return metrics
+    reader = split.rows()
+    assert isinstance(reader, ParquetReader)
+    return evaluate(model, reader, split.device, task)
 
 
 @torch.no_grad()  # not inference_mode: a DMP-wrapped forward fails under it

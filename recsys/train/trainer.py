@@ -45,11 +45,13 @@ from recsys.distributed.export import full_tensor, gather_state_dict
 from recsys.distributed.init import init_embeddings
 from recsys.embeddings import TablePart, embedding_parameters, full_table_bytes, model_bytes
 from recsys.errors import RecsysError
-from recsys.models import build_model, model_config
+from recsys.models import build_model, embedded_schema, model_config
+from recsys.models.retriever import Retriever, is_retriever
 from recsys.schema import Schema
 from recsys.system import write_atomic
-from recsys.tasks import TaskSpec, task_spec
-from recsys.train.evaluate import evaluate
+from recsys.tasks import EvalSplit, TaskSpec, task_spec
+from recsys.train.evaluate import evaluate_split
+from recsys.train.retrieval import catalogue_vectors, training_interactions
 from recsys.train.step import pipelined_steps, train_step
 
 log = logging.getLogger(__name__)
@@ -197,8 +199,10 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         write_atomic(job.out / CONFIG_FILE, config.to_yaml())  # other hosts' processes may read it
     torch.manual_seed(config.seed)  # dense layers: the same initial values on every rank and process count
     model = build_model(job.model, schema, config.model, config.embedding, embedding_device="meta")
+    if callable(getattr(model, "attach_interactions", None)):  # a graph retriever (issue 14, interface 3)
+        model.attach_interactions(*training_interactions(job.data, schema))
     tables = {name: table for name, (_, table) in sharding.embedding_tables(model).items()}
-    full_bytes = full_table_bytes(schema, config.embedding)
+    full_bytes = full_table_bytes(embedded_schema(job.model, schema, config.model), config.embedding)
     sizes = model_bytes(model) | {"embedding_bytes_full": full_bytes, "embedding_params": embedding_parameters(model),
                                   "embedding_params_full": full_bytes // 4}
     plan = sharding.plan(model, config, env.world_size, env.local_world_size, env.device, dist.group.WORLD)
@@ -229,6 +233,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
 
     def table_value(table: str) -> torch.Tensor:
         return full_tensor(dmp, keys[table])
+
+    def split(name: str) -> EvalSplit:
+        return EvalSplit(job.data, name, env.device, lambda: _reader(job, name, env, train=False))
 
     position = _Position()
     if latest is not None:
@@ -330,7 +337,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             steps.close()  # detaches the pipeline before evaluation
             if position.step_in_epoch >= steps_per_epoch or position.step >= total_steps:
                 check_weights("evaluation")
-                valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device, task)
+                valid_metrics = evaluate_split(dmp, split("valid"), task)
                 metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "valid",
                                    **valid_metrics})
                 value = valid_metrics[watched]
@@ -365,8 +372,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     if best is not None:
         valid_metrics = best["valid"]
     elif not valid_metrics:  # resumed from the final checkpoint: nothing left to train
-        valid_metrics = evaluate(dmp, _reader(job, "valid", env, train=False), env.device, task)
-    test_metrics = evaluate(dmp, _reader(job, "test", env, train=False), env.device, task)
+        valid_metrics = evaluate_split(dmp, split("valid"), task)
+    test_metrics = evaluate_split(dmp, split("test"), task)
     metrics_log.write({"step": position.step, "epoch": position.epoch, "split": "test", **test_metrics})
     metrics = _final_metrics(job, env, position, valid_metrics, test_metrics) | sizes
     if best is not None:
@@ -375,8 +382,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     state = gather_state_dict(dmp)
     if main:
         metrics |= _served_sizes(job.model, schema, config, state, sizes)
+        items = _item_vectors(job, schema, config, state) if is_retriever(model) else None
         artifact.save(job.out / ARTIFACT, model_name=job.model, state=state, schema=schema, config=config,
-                      metrics=metrics, data_dir=job.data,
+                      metrics=metrics, data_dir=job.data, items=items,
                       extra={"world_size": env.world_size, "plan": text.splitlines()})
         console.print(_summary(job, env, task, metrics), highlight=False, soft_wrap=True, markup=False)
     if dist.is_initialized():
@@ -415,6 +423,15 @@ def _served_sizes(model_name: str, schema: Schema, config: TrainConfig, state: d
     quantize_tables(model, precision)
     return {"served.precision": precision, "served.embedding_bytes": served_embedding_bytes(model),
             "served.dense_bytes": dense_bytes(model)}
+
+
+def _item_vectors(job: TrainJob, schema: Schema, config: TrainConfig, state: dict[str, torch.Tensor]
+                  ) -> artifact.ItemVectors:
+    """The catalogue's vectors from the unsharded model as ``artifact.load`` rebuilds it (rank 0)."""
+    model = build_model(job.model, schema, config.model, config.embedding)
+    model.load_state_dict(state)
+    assert isinstance(model, Retriever)
+    return catalogue_vectors(model, job.data, schema)
 
 
 def _best_of(state: dict[str, Any], latest: Path) -> dict[str, Any] | None:

@@ -1,0 +1,1 @@
+"""Offline evaluation of retrievers: full-ranking metrics (``metrics``) over a prepared data set (``retrieval``)."""
