@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchrec.distributed.types import LazyAwaitable
 
 from recsys.errors import RecsysError
 from recsys.models.retriever import PairScores, RetrievalLoss, Retriever
@@ -105,9 +106,14 @@ class ImplicitRetrieval(TaskSpec):
                               f"PairScores); {type(model).__name__} is a ranking model")
 
         def users(batch: Batch) -> torch.Tensor:
-            return model.user_vectors(batch.to(split.device))
+            return _resolved(model.user_vectors(batch.to(split.device)))
 
         def items(batch: Batch) -> torch.Tensor:
-            return model.item_vectors(batch.to(split.device))
+            return _resolved(model.item_vectors(batch.to(split.device)))
 
         return evaluate_retriever(users, items, model.similarity, split.data_dir, split.split)
+
+
+def _resolved(vectors: torch.Tensor | LazyAwaitable[torch.Tensor]) -> torch.Tensor:
+    """A sharded embedding module answers with a lazy awaitable of its output: wait for it."""
+    return vectors.wait() if isinstance(vectors, LazyAwaitable) else vectors
