@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_data import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from recsys.models.retriever import Similarity  # noqa: E402
 from services.retrieval.index import (  # noqa: E402
-    RECALL_K, IndexKind, build_index, default_kind, exact_neighbours, recall_at,
+    RECALL_K, IndexKind, ItemIndex, build_index, default_kind, exact_neighbours, recall_at,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -121,7 +121,8 @@ def main() -> None:
     for name in args.kinds.split(","):
         kind = IndexKind(name)
         log.info("building %s", kind.value)
-        index, report = build_index(vectors, similarity, kind, args.recall_target, seed=args.seed)
+        built, report = build_index(vectors, similarity, kind, args.recall_target, seed=args.seed)
+        index = ItemIndex(built, [], similarity, {"kind": kind.value}, None, report.max_norm)  # as the service searches
         found = index.search(queries, RECALL_K)[1]
         results[kind.value] = {
             "default": kind is default,
@@ -133,7 +134,7 @@ def main() -> None:
             **latency(index, queries, args.single, args.batch),
         }
         log.info("%s: %s", kind.value, json.dumps(results[kind.value]))
-        del index
+        del index, built
     after = machine()
     payload = {
         "benchmark": "bench_ann",

@@ -44,6 +44,6 @@ def build(
     recall = meta["recall"]
     reached = "exact search" if recall is None else \
         f"recall@{recall['k']} {recall['value']:.4f} against exact (target {recall['target']})"
-    console.print(f"Built a {meta['kind']} index ({params}) of {meta['items']:,} items × {meta['dim']} "
+    console.print(f"Built the {meta['kind']} index ({params}) of {meta['items']:,} items × {meta['dim']} "
                   f"({meta['similarity']}) in {meta['build_seconds']:.1f} s: {reached}.")
     console.print(f"Saved {artifact / 'index'}.")

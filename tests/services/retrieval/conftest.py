@@ -19,7 +19,8 @@ from recsys.models import model_names
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
-from tests.conftest import run_cli, train_cli
+from services.retrieval.index import build_artifact_index
+from tests.conftest import train_cli
 
 RETRIEVER_PREFIX = "recsys-retriever"
 
@@ -84,18 +85,20 @@ class TwoStage:
 
 
 def _prepare(raw: Path, out: Path, task: str) -> Path:
-    result = run_cli("-q", "data", "prepare", "--format", "movielens", "--input", str(raw), "--out", str(out),
-                     "--task", task, "--split", "random")
-    assert result.returncode == 0, result.stderr[-3000:]
+    """``recsys data prepare --format movielens --task TASK --split random``, in process."""
+    from recsys.data.formats.movielens import MovieLensSource
+    from recsys.data.pipeline import PrepareOptions, run
+
+    run(MovieLensSource(raw, task=task), out, PrepareOptions(split="random", seed=0))
     return out
 
 
-def _train_retriever(data: Path, out: Path, seed: int) -> Path:
-    result = train_cli(data, out, "trainer.max_steps=60", "trainer.batch_size=256", model="mf",
+def _train_retriever(data: Path, out: Path, seed: int, steps: int) -> Path:
+    """mf, then its index (exact at this size), as `recsys index build` writes it."""
+    result = train_cli(data, out, f"trainer.max_steps={steps}", "trainer.batch_size=256", model="mf",
                        extra=("--seed", str(seed)))
     assert result.returncode == 0, result.stderr[-3000:]
-    built = run_cli("-q", "index", "build", "--artifact", str(out / "artifact"))
-    assert built.returncode == 0, built.stderr[-3000:]
+    build_artifact_index(out / "artifact")
     return out / "artifact"
 
 
@@ -110,8 +113,8 @@ def two_stage(tmp_path_factory: pytest.TempPathFactory) -> TwoStage:
     result = train_cli(ranker_data, root / "dlrm", "trainer.max_steps=30", "trainer.batch_size=256")
     assert result.returncode == 0, result.stderr[-3000:]
     return TwoStage(ranker_data, root / "dlrm" / "artifact", retriever_data,
-                    _train_retriever(retriever_data, root / "mf", 0),
-                    _train_retriever(retriever_data, root / "mf-second", 7))
+                    _train_retriever(retriever_data, root / "mf", 0, 60),
+                    _train_retriever(retriever_data, root / "mf-second", 7, 5))
 
 
 @pytest.fixture(scope="session")
