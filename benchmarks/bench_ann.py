@@ -18,7 +18,17 @@ vectors as tuning queries, recall@100 ≥ 0.95), then judged on *other* queries:
 The machine (``/proc/cpuinfo`` model and flags) and the load average before and after are recorded: the
 machine is shared, compare kinds within one run only.
 
+``--recommend 100000,1000000`` adds (to the ``recommend`` entry of the same results file, the ANN figures kept)
+the latency of ``POST /v1/recommend`` over HTTP with a retriever, per catalogue size N: ``recsys data synth
+--kind implicit --items N`` (mf, a few steps, its index built with the defaults: exact ≤ 100k, ivf above) and
+``--kind ctr --items N`` (dlrm, a few steps; both keep item and user keys "0", "1", ... so they share them),
+materialised into one embedded Redis (the ranker's and the retriever's namespaces), ``recsys serve --artifact
+DLRM --retriever MF --retrieve-candidates 200``, then sequential requests (k=10, random users) on one keep-alive
+connection: client p50/p99 and the service's own stages (retrieve, fetch, rank) p50. Items the ranker's data never
+showed are scored with default features (``unknown_items``), which a full catalogue of item records would not.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ann.py                 # 1M × 64, exact/ivf/hnsw
+    .venv/bin/python benchmarks/bench_ann.py --recommend 100000,1000000 --kinds ""  # only /v1/recommend latency
     .venv/bin/python benchmarks/bench_ann.py --items 100000 --kinds exact,ivf  # a quicker run
 """
 
@@ -28,6 +38,8 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -102,7 +114,18 @@ def main() -> None:
     parser.add_argument("--recall-target", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ann.json")
+    parser.add_argument("--recommend", default="", help="catalogue sizes for /v1/recommend latency, e.g. "
+                        "100000,1000000 (with --kinds '': only that, the ANN figures of --out kept)")
+    parser.add_argument("--requests", type=int, default=300, help="/v1/recommend requests per catalogue")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_ann"), help="data and artifacts")
     args = parser.parse_args()
+    if not args.kinds:
+        payload = json.loads(args.out.read_text())
+        payload["recommend"] = recommend_latency([int(n) for n in args.recommend.split(",")], args.work,
+                                                 args.requests)
+        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(payload))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("recsys").setLevel(logging.INFO)
     import faiss
@@ -143,6 +166,8 @@ def main() -> None:
         "evaluation_queries": args.queries, "recall_k": RECALL_K, "recall_target": args.recall_target,
         "threads": args.threads, "default_kind": default.value, "faiss": faiss.__version__,
         "results": results, "wall_s": round(time.time() - started, 1),
+        "recommend": recommend_latency([int(n) for n in args.recommend.split(",")], args.work, args.requests)
+        if args.recommend else None,
         "machine": {**before, "load_average_before": before["load_average"],
                     "load_average_after": after["load_average"]},
     }
@@ -172,10 +197,96 @@ def markdown(payload: dict[str, Any]) -> str:
                      f"{r['recall_at_100']} | {r['single']['p50_ms']} | {r['single']['p99_ms']} | "
                      f"{r['batched']['p50_ms']} | {r['batched']['p99_ms']} | {r['batched']['per_query_p50_ms']} |")
     flags = [f for f in m.get("cpu_flags", []) if f.startswith(("avx", "sse4", "fma", "f16c"))]
+    recommend = payload.get("recommend")
+    if recommend:
+        lines += ["", "## /v1/recommend with a retriever (HTTP, one keep-alive connection, k=10, 200 candidates)", "",
+                  "| catalogue | index | requests | client p50 ms | client p99 ms | retrieve p50 ms | fetch p50 ms | "
+                  "rank p50 ms | candidates without a ranker record (share) |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in recommend["runs"]:
+            lines.append(f"| {r['items']:,} | {r['index']} | {r['requests']} | {r['client']['p50_ms']} | "
+                         f"{r['client']['p99_ms']} | {r['stages_p50_ms']['retrieve']} | {r['stages_p50_ms']['fetch']} | "
+                         f"{r['stages_p50_ms']['rank']} | {r['unknown_item_share']} |")
+        lines += ["", f"Load average {recommend['load_average_before']} before, {recommend['load_average_after']} "
+                  "after."]
+    else:
+        lines += ["", "/v1/recommend latency for 100k and 1M catalogues: not measured in this run (`--recommend`)."]
     lines += ["", f"Machine: {m['cpu']}, {m['nproc']} cores ({', '.join(flags)}), load average "
               f"{m['load_average_before']} before, {m['load_average_after']} after (shared machine: compare rows of "
               f"one run only). Wall time {payload['wall_s']} s.", ""]
     return "\n".join(lines)
+
+
+def _cli(*args: str, timeout: float = 1800) -> None:
+    result = subprocess.run([sys.executable, "-m", "recsys.cli.main", "-q", *args], cwd=HERE.parent,
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"recsys {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+
+
+def recommend_latency(sizes: list[int], work: Path, requests: int) -> dict[str, Any]:
+    """/v1/recommend over HTTP with a retriever, per catalogue size (see the module docstring)."""
+    import httpx
+
+    from services.feature_store.embedded import EmbeddedRedis
+    from services.feature_store.materialize import materialize
+    from services.feature_store.redis_store import RedisFeatureStore
+    from services.retrieval.index import build_artifact_index
+    from tests.services.ranking.conftest import start_server
+
+    before = [round(x, 2) for x in os.getloadavg()]
+    runs = []
+    users = 20_000
+    for items in sizes:
+        root = work / f"items-{items}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        log.info("catalogue of %d items: data, training, index", items)
+        _cli("data", "synth", "--kind", "implicit", "--rows", "200000", "--users", str(users), "--items", str(items),
+             "--out", str(root / "implicit"))
+        _cli("data", "synth", "--kind", "ctr", "--rows", "100000", "--users", str(users), "--items", str(items),
+             "--out", str(root / "ctr"))
+        for model, data in (("mf", "implicit"), ("dlrm", "ctr")):
+            _cli("train", "--model", model, "--data", str(root / data), "--out", str(root / model), "--set",
+                 "trainer.max_steps=20", "--set", "trainer.progress=false", "--set", "trainer.batch_size=1024")
+        meta = build_artifact_index(root / "mf" / "artifact")
+        redis = EmbeddedRedis.start(root / "redis")
+        try:
+            for prefix, data, model in (("recsys", "ctr", "dlrm"), ("recsys-retriever", "implicit", "mf")):
+                store = RedisFeatureStore.from_url(redis.url, prefix=prefix)
+                materialize(store, root / data, root / model / "artifact")
+                store.close()
+            server = start_server(root / "dlrm" / "artifact", redis.url, root / "serve.log", "--retriever",
+                                  str(root / "mf" / "artifact"), "--retrieve-candidates", "200")
+            try:
+                rng = np.random.default_rng(0)
+                client_s, stages, unknown = [], [], []
+                with httpx.Client(base_url=server.url, timeout=30) as client:
+                    for i in range(requests + 20):
+                        body = {"user_id": str(int(rng.integers(0, users))), "k": 10}
+                        started = time.perf_counter()
+                        response = client.post("/v1/recommend", json=body)
+                        elapsed = time.perf_counter() - started
+                        if response.status_code != 200:
+                            raise SystemExit(f"/v1/recommend answered {response.status_code}: {response.text}")
+                        if i >= 20:  # warm-up requests not counted
+                            answer = response.json()
+                            client_s.append(elapsed)
+                            stages.append(answer["stages_ms"])
+                            unknown.append(len(answer["unknown_items"]) / 200)  # of the candidates ranked
+            finally:
+                server.stop()
+        finally:
+            redis.kill()
+        runs.append({
+            "items": items, "index": meta["kind"], "index_params": meta["params"], "requests": len(client_s),
+            "client": percentiles(client_s),
+            "stages_p50_ms": {name: round(float(np.median([s[name] for s in stages])), 3)
+                              for name in ("retrieve", "fetch", "rank")},
+            "unknown_item_share": round(float(np.mean(unknown)), 3),
+        })
+        log.info("/v1/recommend at %d items: %s", items, json.dumps(runs[-1]))
+    return {"runs": runs, "load_average_before": before,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 if __name__ == "__main__":

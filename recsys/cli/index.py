@@ -28,10 +28,15 @@ def build(
     seed: int = typer.Option(0, "--seed", help="Seed of the k-means sample and the tuning queries."),
 ) -> None:
     """Write ARTIFACT/index/index.faiss and meta.json (kind, parameters, items, dim, the vectors' sha256, build
-    seconds, recall reached), using the retriever's similarity (inner product or L2).
+    seconds, recall reached), using the retriever's similarity (inner product or L2). Faiss id i is row i of
+    retrieval/items.parquet.
 
-    The service loads the index only with the vectors it was built from: build again after exporting the
-    retriever again. Example: recsys index build --artifact runs/mf/artifact --kind hnsw --recall-target 0.97
+    Tuning queries are item vectors plus noise (the artifact holds no user vectors); an hnsw index of an
+    inner-product retriever is built on the MIPS → L2 reduction. `recsys serve --retriever ARTIFACT` loads the
+    index only with the vectors it was built from (sha256, ntotal, dim, metric checked): build again after
+    exporting the retriever again.
+
+    Example: recsys index build --artifact runs/mf/artifact --kind hnsw --recall-target 0.97
     """
     from services.retrieval.index import IndexKind, build_artifact_index
 

@@ -494,21 +494,25 @@ class RankingService:
         anything fails."""
         async with self._admin_lock:
             retriever = await in_fresh_thread(ServedRetriever.load, artifact)
+            retrieval = self.retrieval or Retrieval(_redis_store(self.settings, self.settings.retriever_prefix),
+                                                    retriever, self.metrics, owns_store=True)
+            try:
+                await asyncio.to_thread(self._check_retriever_reads, retriever, retrieval)
+                await self.batcher.call(lambda: retrieval.warm_up(retriever))
+            except BaseException:
+                if retrieval is not self.retrieval:
+                    retrieval.close()
+                raise
             if self.retrieval is None:
-                self.retrieval = Retrieval(_redis_store(self.settings, self.settings.retriever_prefix), retriever,
-                                           self.metrics, owns_store=True)
+                self.retrieval = retrieval  # the first retriever of a server started without one
                 current, previous = retriever, None
             else:
-                await asyncio.to_thread(self._check_retriever_reads, retriever)
-                retrieval = self.retrieval
-                await self.batcher.call(lambda: retrieval.warm_up(retriever))
-                current, previous = self.retrieval.slot.swap_in(retriever)
+                current, previous = retrieval.slot.swap_in(retriever)
             return self._retriever_swapped("reload", current, previous, announce)
 
-    def _check_retriever_reads(self, retriever: ServedRetriever) -> None:
-        assert self.retrieval is not None
+    def _check_retriever_reads(self, retriever: ServedRetriever, retrieval: Retrieval) -> None:
         try:
-            self.retrieval.check_readable(retriever)
+            retrieval.check_readable(retriever)
         except IncompatibleVersion as exc:
             raise ModelConflict(f"{retriever.path}: cannot read the retriever's features (prefix "
                                 f"'{self.settings.retriever_prefix}'): {exc}") from None
@@ -519,7 +523,7 @@ class RankingService:
                 raise NoRetriever("no retriever is served: nothing to roll back")
             previous = self.retrieval.slot.previous
             if previous is not None and previous.fingerprint != self.retrieval.slot.current.fingerprint:
-                await asyncio.to_thread(self._check_retriever_reads, previous)
+                await asyncio.to_thread(self._check_retriever_reads, previous, self.retrieval)
             try:
                 current, before = self.retrieval.slot.roll_back()
             except RecsysError:
