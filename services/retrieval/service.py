@@ -123,10 +123,7 @@ class Retrieved:
     fetch_s: float
     vector_s: float
     search_s: float
-
-    @property
-    def seconds(self) -> float:
-        return self.fetch_s + self.vector_s + self.search_s
+    wall_s: float = 0.0  # the whole stage as the caller timed it (queueing for the model thread included)
 
 
 @dataclass
