@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import save_file
 
@@ -31,8 +33,8 @@ def vectors_artifact(out: Path, vectors: np.ndarray, similarity: str = "dot") ->
     (out / "retrieval").mkdir(parents=True, exist_ok=True)
     save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)},
               str(out / "retrieval" / "item_vectors.safetensors"))
-    pl.DataFrame({"item_key": [f"i{i}" for i in range(len(vectors))]}).write_parquet(out / "retrieval" /
-                                                                                      "items.parquet")
+    pq.write_table(pa.table({"item_key": pa.array([f"i{i}" for i in range(len(vectors))], pa.string())}),
+                   out / "retrieval" / "items.parquet")  # as the exporter writes it
     save_file({"unused": np.zeros(1, np.float32)}, str(out / artifacts.WEIGHTS))
     (out / artifacts.SCHEMA).write_text("{}")
     (out / artifacts.CONFIG).write_text("{}\n")
