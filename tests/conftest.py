@@ -59,6 +59,17 @@ def small_ctr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_implicit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12k synthetic interactions of 400 users with 200 items (8 communities), identity-encoded, dim 16."""
+    from recsys.data.pipeline import PrepareOptions
+    from recsys.data.synth import ImplicitConfig, synth_implicit
+
+    out = tmp_path_factory.mktemp("small_implicit") / "implicit"
+    synth_implicit(ImplicitConfig(rows=12_000, seed=5, embedding_dim=16), out, PrepareOptions(seed=5))
+    return out
+
+
 @pytest.fixture(scope="module")
 def contract_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real Redis server (the embedded one) for a contract suite's served-over-HTTP tests."""

@@ -30,14 +30,20 @@ class InputFormat(StrEnum):
     MOVIELENS = "movielens"
     CSV = "csv"
     PARQUET = "parquet"
+    INTERACTIONS = "interactions"
 
 
 class SplitMode(StrEnum):
     RANDOM = "random"
     TIME = "time"
+    LOO = "loo"
+    GIVEN = "given"
 
 
-_SPLIT_HELP = "random: by seeded hash of the row; time: by timestamp (file order when there is none)."
+_SPLIT_HELP = ("random (default): by seeded hash of the row; time: by timestamp (file order when there is none); "
+               "loo: leave one out, per user the newest interaction to test and the next to valid (users with "
+               "fewer than 3 stay in train; --valid/--test-fraction unused); given: the input's own train/test "
+               "split, valid = --valid-fraction of its train rows (the default for --format interactions).")
 
 
 @app.command()
@@ -83,14 +89,14 @@ def synth(
 
 @app.command()
 def prepare(
-    input_format: InputFormat = typer.Option(..., "--format", help="criteo: Criteo TSV day files (or CSV with a header), .gz ok; movielens: a 100K, 1M or latest folder; csv/parquet: any table, described by --schema."),
+    input_format: InputFormat = typer.Option(..., "--format", help="criteo: Criteo TSV day files (or CSV with a header), .gz ok; movielens: a 100K, 1M or latest folder; csv/parquet: any table, described by --schema; interactions: a folder with train.txt and test.txt, one line per user: its id then its item ids (LightGCN/BARS layout, e.g. Gowalla)."),
     input_path: Path = typer.Option(..., "--input", help="Input file or directory."),
     out: Path = typer.Option(..., "--out", help="Output directory (written atomically: nothing appears unless the job succeeds)."),
     schema_path: Path | None = typer.Option(None, "--schema", help="Schema YAML/JSON describing the input columns (required for csv/parquet; overrides the built-in one for criteo/movielens)."),
-    split: SplitMode = typer.Option(SplitMode.RANDOM, "--split", help=_SPLIT_HELP),
-    valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="Share of rows for validation."),
-    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
+    split: SplitMode | None = typer.Option(None, "--split", help=_SPLIT_HELP, show_default=False),
+    valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="Share of rows for validation (--split given: of the given train rows; 0: no valid split)."),
+    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test (random and time splits)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random split (and of the valid rows drawn from a given train split)."),
     max_bad_fraction: float = typer.Option(0.01, "--max-bad-fraction", help="Fail (writing nothing) when more than this share of rows is malformed."),
     task: Task = typer.Option(Task.CTR, "--task", help="movielens: ctr (rating >= --positive-rating is a click) or implicit (positive interactions only)."),
     positive_rating: float = typer.Option(4.0, "--positive-rating", help="movielens: lowest rating that counts as positive."),
@@ -103,10 +109,16 @@ def prepare(
     from recsys.data.summary import print_summary
     from recsys.schema import Schema
 
+    if split is None:
+        split = SplitMode.GIVEN if input_format is InputFormat.INTERACTIONS else SplitMode.RANDOM
     options = PrepareOptions(split=split.value, valid_fraction=valid_fraction, test_fraction=test_fraction,
                              seed=seed, max_bad_fraction=max_bad_fraction, overwrite=overwrite)
     schema = Schema.load(schema_path) if schema_path is not None else None
-    if input_format is InputFormat.CRITEO:
+    if input_format is InputFormat.INTERACTIONS:
+        from recsys.data.formats.interactions import InteractionsSource
+
+        source = InteractionsSource(input_path, schema, max_field_bytes=max_field_bytes)
+    elif input_format is InputFormat.CRITEO:
         from recsys.data.formats.criteo import CriteoSource
 
         source = CriteoSource(input_path, schema, max_field_bytes=max_field_bytes)

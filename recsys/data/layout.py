@@ -47,6 +47,29 @@ def read_stats(data_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def split_protocol(stats: dict[str, Any]) -> str:
+    """How a prepared data set was split, in words, from its stats.json (``protocol``; older ones: ``split``)."""
+    protocol = stats.get("protocol") or {"split": stats.get("split", "random")}
+    kind = protocol.get("split")
+    seed = stats.get("seed")
+
+    def share(key: str) -> str:
+        return f"{100 * protocol[key]:g}%" if key in protocol else "?"
+
+    if kind == "given":
+        valid = protocol.get("valid_fraction", 0.0)
+        detail = f"valid: {100 * valid:g}% of the train rows, seed {seed}" if valid else "no valid split"
+        return f"given train/test split ({detail})"
+    if kind == "loo":
+        order = protocol.get("order", "timestamp")
+        return (f"leave-one-out split by {order} (per user, the newest interaction to test and the next to valid; "
+                f"users with fewer than {protocol.get('min_interactions', 3)} interactions stay in train)")
+    if kind == "time":
+        return f"time split by {protocol.get('order', 'timestamp')} (valid {share('valid_fraction')}, " \
+               f"test {share('test_fraction')}: the newest rows)"
+    return f"random split (valid {share('valid_fraction')}, test {share('test_fraction')} of the rows, seed {seed})"
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
 

@@ -9,6 +9,11 @@ format-agnostic and streams in two passes so inputs larger than memory work:
    quarantine bad rows; stop if the bad fraction is over the limit.
 2. fit on train rows only (polars streaming engine): vocabularies per table,
    log1p/standardisation statistics per dense feature, time-split cut points.
+   The split (``--split``) is one of: ``random`` (a seeded uniform per row),
+   ``time`` (cut points on the timestamp, else file order), ``loo`` (leave one
+   out: per user, the newest interaction to test and the next to valid) or
+   ``given`` (the source's own train/test split, valid carved from train);
+   ``protocol`` records which in stats.json.
 3. encode each spooled part and write it to its split folders.
 
 All of it happens in a temporary sibling of the output folder that is renamed
@@ -47,6 +52,17 @@ QUARANTINE_RAW_CHARS = 4096
 _ROW = "_row"
 _UNIFORM = "_u"
 _SPLIT = "_split"
+# A source with its own split (``--format interactions``) names each row's split in this column: 0 train,
+# 1 valid, 2 test; ``--split given`` keeps it, carving valid from train by ``--valid-fraction``.
+GIVEN_SPLIT = "_given_split"
+LOO_MIN_INTERACTIONS = 3  # leave-one-out: users with fewer interactions stay whole in train
+SPLITS_HELP = {
+    "random": "by a seeded uniform number per row",
+    "time": "by timestamp cut points (file order when there is no timestamp)",
+    "loo": f"leave one out: per user, the newest interaction to test, the next to valid (users with fewer "
+           f"than {LOO_MIN_INTERACTIONS} interactions stay in train)",
+    "given": "the input's own train/test split; valid is --valid-fraction of the train rows (seeded, per row)",
+}
 
 
 @dataclass
@@ -72,7 +88,7 @@ class Source(Protocol):
 
 @dataclass
 class PrepareOptions:
-    split: Literal["random", "time"] = "random"
+    split: Literal["random", "time", "loo", "given"] = "random"
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -82,6 +98,8 @@ class PrepareOptions:
     passthrough: tuple[str, ...] = ()  # extra raw columns kept as they are (e.g. synthetic truth)
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS_HELP:
+            raise RecsysError(f"--split must be one of {', '.join(SPLITS_HELP)}, got '{self.split}'")
         if not (0 <= self.valid_fraction < 1 and 0 <= self.test_fraction < 1):
             raise RecsysError("--valid-fraction and --test-fraction must be in [0, 1)")
         if self.valid_fraction + self.test_fraction >= 1:
@@ -155,7 +173,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
             quarantine.close()
         rows_read = good + quarantine.count + filtered
         _check_bad_fraction(rows_read, good, filtered, quarantine, options, Path(out))
-        split_of = _split_expr(schema, spool, options)
+        split_of, protocol = _split_expr(schema, spool, options)
         vocabs, schema = _fit(schema, spool, split_of)
         split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options)
         shutil.rmtree(spool)
@@ -171,6 +189,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
             "rows_filtered": filtered,
             "bad_fraction": quarantine.count / rows_read if rows_read else 0.0,
             "split": options.split,
+            "protocol": protocol,
             "seed": options.seed,
             "splits": split_counts,
             "cardinalities": {t.name: t.cardinality for t in schema.tables},
@@ -191,14 +210,18 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
 def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: PrepareOptions) -> tuple[int, int]:
     wanted = [*source.schema.columns, *options.passthrough]
     good = filtered = 0
+    given = False
     with row_progress("parsing") as advance:
         for index, part in enumerate(source.parts()):
             if part.bad is not None:
                 quarantine.add(part.bad)
             rows = part.rows
             if rows.height:
+                given = given or GIVEN_SPLIT in rows.columns
+                if given and GIVEN_SPLIT not in rows.columns:
+                    raise RecsysError(f"input part {index} has no {GIVEN_SPLIT} column but an earlier one had")
                 ordinals = np.arange(good, good + rows.height, dtype=np.uint64)
-                rows = rows.select(wanted).with_columns(
+                rows = rows.select(wanted + ([GIVEN_SPLIT] if given else [])).with_columns(
                     pl.Series(_ROW, ordinals.astype(np.int64)),
                     pl.Series(_UNIFORM, uniform_from_rows(ordinals, options.seed)),
                 )
@@ -234,10 +257,23 @@ def _check_bad_fraction(rows_read: int, good: int, filtered: int, quarantine: _Q
                        f"{kept}; nothing written to {out}")
 
 
-def _split_expr(schema: Schema, spool: Path, options: PrepareOptions) -> pl.Expr:
-    """0 = train, 1 = valid, 2 = test: by the seeded uniform, or by time cut points."""
+def _split_expr(schema: Schema, spool: Path, options: PrepareOptions) -> tuple[pl.Expr, dict[str, Any]]:
+    """0 = train, 1 = valid, 2 = test, as an expression over spooled rows; and the protocol, for stats.json."""
+    protocol: dict[str, Any] = {"split": options.split, "description": SPLITS_HELP[options.split]}
+    if options.split == "loo":
+        return _leave_one_out(schema, spool, protocol)
+    if options.split == "given":
+        if GIVEN_SPLIT not in pl.read_parquet_schema(next(spool.glob("*.parquet"))):
+            raise RecsysError("--split given needs an input that comes with its own split (--format interactions)")
+        given = pl.col(GIVEN_SPLIT).cast(pl.Int8)
+        protocol.update(valid_fraction=options.valid_fraction,
+                        valid=(f"{options.valid_fraction:g} of the given train rows, by a seeded uniform per row"
+                               if options.valid_fraction else "none (--valid-fraction 0)"))
+        carve = (given == 0) & (pl.col(_UNIFORM) < options.valid_fraction)
+        return pl.when(carve).then(pl.lit(1, pl.Int8)).otherwise(given), protocol
     train_cut = 1.0 - options.valid_fraction - options.test_fraction
     valid_cut = 1.0 - options.test_fraction
+    protocol.update(valid_fraction=options.valid_fraction, test_fraction=options.test_fraction)
     if options.split == "random":
         key, first, second = pl.col(_UNIFORM), pl.lit(train_cut), pl.lit(valid_cut)
     else:
@@ -248,12 +284,39 @@ def _split_expr(schema: Schema, spool: Path, options: PrepareOptions) -> pl.Expr
             pl.col(column).quantile(valid_cut, "lower").alias("b"),
         ).collect()
         key, first, second = pl.col(column), pl.lit(cuts["a"][0]), pl.lit(cuts["b"][0])
+        protocol["order"] = column if schema.timestamp is not None else "file order"
     compare = (lambda k, c: k < c) if options.split == "random" else (lambda k, c: k <= c)
     return (
         pl.when(compare(key, first)).then(pl.lit(0, pl.Int8))
         .when(compare(key, second)).then(pl.lit(1, pl.Int8))
         .otherwise(pl.lit(2, pl.Int8))
+    ), protocol
+
+
+def _leave_one_out(schema: Schema, spool: Path, protocol: dict[str, Any]) -> tuple[pl.Expr, dict[str, Any]]:
+    """Per user, its newest row to test and the one before to valid, when it has at least
+    ``LOO_MIN_INTERACTIONS`` rows. Newest by timestamp, ties (and inputs without one) by file order.
+
+    A row's split depends on the user's other rows, wherever they are in the input, so the held-out rows
+    are found in one pass over the spool and named by row ordinal."""
+    if schema.user_key is None:
+        raise RecsysError("--split loo needs a schema with a user_key (whose interactions to leave out)")
+    user = schema.user_key.name
+    order = [schema.timestamp.name, _ROW] if schema.timestamp is not None else [_ROW]
+    newest = (
+        pl.scan_parquet(spool / "*.parquet")
+        .group_by(user)
+        .agg(pl.col(_ROW).sort_by(order, descending=True).head(2).alias("rows"), pl.len().alias("n"))
+        .filter(pl.col("n") >= LOO_MIN_INTERACTIONS)
+        .select(pl.col("rows").list.get(0).alias("test"), pl.col("rows").list.get(1).alias("valid"))
+        .collect(engine="streaming")
     )
+    protocol.update(order=schema.timestamp.name if schema.timestamp is not None else "file order",
+                    min_interactions=LOO_MIN_INTERACTIONS, held_out_users=newest.height)
+    expr = (pl.when(pl.col(_ROW).is_in(newest["test"].implode())).then(pl.lit(2, pl.Int8))
+            .when(pl.col(_ROW).is_in(newest["valid"].implode())).then(pl.lit(1, pl.Int8))
+            .otherwise(pl.lit(0, pl.Int8)))
+    return expr, protocol
 
 
 def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.DataFrame], Schema]:

@@ -44,6 +44,7 @@ def print_summary(data_dir: str | Path, brief: bool = False) -> None:
     if "bayes_auc" in stats:
         line += f" · Bayes-optimal AUC {stats['bayes_auc']:.4f}"
     console.print(line)
+    console.print(f"split: {layout.split_protocol(stats)}")
     if stats["bad_rows"]:
         console.print(f"bad rows quarantined in {data_dir / layout.QUARANTINE_FILE}")
     n_params = sum((t.cardinality or 0) * t.embedding_dim for t in schema.tables)

@@ -85,6 +85,9 @@ class Retriever(nn.Module):
     """Base class of retrieval models; see the module docstring."""
 
     similarity: Similarity = Similarity.DOT
+    # torchrec's train pipeline prefetches the embeddings of the batch's own ids; a retriever also looks up ids it
+    # draws inside forward (sampled negatives), which the pipeline would answer with the batch's: never pipelined.
+    pipelineable: bool = False
 
     @abstractmethod
     def user_vectors(self, batch: Batch) -> torch.Tensor:

@@ -9,13 +9,18 @@ one the model's config names:
 - ``softmax``: cross entropy over the candidates with logits (s - log q) / τ, the
   sampling-bias correction of Yi et al., "Sampling-Bias-Corrected Neural Modeling
   for Large Corpus Item Recommendations", RecSys 2019; excluded candidates (another
-  row's copy of the positive) are masked out;
+  row's copy of the positive) are masked out. The candidates are the batch's
+  positives plus ``negatives`` item ids sampled uniformly once for the batch: as
+  Partial FC samples class centres for faces, a step looks up B + N rows of the
+  (sharded) item table however large the catalogue (``recsys.models.candidates``);
 - ``hinge``: mean over negatives of max(0, m - s⁺ + s⁻); with s = -d² this is
   Collaborative Metric Learning's loss (Hsieh et al., WWW 2017).
 
 Metrics are full-ranking (every catalogue item is scored, the user's training
 items excluded): Recall@K, NDCG@K, HR@K for K in ``CUTOFFS`` and MRR, computed by
 ``recsys.eval``; Recall@20 is the primary one, as on the BARS matching benchmarks.
+The trainer asks for them through ``evaluate_model`` (the task contract's hook for
+tasks judged on whole models), not batch by batch.
 """
 
 from __future__ import annotations

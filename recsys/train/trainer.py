@@ -219,6 +219,11 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
 
     use_pipeline = config.trainer.pipeline == "on" or (config.trainer.pipeline == "auto"
                                                        and env.device.type == "cuda")
+    if use_pipeline and not getattr(model, "pipelineable", True):
+        if config.trainer.pipeline == "on":
+            raise RecsysError(f"trainer.pipeline: --model {job.model} looks up embeddings inside its forward (sampled "
+                              "items) that torchrec's train pipeline cannot prefetch; use auto or off")
+        use_pipeline = False
     train_reader = _reader(job, "train", env, train=True)
     steps_per_epoch = train_reader.num_batches
     if steps_per_epoch == 0:

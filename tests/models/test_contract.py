@@ -1,8 +1,8 @@
-"""The model contract, for every registered model: a new model file is tested the moment it registers.
+"""The ranking model contract, for every registered ranking model: a new model file is tested the moment it
+registers (retrievers need an implicit schema: tests/models/test_retriever_contract.py holds theirs).
 
 Each model is built from its ``configs/NAME.yaml`` (the tuned defaults users start from) on the synthetic
-CTR data (dense, user/item/context sparse features, histories sharing the item tables); retrievers have their
-own suite. Unsharded: output
+CTR data (dense, user/item/context sparse features, histories sharing the item tables). Unsharded: output
 shapes, finite logits, a gradient for every parameter. Then, per model, one real ``recsys train --nproc 2``
 (gloo, the planner's sharding) for 20 steps, whose artifact must reload in a fresh process with the same
 predictions and be served by ``recsys serve`` over HTTP, from a real Redis, with the offline scores.
