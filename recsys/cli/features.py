@@ -33,13 +33,13 @@ app = typer.Typer(
 
 
 @contextlib.contextmanager
-def _store() -> Iterator[RedisFeatureStore]:
+def _store(**kwargs: Any) -> Iterator[RedisFeatureStore]:
     """The configured store; an unreachable server is a one-line user error here, not a traceback."""
     from services.feature_store.embedded import open_store
     from services.feature_store.store import FeatureStoreUnavailable
 
     try:
-        with open_store() as store:
+        with open_store(**kwargs) as store:
             store.ping()
             yield store
     except FeatureStoreUnavailable as exc:
@@ -54,6 +54,9 @@ def materialize(
     popular_k: int = typer.Option(1000, "--popular-k", min=0, help="Length of the popular-items list (train counts)."),
     seen_cap: int = typer.Option(200, "--seen-cap", min=0, help="Most recent distinct items kept per user as 'seen'."),
     version: str | None = typer.Option(None, "--version", help="Name of the new version (default: UTC time + random suffix)."),
+    redis_prefix: str = typer.Option("recsys", "--redis-prefix", help="Key prefix (namespace) to write: "
+                                     "'recsys' for the ranker; a retriever's features go under their own, "
+                                     "'recsys-retriever' by default for recsys serve --retriever."),
 ) -> None:
     """Write user and item records, popular and seen lists, and embeddings as a new version, then make it active.
 
@@ -68,7 +71,7 @@ def materialize(
         raise RecsysError(f"--data {data}: directory not found")
     if not artifact.is_dir():
         raise RecsysError(f"--artifact {artifact}: directory not found")
-    with _store() as store:
+    with _store(prefix=redis_prefix) as store:
         summary = run(store, data, artifact, chunk_rows=chunk_rows, popular_k=popular_k, seen_cap=seen_cap,
                       version=version)
         where = store.url

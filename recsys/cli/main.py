@@ -16,6 +16,7 @@ from recsys import __version__
 from recsys.cli.data import app as data_app
 from recsys.cli.embeddings import app as embeddings_app
 from recsys.cli.features import app as features_app
+from recsys.cli.index import app as index_app
 from recsys.cli.report import report
 from recsys.cli.serve import serve
 from recsys.cli.train import train
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(embeddings_app, name="embeddings")
 app.add_typer(features_app, name="features")
+app.add_typer(index_app, name="index")
 app.command()(train)
 app.command()(serve)
 app.command()(report)

@@ -39,6 +39,15 @@ _FILES_RESERVED = 128  # descriptors a worker needs besides connections (store, 
 
 def serve(
     artifact: Path = typer.Option(..., "--artifact", help="Artifact directory to serve (RUN/artifact)."),
+    retriever: Path | None = typer.Option(None, "--retriever", help="Retriever artifact with its index (recsys "
+                                          "index build): /v1/recommend ranks its top --retrieve-candidates "
+                                          "unseen items, /v1/retrieve answers its top-N. Without it /v1/recommend "
+                                          "ranks popular unseen items."),
+    retriever_prefix: str = typer.Option("recsys-retriever", "--retriever-prefix", help="Key prefix of the "
+                                         "retriever's features in the same Redis (recsys features materialize "
+                                         "--data RETRIEVER_DATA --artifact RETRIEVER --redis-prefix ...)."),
+    retrieve_candidates: int = typer.Option(200, "--retrieve-candidates", min=1, help="Items retrieved per "
+                                            "/v1/recommend and ranked (at least k, at most --max-candidates)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 for all)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; each loads the model and "
@@ -77,9 +86,12 @@ def serve(
     limit_concurrency: int = typer.Option(512, "--limit-concurrency", min=1, help="Requests in progress per "
                                           "worker; past it a request answers 503 at once (/healthz exempt)."),
 ) -> None:
-    """Serve a model over HTTP: POST /v1/rank and /v1/recommend, GET /healthz, /readyz, /metrics, POST /admin/*.
+    """Serve a model over HTTP: POST /v1/rank, /v1/recommend and /v1/retrieve, GET /healthz, /readyz, /metrics,
+    POST /admin/* (reload and rollback of the ranker, and of the retriever under /admin/retriever/).
 
     Example: recsys serve --artifact runs/dlrm/artifact --port 8000 --workers 2 --precision int8
+
+    Two stages: recsys serve --artifact runs/dlrm/artifact --retriever runs/mf/artifact
     """
     import uvicorn
 
@@ -90,10 +102,13 @@ def serve(
     # A bad artifact fails here, in one line, rather than as a traceback in every worker's startup.
     check_artifact(artifact)  # the common mistakes, cheaply
     served_at = _check_loads(artifact, precision)  # everything a worker's start reads: weights, config, vocabs
+    if retriever is not None:
+        _check_loads_retriever(retriever)
     max_connections = _within_open_files(max_connections)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(redis_url())
         RedisFeatureStore.from_url(url, prefix=redis_prefix).close()  # checks the URL and prefix; no connection
+        RedisFeatureStore.from_url(url, prefix=retriever_prefix).close()
         os.environ["REDIS_URL"] = url  # the workers' store: the embedded server, if this command started it
         control = None
         if workers > 1:
@@ -103,7 +118,9 @@ def serve(
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
             control = shared / "model.json"
         settings = ServeSettings(
-            artifact=artifact.resolve(), precision=precision, redis_url=url, redis_prefix=redis_prefix,
+            artifact=artifact.resolve(), precision=precision,
+            retriever=retriever.resolve() if retriever is not None else None, retriever_prefix=retriever_prefix,
+            retrieve_candidates=retrieve_candidates, redis_url=url, redis_prefix=redis_prefix,
             max_candidates=max_candidates, max_body_bytes=max_body_bytes, max_batch_rows=max_batch_rows,
             batch_wait_ms=batch_wait_ms, threads=threads, workers=workers, api_key_env=api_key_env,
             control_file=control, supervisor_pid=os.getpid() if workers > 1 else None,
@@ -158,6 +175,30 @@ def _check_loads(artifact: Path, precision: Precision | None) -> Precision:
         raise exc  # a bug: its traceback
     lines = message.strip().splitlines()  # the first line: some libraries' messages (polars') add a context stack
     raise RecsysError(lines[0] if lines else f"--artifact {artifact}: cannot be loaded") from None
+
+
+def _check_loads_retriever(retriever: Path) -> None:
+    """The retriever artifact and its index loaded as a worker will (on a thread that ends here, as above)."""
+    from services.retrieval.service import ServedRetriever
+
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            ServedRetriever.load(retriever)
+        except BaseException as exc:  # noqa: BLE001  raised again below, on the calling thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=load, name="recsys-check-retriever")
+    thread.start()
+    thread.join()
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, RecsysError):
+            raise RecsysError(str(exc).strip().splitlines()[0]) from None
+        if isinstance(exc, OSError):
+            raise RecsysError(f"{exc.filename or retriever}: cannot read ({exc.strerror or exc})") from None
+        raise exc
 
 
 def _within_open_files(requested: int | None) -> int:

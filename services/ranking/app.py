@@ -31,9 +31,9 @@ from services.ranking.features import ContextError
 from services.ranking.metrics import ServiceMetrics
 from services.ranking.middleware import BodyLimit, RequestMetrics
 from services.ranking.payloads import RankRequest, context_schema
-from services.ranking.routers import admin, operations, ranking
+from services.ranking.routers import admin, operations, ranking, retrieval
 from services.ranking.service import (
-    CannotExplain, ModelConflict, NoFeatureVersion, NonFiniteScores, RankingService, RecordMismatch,
+    CannotExplain, ModelConflict, NoFeatureVersion, NonFiniteScores, NoRetriever, RankingService, RecordMismatch,
     TooManyCandidates,
 )
 from services.ranking.settings import ServeSettings
@@ -52,6 +52,7 @@ answers 4xx, never 5xx.
 
 _TAGS = [
     {"name": "ranking", "description": "Score candidates and recommend items."},
+    {"name": "retrieval", "description": "The retriever's top items (servers started with `--retriever`)."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
     {"name": "admin", "description": "Swap models at run time; needs the `X-API-Key` header."},
 ]
@@ -76,6 +77,7 @@ def create_app(settings: ServeSettings, store: FeatureStore | None = None) -> Fa
     app = FastAPI(title="recsys ranking", version=__version__, description=_DESCRIPTION, openapi_tags=_TAGS,
                   lifespan=lifespan)
     app.include_router(ranking.router)
+    app.include_router(retrieval.router)
     app.include_router(operations.router)
     app.include_router(admin.router)
     _error_handlers(app, metrics)
@@ -102,6 +104,8 @@ def _document_request_models(app: FastAPI) -> None:
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             for model in ranking.REQUEST_MODELS:
                 schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                if "context" not in schemas[model.__name__]["properties"]:  # /v1/retrieve takes none
+                    continue
                 # Before the app starts (no model yet), Context is the request model's own: any feature name.
                 schemas["Context"] = schemas[model.__name__]["properties"]["context"]
                 schemas[model.__name__]["properties"]["context"] = {"$ref": "#/components/schemas/Context"}
@@ -141,6 +145,10 @@ def _error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(NoFeatureVersion)
     async def _no_version(request: Request, exc: NoFeatureVersion) -> JSONResponse:
         return detail(503, str(exc))
+
+    @app.exception_handler(NoRetriever)
+    async def _no_retriever(request: Request, exc: NoRetriever) -> JSONResponse:
+        return detail(404, str(exc))
 
     @app.exception_handler(TooManyCandidates)
     async def _too_many(request: Request, exc: TooManyCandidates) -> JSONResponse:

@@ -94,7 +94,8 @@ class RankRequest(_Body):
 
 
 class RecommendRequest(_Body):
-    """Recommend k items for a user: popular items the user has not seen, ranked by the model."""
+    """Recommend k items for a user: candidates the user has not seen (the retriever's top items when the server
+    has one, else popular items), ranked by the model."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "42", "k": 10}]})
 
@@ -128,8 +129,53 @@ class RankResponse(BaseModel):
     unknown_user: bool = Field(description="the user has no record: scored with default (out-of-vocabulary) features")
     unknown_items: list[str] = Field(description="items without a record, scored with default features")
     timings_ms: dict[str, float] | None = Field(
-        None, description="per-stage milliseconds (fetch, tensors, queue, model, serialize, total); only with "
-        "the request header `X-Debug-Timing: 1`")
+        None, description="per-stage milliseconds (retrieve with a retriever, fetch, tensors, queue, model, "
+        "serialize, total); only with the request header `X-Debug-Timing: 1`")
+    retriever_version: str | None = Field(None, description="/v1/recommend with a retriever: the retriever "
+                                          "artifact that gave the candidates")
+    retriever_feature_version: str | None = Field(None, description="/v1/recommend with a retriever: the version "
+                                                  "of the retriever's feature namespace it read")
+    stages_ms: dict[str, float] | None = Field(None, description="/v1/recommend with a retriever: milliseconds "
+                                               "of retrieve (user record, vector, index search), fetch (the "
+                                               "candidates' features) and rank (tensors, queue, forward)")
+
+
+class RetrieveRequest(_Body):
+    """The retriever's top n items for a user, with its scores (no ranking)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "42", "n": 100}]})
+
+    user_id: Id = Field(description="the user's key, as materialised in the retriever's feature namespace")
+    n: Count = Field(100, ge=1, le=100_000, description="how many items; more than the server's --max-candidates "
+                     "answers 413")
+    exclude_seen: StrictBool = Field(True, description="leave out the items in the user's seen list")
+
+
+class RetrievedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="the retriever's similarity of the user's and the item's vectors (inner "
+                         "product, or minus the squared L2 distance), as the index found it")
+
+
+class RetrieveResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "retriever_version": "mf-20250101T000000Z-0123456789ab", "feature_version": "v20250101T000500Z",
+        "items": [{"item_id": "19", "score": 3.1}, {"item_id": "7", "score": 2.4}], "unknown_user": False}]})
+
+    retriever_version: str
+    feature_version: str | None = Field(description="the retriever's feature-namespace version read")
+    items: list[RetrievedItem] = Field(description="at most n, by descending score")
+    unknown_user: bool = Field(description="the user has no record: its vector is from default features")
+    timings_ms: dict[str, float] | None = Field(None, description="fetch, vector, search, total; only with "
+                                                "`X-Debug-Timing: 1`")
+
+
+class RetrieverReloadRequest(_Body):
+    """Load another retriever artifact (with its index/) and swap it in once it is ready."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"artifact": "runs/mf-v2/artifact"}]})
+
+    artifact: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class ReloadRequest(_Body):
@@ -165,6 +211,10 @@ class Readiness(BaseModel):
                                                "feature_version when it was materialised for another model")
     incompatible_feature_version: str | None = Field(None, description="the active version, when the model "
                                                      "cannot read its records")
+    retriever_version: str | None = Field(None, description="the retriever served, if any")
+    index: str | None = Field(None, description="its index kind (exact, ivf, hnsw)")
+    retriever_feature_version: str | None = Field(None, description="the retriever's feature-namespace version")
+    retriever_status: str | None = Field(None, description="why the retriever is not ready")
 
 
 class ErrorBody(BaseModel):
@@ -189,6 +239,7 @@ class ValidationErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorBody, "description": "invalid body (named by loc), an unknown context feature, "
           "or \"explain\" for a model that cannot explain"},
+    404: {"model": ErrorBody, "description": "/v1/retrieve on a server without a retriever"},
     413: {"model": ErrorBody, "description": "body larger than --max-body-bytes or more candidates than "
           "--max-candidates"},
     503: {"model": ErrorBody, "description": "feature store unavailable, or no feature version materialised"},

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from torch import nn
 
@@ -94,21 +95,25 @@ class ServedModel:
         return cls(loaded, precision, loaded.model, features, layouts, layout_fingerprint(layouts))
 
 
-class ModelSlot:
-    """The current model and the one before it; swaps are one reference assignment under a lock."""
+M = TypeVar("M")
 
-    def __init__(self, model: ServedModel) -> None:
+
+class ModelSlot(Generic[M]):
+    """The current model and the one before it; swaps are one reference assignment under a lock. Holds the ranker
+    (``ServedModel``) and the retriever (``services.retrieval.service.ServedRetriever``)."""
+
+    def __init__(self, model: M) -> None:
         self._lock = threading.Lock()
-        self.current: ServedModel = model
-        self.previous: ServedModel | None = None
+        self.current: M = model
+        self.previous: M | None = None
 
-    def swap_in(self, model: ServedModel) -> tuple[ServedModel, ServedModel | None]:
+    def swap_in(self, model: M) -> tuple[M, M | None]:
         """Make ``model`` current; the current one becomes previous. Returns (current, previous)."""
         with self._lock:
             self.previous, self.current = self.current, model
             return self.current, self.previous
 
-    def roll_back(self) -> tuple[ServedModel, ServedModel | None]:
+    def roll_back(self) -> tuple[M, M | None]:
         with self._lock:
             if self.previous is None:
                 raise RecsysError("no previous model to roll back to")

@@ -12,6 +12,13 @@ Per request::
 Every stage is timed into ``recsys_rank_stage_seconds`` and, with ``X-Debug-Timing: 1``,
 returned as ``timings_ms``.
 
+Candidates of /v1/recommend come from the candidate source: the retriever (``services.retrieval``) when one is
+served (``--retriever``): its top ``retrieve_candidates`` items the user has seen in neither feature namespace,
+then ranked as /v1/rank ranks them, the response carrying ``stages_ms`` (retrieve, fetch, rank); else the
+fallback, the popular items the user has not seen. /v1/retrieve answers the retriever's top-N with its scores.
+Reload and rollback swap the ranker (``/admin/reload``, ``/admin/rollback``) and the retriever
+(``/admin/retriever/reload``, ``/admin/retriever/rollback``) independently.
+
 The feature version a request reads is the active one only when it was materialised for
 the model's record layout (``versions.FeatureVersions``); a response never carries a
 non-finite score (the request answers 500 instead), and a model whose warm-up pass gives
@@ -27,11 +34,11 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -47,8 +54,10 @@ from services.ranking.metrics import ServiceMetrics
 from services.ranking.served import ModelSlot, ServedModel
 from services.ranking.settings import Precision, ServeSettings
 from services.ranking.versions import FeatureVersions, IncompatibleVersion, NoFeatureVersion
+from services.retrieval.service import Retrieval, Retrieved, ServedRetriever
 
 log = logging.getLogger("recsys.ranking")
+T = TypeVar("T")
 _REREADS = 3  # reads of one request when the active version keeps switching under it
 EXPLAIN_TOP = 5  # contributions per explained item
 
@@ -73,6 +82,10 @@ class ModelConflict(ValueError):
     """An artifact whose schema cannot read the store's records, or no model to roll back to: 409."""
 
 
+class NoRetriever(LookupError):
+    """/v1/retrieve or a retriever rollback on a server started without --retriever: 404."""
+
+
 @dataclass
 class Swap:
     model_version: str
@@ -87,14 +100,17 @@ class _Prepared:
     item_ids: Sequence[str]
     fetch_s: float
     tensors_s: float
+    retrieved: Retrieved | None = None  # the candidates' retrieval, when a retriever gave them
 
 
 class RankingService:
     """Shared state of one ranking app: settings, feature store, model slot, batcher, metrics, I/O threads."""
 
     def __init__(self, settings: ServeSettings, store: FeatureStore, model: ServedModel,
-                 metrics: ServiceMetrics | None = None, *, owns_store: bool = False) -> None:
+                 metrics: ServiceMetrics | None = None, *, owns_store: bool = False,
+                 retrieval: Retrieval | None = None) -> None:
         self.settings, self.store = settings, store
+        self.retrieval = retrieval  # the candidate source of /v1/recommend; None: popular minus seen
         self.metrics = metrics or ServiceMetrics()
         self.slot = ModelSlot(model)
         self.versions = FeatureVersions(store, self.metrics, model.fingerprint)
@@ -112,20 +128,21 @@ class RankingService:
     def open(cls, settings: ServeSettings, store: FeatureStore | None = None,
              metrics: ServiceMetrics | None = None) -> RankingService:
         """Load the artifact (the control file's, when the workers share one) and connect to the store."""
-        artifact, precision = settings.artifact, settings.precision
+        artifact, precision, retriever = settings.artifact, settings.precision, settings.retriever
         control = _read_control(settings.control_file)
         if control is not None:
             artifact, precision = Path(control["artifact"]), Precision(control["precision"])
+            retriever = Path(control["retriever"]) if control.get("retriever") else retriever
         model = ServedModel.load(artifact, precision)
+        served_retriever = ServedRetriever.load(retriever) if retriever is not None else None
         owns = store is None
         if store is None:
-            from services.feature_store.redis_store import RedisFeatureStore
-
-            url = settings.redis_url or os.environ.get("REDIS_URL")
-            if not url:
-                raise RecsysError("no feature store: set REDIS_URL or ServeSettings.redis_url")
-            store = RedisFeatureStore.from_url(url, prefix=settings.redis_prefix)
-        service = cls(settings, store, model, metrics, owns_store=owns)
+            store = _redis_store(settings, settings.redis_prefix)
+        retrieval = None
+        if served_retriever is not None:
+            retrieval = Retrieval(_redis_store(settings, settings.retriever_prefix), served_retriever, metrics,
+                                  owns_store=True)
+        service = cls(settings, store, model, metrics, owns_store=owns, retrieval=retrieval)
         if control is not None:
             service._control_seen = control.get("id")
         return service
@@ -152,6 +169,9 @@ class RankingService:
         self.batcher.start()
         model = self.slot.current
         await self._warm_up(model)
+        if self.retrieval is not None:
+            retrieval, retriever = self.retrieval, self.retrieval.slot.current
+            await self.batcher.call(lambda: retrieval.warm_up(retriever))
         self.metrics.serving(model.version, model.precision.value, str(model.path), None)
 
     async def _warm_up(self, model: ServedModel) -> None:
@@ -164,6 +184,8 @@ class RankingService:
     def close(self) -> None:
         self.batcher.stop()
         self.io.shutdown(wait=False, cancel_futures=True)
+        if self.retrieval is not None:
+            self.retrieval.close()
         if self._owns_store:
             with contextlib.suppress(Exception):
                 self.store.close()  # type: ignore[attr-defined]
@@ -185,14 +207,80 @@ class RankingService:
                                    explain=explain)
 
     async def recommend(self, user_id: str, k: int, context: Mapping[str, Any], debug: bool = False) -> bytes:
-        """The /v1/recommend response body: popular items the user has not seen, ranked."""
+        """The /v1/recommend response body: the candidate source's items (the retriever's top items the user has
+        not seen; without a retriever, popular items the user has not seen), ranked."""
         started = time.perf_counter()
         model = self.slot.current
         encoded = model.features.encode_context(context)
-        return await self._respond(model, k, started, debug, self._prepare_recommend, user_id, k, encoded)
+        if self.retrieval is None:
+            return await self._respond(model, k, started, debug, self._prepare_recommend, user_id, k, encoded)
+        wanted = min(self.settings.max_candidates, max(k, self.settings.retrieve_candidates))
+        retrieve_started = time.perf_counter()
+        seen = await self._io(self._ranker_seen, model, user_id)
+        retrieved = await self._retrieve(user_id, wanted, seen)
+        retrieved.wall_s = time.perf_counter() - retrieve_started  # with the ranker's seen list and the queue
+        return await self._respond(model, k, started, debug, self._prepare_rank, user_id, retrieved.items, encoded,
+                                   retrieved=retrieved)
+
+    async def retrieve(self, user_id: str, n: int, exclude_seen: bool = True, debug: bool = False) -> bytes:
+        """The /v1/retrieve response body: the retriever's top n items (not seen, unless ``exclude_seen`` is
+        false) with its scores."""
+        started = time.perf_counter()
+        if self.retrieval is None:
+            raise NoRetriever("no retriever is served: start with recsys serve --retriever ARTIFACT, or load one "
+                              "with POST /admin/retriever/reload")
+        if n > self.settings.max_candidates:
+            raise TooManyCandidates(f"n={n} is more than the {self.settings.max_candidates} items this server "
+                                    "retrieves per request (--max-candidates)")
+        retrieved = await self._retrieve(user_id, n, (), exclude_seen)
+        if not np.isfinite(retrieved.scores).all():
+            self.metrics.nonfinite.inc()
+            raise NonFiniteScores(f"the retriever gave non-finite scores for user '{user_id}' "
+                                  f"(retriever {retrieved.retriever_version})")
+        payload = {
+            "retriever_version": retrieved.retriever_version,
+            "feature_version": retrieved.feature_version,
+            "items": [{"item_id": item, "score": score}
+                      for item, score in zip(retrieved.items, retrieved.scores.tolist(), strict=True)],
+            "unknown_user": retrieved.unknown_user,
+        }
+        body = orjson.dumps(payload)
+        timings = {"fetch": retrieved.fetch_s, "vector": retrieved.vector_s, "search": retrieved.search_s,
+                   "total": time.perf_counter() - started}
+        self.metrics.stage.labels("retrieve").observe(time.perf_counter() - started)
+        if debug:
+            body = body[:-1] + b',"timings_ms":' + orjson.dumps({n: s * 1e3 for n, s in timings.items()}) + b"}"
+        return body
+
+    async def _retrieve(self, user_id: str, n: int, exclude: Collection[str], exclude_seen: bool = True) -> Retrieved:
+        """The retriever's part of a request: the user's record and seen list (I/O), then the user vector and the
+        index search (the model thread)."""
+        assert self.retrieval is not None
+        retrieval = self.retrieval
+        retriever = retrieval.slot.current  # this request's retriever, whatever is swapped in meanwhile
+        read = await self._io(retrieval.read_user, retriever, user_id, exclude_seen)
+        return await self.batcher.call(lambda: retrieval.search(retriever, read, user_id, n, exclude))
+
+    def _ranker_seen(self, model: ServedModel, user_id: str) -> list[str]:
+        """The user's seen list in the ranker's namespace (excluded from retrieved candidates too)."""
+        fingerprint = model.fingerprint
+        version = self.versions.target(fingerprint) or self.versions.settle(fingerprint, self.store.active_version())
+        return self.store.seen(user_id, version)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (feature-store I/O) here while no other request is in progress and the store is healthy,
+        else on an I/O thread (see ``_respond``)."""
+        try:
+            if self._in_progress == 0 and self._store_healthy:
+                return fn(*args)
+            return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+        except FeatureStoreUnavailable:
+            self._store_healthy = False
+            raise
 
     async def _respond(self, model: ServedModel, k: int, started: float, debug: bool,
-                       prepare: Callable[..., _Prepared], *args: Any, explain: bool = False) -> bytes:
+                       prepare: Callable[..., _Prepared], *args: Any, explain: bool = False,
+                       retrieved: Retrieved | None = None) -> bytes:
         """``prepare(model, *args)`` (the feature-store round trip and tensor building), score, serialise.
 
         A lone request (no other in progress, store healthy) prepares right here on the event loop: handing
@@ -211,6 +299,7 @@ class RankingService:
                 self._store_healthy = False
                 raise
             self._store_healthy = True
+            prepared.retrieved = retrieved
             return await self._finish(model, prepared, k, started, debug, explain)
         finally:
             self._in_progress -= 1
@@ -300,10 +389,18 @@ class RankingService:
             "unknown_user": fetched.user is None or block.out_of_range_user,
             "unknown_items": [item_ids[i] for i in unknown],
         }
+        retrieved = prepared.retrieved
+        if retrieved is not None:
+            payload["retriever_version"] = retrieved.retriever_version
+            payload["retriever_feature_version"] = retrieved.feature_version
+            payload["stages_ms"] = {"retrieve": retrieved.wall_s * 1e3, "fetch": prepared.fetch_s * 1e3,
+                                    "rank": (prepared.tensors_s + queue_s + model_s) * 1e3}
         body = orjson.dumps(payload)
         finished = time.perf_counter()
         timings = {"fetch": prepared.fetch_s, "tensors": prepared.tensors_s, "queue": queue_s, "model": model_s,
                    "serialize": finished - serialize_started, "total": finished - started}
+        if retrieved is not None:
+            timings = {"retrieve": retrieved.wall_s, **timings}
         stage = self.metrics.stage
         for name, seconds in timings.items():
             stage.labels(name).observe(seconds)
@@ -325,6 +422,12 @@ class RankingService:
         except (FeatureStoreUnavailable, TimeoutError) as exc:
             return False, {**info, "status": f"feature store unavailable: {exc or 'no answer within 2 s'}"}
         ready, details = self.versions.readiness(model.fingerprint, active, versions, floor)
+        if self.retrieval is not None:
+            retrieval_ready, retrieval_details = await loop.run_in_executor(self.io, self.retrieval.readiness)
+            if ready and not retrieval_ready:
+                details["status"] = retrieval_details["retriever_status"]
+            ready = ready and retrieval_ready
+            details.update(retrieval_details)
         return ready, {**info, **details}
 
     def _store_state(self) -> tuple[str | None, dict[str, dict[str, str]], float | None]:
@@ -386,6 +489,58 @@ class RankingService:
             if active is not None:
                 self.versions.settle(model.fingerprint, active)
 
+    # ---- admin: the retriever -------------------------------------------------------------------
+    async def reload_retriever(self, artifact: str | Path, *, announce: bool = True) -> Swap:
+        """Load a retriever artifact and its index off the event loop, check its feature namespace holds records it
+        reads, warm it up, swap it in (a server without a retriever gets one). The current one keeps serving if
+        anything fails."""
+        async with self._admin_lock:
+            retriever = await in_fresh_thread(ServedRetriever.load, artifact)
+            retrieval = self.retrieval or Retrieval(_redis_store(self.settings, self.settings.retriever_prefix),
+                                                    retriever, self.metrics, owns_store=True)
+            try:
+                await asyncio.to_thread(self._check_retriever_reads, retriever, retrieval)
+                await self.batcher.call(lambda: retrieval.warm_up(retriever))
+            except BaseException:
+                if retrieval is not self.retrieval:
+                    retrieval.close()
+                raise
+            if self.retrieval is None:
+                self.retrieval = retrieval  # the first retriever of a server started without one
+                current, previous = retriever, None
+            else:
+                current, previous = retrieval.slot.swap_in(retriever)
+            return self._retriever_swapped("reload", current, previous, announce)
+
+    def _check_retriever_reads(self, retriever: ServedRetriever, retrieval: Retrieval) -> None:
+        try:
+            retrieval.check_readable(retriever)
+        except IncompatibleVersion as exc:
+            raise ModelConflict(f"{retriever.path}: cannot read the retriever's features (prefix "
+                                f"'{self.settings.retriever_prefix}'): {exc}") from None
+
+    async def rollback_retriever(self, *, announce: bool = True) -> Swap:
+        async with self._admin_lock:
+            if self.retrieval is None:
+                raise NoRetriever("no retriever is served: nothing to roll back")
+            previous = self.retrieval.slot.previous
+            if previous is not None and previous.fingerprint != self.retrieval.slot.current.fingerprint:
+                await asyncio.to_thread(self._check_retriever_reads, previous, self.retrieval)
+            try:
+                current, before = self.retrieval.slot.roll_back()
+            except RecsysError:
+                raise ModelConflict("no previous retriever to roll back to") from None
+            return self._retriever_swapped("rollback", current, before, announce)
+
+    def _retriever_swapped(self, kind: str, current: ServedRetriever, previous: ServedRetriever | None,
+                           announce: bool) -> Swap:
+        self.metrics.swaps.labels(f"retriever-{kind}").inc()
+        log.info("retriever %s: serving %s (%s index), previously %s", kind, current.version,
+                 current.index.kind.value, previous.version if previous else None)
+        if announce and self.settings.control_file is not None:
+            self._control_seen = _write_control(self.settings.control_file, self.slot.current, current)
+        return Swap(current.version, previous.version if previous else None)
+
     def _swapped(self, kind: str, current: ServedModel, previous: ServedModel | None, announce: bool) -> Swap:
         self.versions.serving(current.fingerprint)
         before = (previous.version, previous.precision.value, str(previous.path)) if previous else None
@@ -394,8 +549,11 @@ class RankingService:
         log.info("%s: serving %s (%s), previously %s", kind, current.version, current.precision.value,
                  previous.version if previous else None)
         if announce and self.settings.control_file is not None:
-            self._control_seen = _write_control(self.settings.control_file, current)
+            self._control_seen = _write_control(self.settings.control_file, current, self._retriever())
         return Swap(current.version, previous.version if previous else None)
+
+    def _retriever(self) -> ServedRetriever | None:
+        return None if self.retrieval is None else self.retrieval.slot.current
 
     async def follow_control_file(self, interval_s: float = 0.5) -> None:
         """Under ``--workers N``: apply the swaps other workers announced in the shared control file."""
@@ -412,13 +570,40 @@ class RankingService:
             current, previous = self.slot.current, self.slot.previous
             try:
                 if _identity(current) == wanted:
-                    continue
-                if previous is not None and _identity(previous) == wanted:
+                    pass
+                elif previous is not None and _identity(previous) == wanted:
                     await self.rollback(announce=False)
                 else:
                     await self.reload(control["artifact"], Precision(control["precision"]), announce=False)
             except (RecsysError, ModelConflict) as exc:
                 log.error("control file %s: could not follow %s: %s", path, wanted[0], exc)
+            await self._follow_retriever(control)
+
+    async def _follow_retriever(self, control: dict[str, Any]) -> None:
+        wanted = control.get("retriever")
+        if not wanted:
+            return
+        wanted = str(Path(wanted).resolve())
+        retrieval = self.retrieval
+        try:
+            if retrieval is not None and str(retrieval.slot.current.path.resolve()) == wanted:
+                return
+            if retrieval is not None and retrieval.slot.previous is not None \
+                    and str(retrieval.slot.previous.path.resolve()) == wanted:
+                await self.rollback_retriever(announce=False)
+            else:
+                await self.reload_retriever(wanted, announce=False)
+        except (RecsysError, ModelConflict, NoRetriever) as exc:
+            log.error("control file %s: could not follow retriever %s: %s", self.settings.control_file, wanted, exc)
+
+
+def _redis_store(settings: ServeSettings, prefix: str) -> FeatureStore:
+    from services.feature_store.redis_store import RedisFeatureStore
+
+    url = settings.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        raise RecsysError("no feature store: set REDIS_URL or ServeSettings.redis_url")
+    return RedisFeatureStore.from_url(url, prefix=prefix)
 
 
 def _identity(model: ServedModel) -> tuple[str, str]:
@@ -438,10 +623,11 @@ def _read_control(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
-def _write_control(path: Path, model: ServedModel) -> str:
+def _write_control(path: Path, model: ServedModel, retriever: ServedRetriever | None = None) -> str:
     serial = uuid.uuid4().hex
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"artifact": str(model.path.resolve()), "precision": model.precision.value,
-                               "version": model.version, "id": serial}))
+                               "version": model.version, "id": serial,
+                               "retriever": str(retriever.path.resolve()) if retriever is not None else None}))
     tmp.replace(path)
     return serial

@@ -32,6 +32,12 @@ class ServeSettings(BaseModel):
     artifact: Path = Field(description="artifact directory to serve at start")
     precision: Precision | None = Field(None, description="embedding tables' precision; default: the artifact's "
                                        "embedding.serving_precision")
+    retriever: Path | None = Field(None, description="retriever artifact (with its index/): /v1/recommend ranks its "
+                                   "top candidates, /v1/retrieve answers; none: popular items minus seen")
+    retriever_prefix: str = Field("recsys-retriever", description="key prefix of the retriever's features in the "
+                                  "same Redis (materialised with --redis-prefix)")
+    retrieve_candidates: int = Field(200, ge=1, description="/v1/recommend with a retriever ranks this many "
+                                     "retrieved items (at least k, at most max_candidates)")
     redis_url: str | None = Field(None, description="feature store; default: the REDIS_URL environment variable")
     redis_prefix: str = "recsys"
     max_candidates: int = Field(1000, ge=1, description="more item_ids in one request answer 413")

@@ -17,7 +17,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from services.ranking.payloads import ERROR_RESPONSES, RankRequest, RankResponse, RecommendRequest
+from services.ranking.payloads import (
+    ERROR_RESPONSES, RankRequest, RankResponse, RecommendRequest, RetrieveRequest,
+)
 from services.ranking.service import RankingService
 
 router = APIRouter(prefix="/v1", tags=["ranking"])
@@ -25,7 +27,7 @@ Body = TypeVar("Body", bound=BaseModel)
 Answer = Callable[[RankingService, bytes, bool], Awaitable[bytes]]
 
 # Parsed by the routes themselves; the app adds their schemas to the OpenAPI components (``app.py``).
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (RankRequest, RecommendRequest)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (RankRequest, RecommendRequest, RetrieveRequest)
 DEBUG_HEADER = "x-debug-timing"  # "1": add per-stage timings_ms to the response
 _DEBUG_PARAMETER = {"name": "X-Debug-Timing", "in": "header", "required": False,
                     "description": "1: add per-stage timings_ms to the response", "schema": {"type": "string"}}
@@ -62,12 +64,19 @@ async def recommend_body(service: RankingService, body: bytes, debug: bool) -> b
     return await service.recommend(request.user_id, request.k, request.context, debug)
 
 
-HOT_ROUTES: Mapping[str, Answer] = {"/v1/rank": rank_body, "/v1/recommend": recommend_body}
+async def retrieve_body(service: RankingService, body: bytes, debug: bool) -> bytes:
+    request = parse(RetrieveRequest, body)
+    return await service.retrieve(request.user_id, request.n, request.exclude_seen, debug)
 
 
-# Requests to these paths are answered by ``fastpath.HotRoutes`` before routing; the routes declare the API
+HOT_ROUTES: Mapping[str, Answer] = {"/v1/rank": rank_body, "/v1/recommend": recommend_body,
+                                    "/v1/retrieve": retrieve_body}
+
+
+# Requests to these paths (and /v1/retrieve, ``routers.retrieval``) are answered by ``fastpath.HotRoutes`` before
+# routing; the routes declare the API
 # (OpenAPI) and answer when the router is used without that middleware, e.g. included in another app.
-async def _answer(request: Request, answer: Answer) -> Response:
+async def answer_request(request: Request, answer: Answer) -> Response:
     service: RankingService = request.app.state.service
     content = await answer(service, await request.body(), request.headers.get(DEBUG_HEADER) == "1")
     return Response(content, media_type="application/json")
@@ -79,12 +88,15 @@ async def rank(request: Request) -> Response:
     """Fetch the user's and the candidates' features (one feature-store round trip, one version), score all
     candidates in one forward pass and return the k best. Unknown users and items are scored with default
     features and reported."""
-    return await _answer(request, rank_body)
+    return await answer_request(request, rank_body)
 
 
 @router.post("/recommend", response_model=RankResponse, responses=ERROR_RESPONSES,
              summary="Recommend items to a user", openapi_extra=_openapi(RecommendRequest))
 async def recommend(request: Request) -> Response:
-    """Candidates are the most popular items (a few times k) minus the ones the user has seen, ranked like
-    /v1/rank."""
-    return await _answer(request, recommend_body)
+    """Candidates are the retriever's top items (`--retrieve-candidates`, the user's seen items left out) when
+    the server has a retriever, else the most popular items (a few times k) minus the ones the user has seen;
+    ranked like /v1/rank. With a retriever the response adds `retriever_version`, `retriever_feature_version`
+    and `stages_ms` (retrieve, fetch, rank)."""
+    return await answer_request(request, recommend_body)
+

@@ -145,7 +145,7 @@ def test_readyz_metrics_and_openapi(server: Server) -> None:
         spec = client.get("/openapi.json").json()
         assert {"/v1/rank", "/v1/recommend", "/healthz", "/readyz", "/metrics", "/admin/reload",
                 "/admin/rollback"} <= set(spec["paths"])
-        assert {t["name"] for t in spec["tags"]} == {"ranking", "operations", "admin"}
+        assert {t["name"] for t in spec["tags"]} == {"ranking", "retrieval", "operations", "admin"}
         schemas = spec["components"]["schemas"]
         assert schemas["RankRequest"]["examples"] and schemas["RankResponse"]["examples"]
         assert "feature_version" in schemas["RankResponse"]["properties"]
