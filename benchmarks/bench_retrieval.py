@@ -121,7 +121,7 @@ def dataset_record(name: str, data: Path, command: list[str]) -> dict[str, Any]:
     splits = stats.get("splits", {})
     return {"path": str(data), "command": shlex.join(command[1:]),
             "rows": {split: rec.get("rows") for split, rec in splits.items()},
-            "split": stats.get("split"), "protocol": stats.get("protocol")}
+            "split": stats.get("split"), "protocol": (stats.get("protocol") or {}).get("description")}
 
 
 def budget(settings: Settings, dataset: str) -> list[str]:

@@ -20,10 +20,14 @@ from recsys.embeddings import (LogicalTable, build_embeddings, embedding_tables,
 from recsys.embeddings.hash import PRIME, hash_coefficients
 from recsys.embeddings.qr import QROptions, QRPart, radices
 from recsys.errors import RecsysError
-from recsys.models import build_model, model_names
+from recsys.models import build_model, model_names, model_spec
+from recsys.models.retriever import RetrieverConfig
 from recsys.schema import Schema
 from tests.conftest import REPO_ROOT, train_cli
 from tests.trained_runs import assert_learns_from_a_batch
+
+# Retrievers need an implicit schema: tests/models/test_retriever_contract.py runs them through the schemes.
+RANKERS = [n for n in model_names() if not issubclass(model_spec(n).config_class, RetrieverConfig)]
 
 
 def _schema(rows: dict[str, int], dim: int = 4, multi: str | None = None) -> Schema:
@@ -164,7 +168,7 @@ def test_section_options_go_to_the_tables_whose_scheme_takes_them() -> None:
     assert module.parts["a"].operation == "add" and module.physical_tables["c"] == ["unified__g"]
 
 
-@pytest.mark.parametrize("model_name", model_names())
+@pytest.mark.parametrize("model_name", RANKERS)
 def test_every_model_takes_tables_of_several_dims(model_name: str, small_ctr: Path) -> None:
     """Per-table dims (here a QR table of 8 and a hashed one of 24 among tables of the config's dim): models
     needing one dim project them (``layers.FieldMatrix``), and every parameter learns."""

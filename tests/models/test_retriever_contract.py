@@ -25,6 +25,7 @@ from recsys.config import TrainConfig
 from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
 from recsys.errors import RecsysError
+from recsys.embeddings import scheme_names
 from recsys.models import build_model, model_names, model_spec
 from recsys.models.retriever import PairScores, RetrievalLoss, Retriever, RetrieverConfig
 from recsys.tasks import task_spec
@@ -81,6 +82,28 @@ def test_every_parameter_learns_under_each_loss(name: str, loss: RetrievalLoss, 
     value.backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not silent, f"{name} ({loss.value}): no gradient reaches {silent}"
+
+
+@pytest.mark.parametrize("scheme", [s for s in scheme_names() if s != "standard"])
+@pytest.mark.parametrize("name", RETRIEVERS)
+def test_every_retriever_learns_through_every_scheme(name: str, scheme: str, small_implicit: Path) -> None:
+    """Each compressing scheme holds every table (user_id, item_id) at 1/4 of its rows: the vectors keep their
+    shapes, the loss is finite and every parameter gets a gradient."""
+    config = TrainConfig.load(REPO_ROOT / "configs" / f"{name}.yaml",
+                              [f"embedding.scheme={scheme}", "embedding.ratio=4"])
+    torch.manual_seed(0)
+    model = build_model(name, load_schema(small_implicit), config.model, config.embedding)
+    if callable(getattr(model, "attach_interactions", None)):
+        from recsys.train.retrieval import training_interactions
+
+        model.attach_interactions(*training_interactions(small_implicit, load_schema(small_implicit)))
+    batch = next(iter(ParquetReader(small_implicit, "train", 64)))
+    assert model.user_vectors(batch).shape == model.item_vectors(batch).shape
+    value = task_spec(load_schema(small_implicit)).loss(model(batch), batch.labels)
+    assert bool(torch.isfinite(value))
+    value.backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not silent, f"{name} with {scheme}: no gradient reaches {silent}"
 
 
 def _train(name: str, data: Path, out: Path, nproc: int, *more: str) -> subprocess.CompletedProcess[str]:
