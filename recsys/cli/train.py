@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -151,15 +150,9 @@ def _run_worker(job: TrainJob) -> None:
         run(job)
     except RecsysError as exc:
         errors = os.environ.get(_ERROR_DIR)
-        if not errors:
-            raise
-        # A worker of ``_launch``: the launcher prints this message. Leave at once, without tearing down
-        # the process group and torch's threads while another rank may still use them: that teardown can
-        # abort the process ("terminate called without an active exception") and garble the one-line error.
-        Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(str(exc))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        if errors:
+            Path(errors, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(str(exc))
+        raise
 
 
 def _launch(job: TrainJob, nproc: int) -> None:
