@@ -197,3 +197,9 @@ def lookup_all(embeddings: nn.Module, users: int, items: int) -> torch.Tensor:
     user_rows, item_rows = lookup(embeddings, torch.arange(users), torch.arange(items))
     return torch.cat([user_rows, item_rows])
 
+
+def final_vectors_loaded(module: nn.Module, incompatible: object) -> None:
+    """A load_state_dict post-hook: final vectors loaded with the tables are theirs, so scoring uses them as they
+    are (no graph needed) and the model is not stale."""
+    if not any(key.endswith(("user_final", "item_final")) for key in getattr(incompatible, "missing_keys", [])):
+        module._stale = False

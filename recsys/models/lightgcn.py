@@ -38,8 +38,8 @@ from torch import nn
 
 from recsys.models import register_model
 from recsys.models.candidates import ITEM_ID, USER_ID, Candidates, SampledConfig
-from recsys.models.graph import (Graph, batch_ids, build_graph, empty_graph, graph_inputs, lookup_all, node_dim,
-                                 propagate, table_rows)
+from recsys.models.graph import (Graph, batch_ids, build_graph, empty_graph, final_vectors_loaded, graph_inputs,
+                                 lookup_all, node_dim, propagate, table_rows)
 from recsys.models.retriever import PairScores, Retriever
 from recsys.schema import Schema
 from recsys.types import Batch
@@ -69,7 +69,7 @@ class LightGCN(Retriever):
         # The buffers do not yet hold the tables' propagation: the next turn to eval mode computes it, unless a state
         # dict (an artifact's) brings them first.
         self._stale = True
-        self.register_load_state_dict_post_hook(_loaded)
+        self.register_load_state_dict_post_hook(final_vectors_loaded)
 
     def attach_interactions(self, users: np.ndarray, items: np.ndarray) -> None:
         self.graph = build_graph(users, items, self.users, self.items)
@@ -129,12 +129,6 @@ class LightGCN(Retriever):
         if self.training:
             return self.propagated()[0][self.users + items]
         return self.item_final[items]  # (B, d)
-
-
-def _loaded(module: nn.Module, incompatible: object) -> None:
-    """Final vectors loaded with the tables are theirs: scoring uses them as they are (no graph needed)."""
-    if not any(key.endswith(("user_final", "item_final")) for key in getattr(incompatible, "missing_keys", [])):
-        module._stale = False
 
 
 @register_model("lightgcn", LightGCNConfig, graph_inputs)

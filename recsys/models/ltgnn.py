@@ -56,8 +56,8 @@ from torch import nn
 
 from recsys.models import register_model
 from recsys.models.candidates import ITEM_ID, USER_ID, Candidates, SampledConfig
-from recsys.models.graph import (Graph, batch_ids, build_graph, empty_graph, graph_inputs, lookup, lookup_all,
-                                 node_dim, propagate, sample_neighbours, table_rows)
+from recsys.models.graph import (Graph, batch_ids, build_graph, empty_graph, final_vectors_loaded, graph_inputs,
+                                 lookup, lookup_all, node_dim, propagate, sample_neighbours, table_rows)
 from recsys.models.retriever import PairScores, Retriever
 from recsys.schema import Schema
 from recsys.types import Batch
@@ -102,7 +102,7 @@ class LTGNN(Retriever):
         # The buffers do not yet hold the tables' propagation: the next turn to eval mode computes it, unless a state
         # dict (an artifact's) brings them first.
         self._stale = True
-        self.register_load_state_dict_post_hook(_loaded)
+        self.register_load_state_dict_post_hook(final_vectors_loaded)
         self._ready = False  # the memory holds a refresh of the current graph
         self._since_refresh = 0
         self.step_rows: dict[str, int] = {}  # what the last training step read: table ids and memory rows
@@ -243,12 +243,6 @@ class LTGNN(Retriever):
         if self.training:
             return self._solved()[self.users + items]
         return self.item_final[items]  # (B, d)
-
-
-def _loaded(module: nn.Module, incompatible: object) -> None:
-    """Final vectors loaded with the tables are theirs: scoring uses them as they are (no graph needed)."""
-    if not any(key.endswith(("user_final", "item_final")) for key in getattr(incompatible, "missing_keys", [])):
-        module._stale = False
 
 
 @register_model("ltgnn", LTGNNConfig, graph_inputs)
