@@ -35,6 +35,7 @@ class Entity(StrEnum):
     USER = "user"
     ITEM = "item"
     CONTEXT = "context"
+    DERIVED = "derived"  # generated from other features (``derived`` recipe); computed, never stored or sent
 
 
 class Task(StrEnum):
@@ -74,6 +75,46 @@ class _Strict(BaseModel):
     """Rejects unknown keys: a typo in a schema is an error, never a silent default."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class DerivedOp(StrEnum):
+    """Operators of generated features (``recsys features generate``), over the inputs' prepared values.
+
+    Dense results: add, sub, mul, div (two dense inputs), abs, square (one dense), freq (a sparse input's
+    train frequency), group_mean (the train mean of a dense input per value of a sparse one). Sparse results:
+    cross (two sparse inputs, one id per pair of ids), bin (a dense input cut at ``edges``).
+    """
+
+    ADD = "add"
+    SUB = "sub"
+    MUL = "mul"
+    DIV = "div"
+    ABS = "abs"
+    SQUARE = "square"
+    FREQ = "freq"
+    GROUP_MEAN = "group_mean"
+    CROSS = "cross"
+    BIN = "bin"
+
+
+DENSE_OPS = {DerivedOp.ADD, DerivedOp.SUB, DerivedOp.MUL, DerivedOp.DIV, DerivedOp.ABS, DerivedOp.SQUARE,
+             DerivedOp.FREQ, DerivedOp.GROUP_MEAN}
+SPARSE_OPS = {DerivedOp.CROSS, DerivedOp.BIN}
+
+
+class Derivation(_Strict):
+    """The recipe of a generated feature: computed from other (stored or sent) features' prepared values,
+    identically by ``features generate`` offline and by the ranking service online
+    (``recsys.features.recipes.derive``)."""
+
+    op: DerivedOp
+    inputs: list[Name] = Field(min_length=1, max_length=2)
+    # group_mean, freq: a Parquet lookup (key int64 = input row id, value float64), relative to the data
+    # directory or artifact, with its digest checked when read.
+    lookup_file: str | None = None
+    lookup_sha256: str | None = None
+    edges: list[float] | None = None  # bin: ascending cut points; ids 1..len(edges)+1, 0 for a missing value
+    buckets: int | None = Field(None, ge=2)  # cross: ids fold into 1..buckets-1 when the product is larger
 
 
 class Column(_Strict):
@@ -125,6 +166,7 @@ class DenseFeature(_Strict):
     fill_value: float = 0.0  # raw value used for a missing one
     mean: float | None = None  # of the (log1p) value on train; set by prepare
     std: float | None = None
+    derived: Derivation | None = None  # a generated feature (entity 'derived'): its recipe
 
     @property
     def source_column(self) -> str:
@@ -140,6 +182,7 @@ class SparseFeature(_Strict):
     source: str | None = None
     pooling: Pooling = Pooling.SUM
     separator: str | None = Field(None, min_length=1)
+    derived: Derivation | None = None  # a generated feature (entity 'derived'): its recipe
 
     @property
     def table_name(self) -> str:
@@ -193,6 +236,9 @@ class Schema(_Strict):
     item_key: Column | None = None
     timestamp: Column | None = None
     default_embedding_dim: int = Field(16, ge=1, le=8192)
+    # Feature pairs whose interactions a model keeps (``features select`` with an interaction selector);
+    # None keeps them all. Only models that take an interaction mask accept a schema that sets it.
+    interactions: list[tuple[Name, Name]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Schema:
@@ -230,7 +276,54 @@ class Schema(_Strict):
             raise ValueError("a 'ctr' schema needs at least one label")
         if self.task is Task.IMPLICIT and (self.user_key is None or self.item_key is None):
             raise ValueError("an 'implicit' schema needs user_key and item_key")
+        self._check_derived()
+        if self.interactions is not None:
+            features = {f.name for f in [*self.dense, *self.sparse, *self.sequences]}
+            for pair in self.interactions:
+                unknown = [n for n in pair if n not in features]
+                if unknown:
+                    raise ValueError(f"interactions: '{unknown[0]}' is not a feature of the schema")
         return self
+
+    def _check_derived(self) -> None:
+        """Generated features: entity 'derived' exactly when a recipe is given; inputs are plain single-valued
+        features of the right kind; a generated sparse feature's table is identity-encoded."""
+        dense = {f.name: f for f in self.dense}
+        sparse = {f.name: f for f in self.sparse}
+        for feature in [*self.dense, *self.sparse]:
+            kind = "dense" if isinstance(feature, DenseFeature) else "sparse"
+            recipe = feature.derived
+            if (recipe is None) != (feature.entity is not Entity.DERIVED):
+                raise ValueError(f"{kind} feature '{feature.name}': entity 'derived' goes with a 'derived' recipe")
+            if recipe is None:
+                continue
+            where = f"{kind} feature '{feature.name}'"
+            if (recipe.op in DENSE_OPS) != (kind == "dense"):
+                raise ValueError(f"{where}: op '{recipe.op}' makes a {'dense' if recipe.op in DENSE_OPS else 'sparse'} feature")
+            wanted = {DerivedOp.ABS: "d", DerivedOp.SQUARE: "d", DerivedOp.FREQ: "s", DerivedOp.GROUP_MEAN: "ds",
+                      DerivedOp.CROSS: "ss", DerivedOp.BIN: "d"}.get(recipe.op, "dd")
+            if len(recipe.inputs) != len(wanted):
+                raise ValueError(f"{where}: op '{recipe.op}' takes {len(wanted)} input(s), got {len(recipe.inputs)}")
+            for name, want in zip(recipe.inputs, wanted):
+                source = (dense if want == "d" else sparse).get(name)
+                if source is None:
+                    raise ValueError(f"{where}: input '{name}' is not a {'dense' if want == 'd' else 'sparse'} "
+                                     "feature of the schema")
+                if source.derived is not None:
+                    raise ValueError(f"{where}: input '{name}' is itself generated")
+                if isinstance(source, SparseFeature) and source.separator is not None:
+                    raise ValueError(f"{where}: input '{name}' is multi-valued")
+            if recipe.op in (DerivedOp.FREQ, DerivedOp.GROUP_MEAN) and not recipe.lookup_file:
+                raise ValueError(f"{where}: op '{recipe.op}' needs lookup_file")
+            if recipe.op is DerivedOp.BIN and not recipe.edges:
+                raise ValueError(f"{where}: op 'bin' needs edges")
+            if isinstance(feature, SparseFeature):
+                table = self.table(feature.table_name)
+                if table.encoding is not Encoding.IDENTITY:
+                    raise ValueError(f"{where}: a generated feature's table must use encoding 'identity'")
+            elif feature.transform.uses_log1p or feature.clip_min is not None:
+                raise ValueError(f"{where}: a generated dense feature takes transform 'none' or 'standardize' "
+                                 "and no clip_min")
 
     # ---- lookups -------------------------------------------------------------------------
     def table(self, name: str) -> Table:
@@ -253,6 +346,11 @@ class Schema(_Strict):
     def features_of(self, entity: Entity) -> list[str]:
         """Names of the dense, sparse and sequence features that describe ``entity``."""
         return [f.name for f in [*self.dense, *self.sparse, *self.sequences] if f.entity is entity]
+
+    @property
+    def derived_features(self) -> list[DenseFeature | SparseFeature]:
+        """Generated features, in schema order (dense first): computed from the others, never stored."""
+        return [f for f in [*self.dense, *self.sparse] if f.derived is not None]
 
     @property
     def label_names(self) -> list[str]:
