@@ -114,7 +114,10 @@ class Derivation(_Strict):
     lookup_file: str | None = None
     lookup_sha256: str | None = None
     edges: list[float] | None = None  # bin: ascending cut points; ids 1..len(edges)+1, 0 for a missing value
-    buckets: int | None = Field(None, ge=2)  # cross: ids fold into 1..buckets-1 when the product is larger
+    # cross: with stride S (the second input's table rows) ids are exact, (a-1)(S-1) + b; without, the pair
+    # hashes into 1..buckets-1. Either way a missing (0) input gives 0.
+    stride: int | None = Field(None, ge=2)
+    buckets: int | None = Field(None, ge=2)
 
 
 class Column(_Strict):
@@ -317,6 +320,8 @@ class Schema(_Strict):
                 raise ValueError(f"{where}: op '{recipe.op}' needs lookup_file")
             if recipe.op is DerivedOp.BIN and not recipe.edges:
                 raise ValueError(f"{where}: op 'bin' needs edges")
+            if recipe.op is DerivedOp.CROSS and (recipe.stride is None) == (recipe.buckets is None):
+                raise ValueError(f"{where}: op 'cross' needs exactly one of stride and buckets")
             if isinstance(feature, SparseFeature):
                 table = self.table(feature.table_name)
                 if table.encoding is not Encoding.IDENTITY:
