@@ -61,6 +61,13 @@ def synth(
     valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="Share of rows for validation."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of rows for test."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    noise_fields: int = typer.Option(0, "--noise-fields", min=0, help="ctr: extra fields with no effect on the "
+                                     "label (sparse and dense), for judging feature methods."),
+    redundant_fields: int = typer.Option(0, "--redundant-fields", min=0, help="ctr: extra noisy copies of strong "
+                                         "fields (at most 10)."),
+    planted_cross: bool = typer.Option(False, "--planted-cross", help="ctr: two extra fields whose cross alone "
+                                       "moves the label. Planted fields are F1, F2, ... in shuffled order; "
+                                       "stats.json 'planted' says which is which."),
 ) -> None:
     """Generate synthetic data in the same layout as `prepare` (stats.json records the Bayes-optimal AUC for ctr)."""
     from recsys.data import synth as generator
@@ -68,8 +75,12 @@ def synth(
 
     if kind is Task.CTR:
         config = generator.CtrConfig(rows=rows, seed=seed, users=users, items=items, min_count=min_count,
+                                     noise_fields=noise_fields, redundant_fields=redundant_fields,
+                                     planted_cross=planted_cross,
                                      **({"embedding_dim": embedding_dim} if embedding_dim else {}))
         if output_format is SynthFormat.CRITEO_TSV:
+            if config.planted:
+                raise RecsysError("--format criteo-tsv has Criteo's 39 fields only: planted fields need --format prepared")
             path = generator.write_criteo_tsv(config, out, overwrite)
             log.info("wrote %d Criteo-format rows to %s", rows, path)
             return
@@ -77,6 +88,8 @@ def synth(
                                  seed=seed, overwrite=overwrite)
         result = generator.synth_ctr(config, out, options)
     else:
+        if noise_fields or redundant_fields or planted_cross:
+            raise RecsysError("--noise-fields, --redundant-fields and --planted-cross are for --kind ctr")
         if output_format is not SynthFormat.PREPARED:
             raise RecsysError("--format criteo-tsv is only for --kind ctr")
         implicit = generator.ImplicitConfig(rows=rows, seed=seed, users=users, items=items,

@@ -1,4 +1,5 @@
-"""``recsys features``: materialise a data set into the Redis feature store, update it online (keep flags stable).
+"""``recsys features``: the feature store (materialize, upsert, versions) and feature engineering
+(rank, generate, select) — public interface, keep flags stable.
 
 The store is ``$REDIS_URL`` when set, else the embedded Redis under ``$RECSYS_HOME``
 (default ``~/.local/state/recsys``), started on demand and saved when the command ends,
@@ -25,9 +26,12 @@ if TYPE_CHECKING:  # redis and polars load only when a command runs; keep `recsy
 log = logging.getLogger(__name__)
 console = Console(highlight=False)
 
+STORE = "Feature store"
+ENGINEERING = "Feature engineering"
+
 app = typer.Typer(
-    help="Materialise features into the Redis feature store and update them online "
-         "(REDIS_URL, else an embedded Redis under RECSYS_HOME).",
+    help="Feature store: materialise features into Redis and update them online (REDIS_URL, else an embedded "
+         "Redis under RECSYS_HOME). Feature engineering: rank fields, generate new ones, select a pruned schema.",
     no_args_is_help=True,
 )
 
@@ -46,7 +50,7 @@ def _store(**kwargs: Any) -> Iterator[RedisFeatureStore]:
         raise RecsysError(f"{exc} (check REDIS_URL)") from None
 
 
-@app.command()
+@app.command(rich_help_panel=STORE)
 def materialize(
     data: Path = typer.Option(..., "--data", help="Prepared data directory (schema.json, train/, valid/, test/)."),
     artifact: Path = typer.Option(..., "--artifact", help="Trained artifact directory (its schema must match the data's)."),
@@ -83,12 +87,12 @@ def materialize(
     console.print(f"Version {summary['version']} (artifact {summary['artifact']}) is now active at {where}.")
 
 
-def _parse_settings(settings: list[str]) -> dict[str, Any]:
+def _parse_settings(settings: list[str], flag: str = "--set") -> dict[str, Any]:
     values: dict[str, Any] = {}
     for setting in settings:
         name, sep, text = setting.partition("=")
         if not sep or not name.strip():
-            raise RecsysError(f"--set {setting!r}: expected feature=value")
+            raise RecsysError(f"{flag} {setting!r}: expected {'feature' if flag == '--set' else 'key'}=value")
         try:
             value = json.loads(text)  # 3.5, 12, null, ["a","b"]
         except ValueError:
@@ -97,7 +101,7 @@ def _parse_settings(settings: list[str]) -> dict[str, Any]:
     return values
 
 
-@app.command()
+@app.command(rich_help_panel=STORE)
 def upsert(
     artifact: Path = typer.Option(..., "--artifact", help="Artifact whose schema and vocabularies encode the values."),
     user: str | None = typer.Option(None, "--user", help="Update this user's record."),
@@ -141,7 +145,7 @@ def upsert(
     console.print(f"{entity.value} '{entity_id}': {' and '.join(done)} in version {version}.")
 
 
-@app.command()
+@app.command(rich_help_panel=STORE)
 def versions() -> None:
     """List the versions in the feature store: state, size, artifact, commit time.
 
@@ -163,3 +167,140 @@ def versions() -> None:
         table.add_row(name + (" *" if name == active else ""), meta.get("state", "?"), meta.get("users", "–"),
                       meta.get("items", "–"), meta.get("artifact", "–"), when)
     console.print(table)
+
+
+# ---- feature engineering ------------------------------------------------------------------------------------------
+
+def _method_help() -> str:
+    return ("Feature method: outrank, openfe, disco, inffs, drcfs, macfe, optfs, optfeature "
+            "(each names its paper in ranking.md).")
+
+
+_OPTION_HELP = "A method setting key=value (repeatable; JSON where it parses), e.g. --option steps=300."
+
+
+def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[str]) -> tuple[Any, Any, Any]:
+    """(data, method, ranking) with the method's own time measured."""
+    from recsys.features import feature_method
+    from recsys.features.data import load_feature_data
+
+    if not data.is_dir():
+        raise RecsysError(f"--data {data}: directory not found")
+    runner = feature_method(method, _parse_settings(options, flag="--option"))
+    loaded = load_feature_data(data, sample=sample, seed=seed)
+    log.info("ranking %d fields of %s (%s of %s train rows) with %s", len(loaded.fields), data,
+             f"{loaded.frame.height:,}", f"{loaded.rows_total:,}", method)
+    return loaded, runner, runner.timed_rank(loaded)
+
+
+@app.command(rich_help_panel=ENGINEERING)
+def rank(
+    data: Path = typer.Option(..., "--data", help="Prepared ctr data directory (schema.json, train/, valid/)."),
+    method: str = typer.Option(..., "--method", help=_method_help()),
+    sample: int = typer.Option(200_000, "--sample", min=1, help="Train rows sampled (seeded, streamed)."),
+    out: Path = typer.Option(..., "--out", help="Directory for ranking.json + ranking.md (or a file NAME.json: "
+                             "NAME.md goes beside it)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample and the method."),
+    options: list[str] = typer.Option([], "--option", help=_OPTION_HELP),
+) -> None:
+    """Rank the fields of a data set: scores, redundancy between fields, data-quality findings.
+
+    Example: recsys features rank --data .demo/ctr --method outrank --out runs/features/outrank
+    """
+    from recsys.features.output import ranking_document, write_ranking
+    from recsys.features.quality import findings, redundancy
+
+    loaded, runner, ranking = _rank(data, method, sample, seed, options)
+    document = ranking_document(loaded, ranking, runner.paper, redundancy(loaded), findings(loaded))
+    json_path, md_path = write_ranking(out, document)
+    top = ", ".join(row["field"] for row in document["fields"][:10])
+    console.print(f"{method}: ranked {len(loaded.fields)} fields of {loaded.frame.height:,} sampled rows in "
+                  f"{ranking.seconds:.1f} s; best: {top}.")
+    if document["redundant_pairs"]:
+        console.print("Redundant: " + ", ".join(f"{p['a']}~{p['b']} ({p['redundancy']:.2f})"
+                                                for p in document["redundant_pairs"][:10]))
+    for finding in document["findings"]:
+        console.print(f"[yellow]{finding['field']}[/] ({finding['kind']}): {finding['message']}")
+    if "planted" in document:
+        planted = document["planted"]
+        console.print(f"Planted truth: precision@{planted['k']} = {planted['precision_at_k']:.3f}.")
+    console.print(f"Wrote {json_path} and {md_path}.")
+
+
+@app.command(rich_help_panel=ENGINEERING)
+def select(
+    data: Path = typer.Option(..., "--data", help="Prepared ctr data directory."),
+    method: str = typer.Option(..., "--method", help=_method_help()),
+    out: Path = typer.Option(..., "--out", help="The pruned schema to write (schema.json); use it with "
+                             "recsys train --data DATA --schema OUT."),
+    keep: int | None = typer.Option(None, "--keep", help="Keep the K best fields."),
+    budget: int | None = typer.Option(None, "--budget", help="Keep the best fields within B embedding parameters "
+                                      "(table rows × dim, shared tables once; a dense field counts 1). Without "
+                                      "--keep or --budget: the fields the method keeps by itself."),
+    sample: int = typer.Option(200_000, "--sample", min=1, help="Train rows sampled (seeded, streamed)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample and the method."),
+    options: list[str] = typer.Option([], "--option", help=_OPTION_HELP),
+) -> None:
+    """Write a pruned schema: fewer fields (and an interaction mask from interaction selectors).
+
+    Example: recsys features select --data .demo/ctr --method outrank --keep 20 --out runs/features/schema.json
+    """
+    from recsys.features.select import choose_fields, pruned_schema
+
+    if keep is not None and budget is not None:
+        raise RecsysError("give one of --keep K and --budget B, not both")
+    if out.is_dir():
+        raise RecsysError(f"--out {out}: is a directory; give the schema file to write, e.g. {out / 'schema.json'}")
+    loaded, _, ranking = _rank(data, method, sample, seed, options)
+    kept = choose_fields(loaded, ranking, keep, budget)
+    schema = pruned_schema(loaded, kept, ranking.interactions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    schema.save(out)
+    dropped = [f for f in loaded.fields if f not in kept]
+    mask = f", {len(schema.interactions)} interactions kept" if schema.interactions is not None else ""
+    console.print(f"{method}: kept {len(kept)} of {len(loaded.fields)} fields{mask} (ranked in "
+                  f"{ranking.seconds:.1f} s); dropped: {', '.join(dropped) or 'none'}.")
+    console.print(f"Wrote {out}: train with recsys train --data {data} --schema {out} ...")
+
+
+@app.command(rich_help_panel=ENGINEERING)
+def generate(
+    data: Path = typer.Option(..., "--data", help="Prepared ctr data directory."),
+    method: str = typer.Option("openfe", "--method", help="Feature generator (openfe)."),
+    out: Path = typer.Option(..., "--out", help="New prepared data directory: DATA's columns plus the generated "
+                             "ones, their recipes in its schema.json (created atomically)."),
+    sample: int = typer.Option(200_000, "--sample", min=1, help="Train rows sampled for the search (seeded)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample and the method."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    options: list[str] = typer.Option([], "--option", help=_OPTION_HELP),
+) -> None:
+    """Generate new features (crosses, group-by aggregates, arithmetic) into a new prepared data set.
+
+    The recipes travel in OUT/schema.json: the ranking service computes the generated features online
+    exactly as they were computed here.
+
+    Example: recsys features generate --data .demo/ctr --method openfe --out .demo/ctr-openfe
+    """
+    import time
+
+    from recsys.features import feature_method
+    from recsys.features.base import FeatureGenerator
+    from recsys.features.data import load_feature_data
+    from recsys.features.generate import write_generated
+
+    if not data.is_dir():
+        raise RecsysError(f"--data {data}: directory not found")
+    generator = feature_method(method, _parse_settings(options, flag="--option"))
+    if not isinstance(generator, FeatureGenerator):
+        raise RecsysError(f"--method {method}: ranks and selects features but does not generate them (use openfe)")
+    loaded = load_feature_data(data, sample=sample, seed=seed)
+    start = time.perf_counter()
+    proposals = generator.generate(loaded)
+    seconds = time.perf_counter() - start
+    if not proposals:
+        raise RecsysError(f"{method}: no generated feature improved on the {len(loaded.fields)} fields of {data}; "
+                          "nothing written")
+    write_generated(data, out, proposals, overwrite=overwrite, details={"method": method, "seconds": round(seconds, 3)})
+    console.print(f"{method}: {len(proposals)} features generated in {seconds:.1f} s: "
+                  + ", ".join(f"{p.name} = {p.recipe.op}({', '.join(p.recipe.inputs)})" for p in proposals))
+    console.print(f"Wrote {out} (a prepared data set; recipes in {out / 'schema.json'}).")

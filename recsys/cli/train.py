@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from recsys.config import TrainConfig
-from recsys.data.layout import load_schema, split_files
+from recsys.data.layout import split_files
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:  # the trainer imports torch; keep `recsys --help` fast
@@ -50,6 +50,9 @@ def train(
                                 "progress, eval_batch_size, pipeline and sharding.topology."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of initialisation and shuffling "
                                     "(overrides the config's seed)."),
+    schema_file: Path | None = typer.Option(None, "--schema", help="Train on a pruned schema of --data (from "
+                                            "recsys features select): only its fields are read; it must describe "
+                                            "the data as prepared (fields may only be dropped)."),
 ) -> None:
     """Train a model with torchrec sharding and export RUN/artifact/.
 
@@ -60,7 +63,7 @@ def train(
 
     def job() -> TrainJob:
         settings = _settings(model, out, config, overrides, seed, resume)
-        return TrainJob(model=model, data=data, out=out, config=settings, resume=resume)
+        return TrainJob(model=model, data=data, out=out, config=settings, resume=resume, schema_file=schema_file)
 
     if launched_by_torchrun():  # one process of an outer torchrun: rank 0 owns the run folder
         with _run_folder(out) if os.environ.get("RANK") == "0" else contextlib.nullcontext():
@@ -126,7 +129,7 @@ def _check(job: TrainJob, nproc: int) -> None:
     model_spec(job.model)
     if not job.data.is_dir():
         raise RecsysError(f"--data {job.data}: directory not found")
-    schema = load_schema(job.data)
+    schema = job.schema()
     for split in ("train", "valid", "test"):
         if not split_files(job.data, split):
             raise RecsysError(f"{job.data / split}: no Parquet files")

@@ -28,6 +28,22 @@ by design: a plain PyTorch DLRM-shaped model, one epoch on 3M rows, ends 0.023 b
 Bayes; the platform's DLRM 0.017 and DIN 0.014 (``configs/*.yaml``)
 (``benchmarks/bench_synth_learnability.py``).
 
+Planted fields (``--noise-fields``, ``--redundant-fields``, ``--planted-cross``), for judging feature
+methods: extra fields F1, F2, ... in shuffled order, each one of
+
+- noise: a context field drawn per row independently of everything (sparse with the base fields'
+  cardinalities and Zipf shape, or dense with their count-like shape): no effect on the label;
+- redundant: a noisy copy of a strong base field (a sparse one keeps the source's id with probability
+  0.9, else draws afresh; a dense one adds Gaussian noise of 0.3 source deviations): informative
+  alone, nothing to add beside its source;
+- the planted cross (two fields of 10 ids, user and item): ``logit += 0.8·s1[x1]·s2[x2]`` with balanced
+  random signs, so neither field alone says anything about the label, their pair does.
+
+``stats.json["planted"]`` names them, and splits the base fields into informative (the standard
+deviation of their own logit term, first-order plus pairwise, is at least 0.05) and weak. With no
+planted field the data is byte-identical to what it was: the planted fields draw from streams of
+their own.
+
 ``implicit``: users and items in communities; a user mostly interacts with
 popular items of their own community (for retrieval models).
 
@@ -68,6 +84,13 @@ HEAD_IDS = 100  # ids past this popularity rank carry no first-order or pairwise
 # (C10×C3, C13×C9) and item×context (C11×C6).
 INTERACTING_PAIRS = [(0, 1), (3, 4), (6, 7), (9, 2), (12, 8), (10, 5)]
 LATENT_DIM = 8
+# Strong base fields that redundant copies copy, alternating sparse (index into SPARSE_NAMES) and dense.
+REDUNDANT_SOURCES = [("sparse", 0), ("dense", 0), ("sparse", 3), ("dense", 4), ("sparse", 1), ("dense", 8),
+                     ("sparse", 6), ("sparse", 4), ("sparse", 7), ("sparse", 9)]
+CROSS_IDS = 10
+CROSS_WEIGHT = 0.8
+REDUNDANT_KEEP = 0.9
+INFORMATIVE_STD = 0.05  # a base field whose own logit term varies less than this is listed as weak
 AFFINITY_WEIGHT = 3.0  # γ above
 PAIR_FACTOR_STD = 0.21  # std of the pairwise factors u_f
 
@@ -83,9 +106,21 @@ class CtrConfig:
     positive_rate: float = 0.25
     embedding_dim: int = 16
     min_count: int = 3  # ids seen fewer times in train share the OOV row, as in Criteo preprocessing
+    noise_fields: int = 0
+    redundant_fields: int = 0
+    planted_cross: bool = False
 
     def __post_init__(self) -> None:
         _check_embedding_dim(self.embedding_dim)
+        if self.noise_fields < 0 or self.redundant_fields < 0:
+            raise RecsysError("--noise-fields and --redundant-fields take a count >= 0")
+        if self.redundant_fields > len(REDUNDANT_SOURCES):
+            raise RecsysError(f"--redundant-fields {self.redundant_fields}: at most {len(REDUNDANT_SOURCES)} "
+                              "(one per strong base field)")
+
+    @property
+    def planted(self) -> bool:
+        return bool(self.noise_fields or self.redundant_fields or self.planted_cross)
 
     @property
     def n_users(self) -> int:
@@ -156,6 +191,7 @@ class CtrWorld:
             k: rng.normal(0.0, PAIR_FACTOR_STD, (min(HEAD_IDS, CARDINALITIES[k]), 4)) for pair in INTERACTING_PAIRS for k in pair
         }
         self.affinity_weight = AFFINITY_WEIGHT
+        self.planted = PlantedFields(self) if config.planted else None
         self.bias = 0.0
         self.bias = self._calibrate_bias(config.positive_rate)
 
@@ -216,7 +252,8 @@ class CtrWorld:
 
     def _calibrate_bias(self, rate: float) -> float:
         """Bias giving the requested positive rate, fitted on a pilot sample of its own stream."""
-        sample = self.sample_rows(np.random.default_rng([self.config.seed, 2]), 100_000)
+        sample = self.sample_rows(np.random.default_rng([self.config.seed, 2]), 100_000,
+                                  np.random.default_rng([self.config.seed, 5]))
         logits = sample["logit"]
         low, high = -20.0, 20.0
         for _ in range(60):
@@ -227,7 +264,9 @@ class CtrWorld:
                 high = mid
         return (low + high) / 2
 
-    def sample_rows(self, rng: np.random.Generator, n: int) -> dict[str, Any]:
+    def sample_rows(self, rng: np.random.Generator, n: int, planted_rng: np.random.Generator | None = None
+                    ) -> dict[str, Any]:
+        """``n`` rows; the planted fields (if any) draw from ``planted_rng`` so the base rows stay as they were."""
         users = _draw(self.user_cdf, rng, n)
         items = self._items_for(users, rng, in_favourites=0.3)
         fields = []
@@ -247,19 +286,167 @@ class CtrWorld:
             else:
                 dense.append(self._dense_values(j, rng, n))
         logit = self.logit(users, items, fields, dense)
-        return {"users": users, "items": items, "fields": fields, "dense": dense, "logit": logit}
+        planted: dict[str, np.ndarray] = {}
+        if self.planted is not None:
+            assert planted_rng is not None
+            planted = self.planted.columns(users, items, fields, dense, planted_rng)
+            logit = logit + self.planted.cross_logit(planted)
+        return {"users": users, "items": items, "fields": fields, "dense": dense, "logit": logit, "planted": planted}
+
+    def term_std(self, sample: dict[str, Any]) -> dict[str, float]:
+        """Per base field, the standard deviation of its own logit term on ``sample`` (pairwise terms split
+        evenly between the two fields): what decides informative vs weak."""
+        n = len(sample["users"])
+        terms = {name: np.zeros(n) for name in [*DENSE_NAMES, *SPARSE_NAMES]}
+        for j, raw in enumerate(sample["dense"]):
+            terms[DENSE_NAMES[j]] += self.dense_weights[j] * self.standardised(j, raw)
+        fields = sample["fields"]
+        for k, ids in enumerate(fields):
+            head = ids < len(self.first_order[k])
+            terms[SPARSE_NAMES[k]][head] += self.first_order[k][ids[head]]
+        for f, g in INTERACTING_PAIRS:
+            head = (fields[f] < len(self.pair_factors[f])) & (fields[g] < len(self.pair_factors[g]))
+            pair = np.einsum("nd,nd->n", self.pair_factors[f][fields[f][head]], self.pair_factors[g][fields[g][head]])
+            terms[SPARSE_NAMES[f]][head] += pair / 2
+            terms[SPARSE_NAMES[g]][head] += pair / 2
+        return {name: float(values.std()) for name, values in terms.items()}
+
+
+@dataclass(frozen=True)
+class PlantedField:
+    name: str
+    role: str  # noise | redundant | cross
+    kind: str  # sparse | dense
+    entity: Entity
+    cardinality: int = 0  # sparse: raw ids 0..cardinality-1
+    source: int = -1  # redundant: index of the source in SPARSE_NAMES or DENSE_NAMES; noise dense: shape index
+
+
+def planted_specs(config: CtrConfig) -> list[PlantedField]:
+    """The planted fields' names, roles, kinds and entities, in schema order (F1, F2, ...: roles shuffled)."""
+    specs: list[PlantedField] = []
+    # Noise is drawn per row (context): a noise attribute fixed per user with hundreds of values would name
+    # the user almost uniquely, and carry the user's own click rate: a proxy of the user id, not noise.
+    for j in range(config.noise_fields):
+        if j % 3 == 2:
+            specs.append(PlantedField("", "noise", "dense", Entity.CONTEXT, source=j % len(DENSE_NAMES)))
+        else:
+            specs.append(PlantedField("", "noise", "sparse", Entity.CONTEXT,
+                                      cardinality=CARDINALITIES[(5 * j) % len(CARDINALITIES)]))
+    for kind, index in REDUNDANT_SOURCES[: config.redundant_fields]:
+        entity = SPARSE_ENTITIES[index] if kind == "sparse" else DENSE_ENTITIES[index]
+        specs.append(PlantedField("", "redundant", kind, entity,
+                                  cardinality=CARDINALITIES[index] if kind == "sparse" else 0, source=index))
+    if config.planted_cross:
+        specs += [PlantedField("", "cross", "sparse", Entity.USER, cardinality=CROSS_IDS),
+                  PlantedField("", "cross", "sparse", Entity.ITEM, cardinality=CROSS_IDS)]
+    order = np.random.default_rng([config.seed, 3]).permutation(len(specs))
+    return [dataclasses.replace(specs[i], name=f"F{position + 1}") for position, i in enumerate(order)]
+
+
+class PlantedFields:
+    """The extra fields of ``CtrConfig.noise_fields``, ``redundant_fields`` and ``planted_cross`` (module docstring)."""
+
+    def __init__(self, world: CtrWorld) -> None:
+        config = world.config
+        self.world = world
+        self.fields = planted_specs(config)
+        rng = np.random.default_rng([config.seed, 6])
+        signs = np.array([1.0] * (CROSS_IDS // 2) + [-1.0] * (CROSS_IDS - CROSS_IDS // 2))
+        self.cross_signs = (rng.permutation(signs), rng.permutation(signs))
+        # Entity-level values (fixed per user or item), drawn once.
+        self.per_entity: dict[str, np.ndarray] = {}
+        self.corrupt: dict[str, np.ndarray] = {}
+        sizes = {Entity.USER: config.n_users, Entity.ITEM: config.n_items}
+        for field in self.fields:
+            if field.entity is Entity.CONTEXT:
+                continue
+            n = sizes[field.entity]
+            if field.role == "redundant":
+                self.corrupt[field.name] = rng.random(n) >= REDUNDANT_KEEP
+                self.per_entity[field.name] = self._fresh(field, rng, n)
+            else:
+                self.per_entity[field.name] = self._fresh(field, rng, n)
+
+    def _fresh(self, field: PlantedField, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Values drawn independently of everything: what a noise field holds, and a corrupted copy's."""
+        if field.role == "cross":
+            return rng.integers(0, CROSS_IDS, n)
+        if field.kind == "sparse":
+            cdf = self.world.field_cdfs[field.source] if field.role == "redundant" else _zipf_sampler(field.cardinality, 1.1)
+            return _draw(cdf, rng, n)
+        if field.role == "redundant":
+            return rng.normal(size=n)  # the noise added to the source's standardised value
+        return self.world._dense_values(field.source, rng, n)
+
+    def columns(self, users: np.ndarray, items: np.ndarray, fields: list[np.ndarray], dense: list[np.ndarray],
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+        n = len(users)
+        out: dict[str, np.ndarray] = {}
+        for field in self.fields:
+            if field.entity is Entity.CONTEXT:
+                fresh = self._fresh(field, rng, n)
+                corrupt = rng.random(n) >= REDUNDANT_KEEP
+            else:
+                rows = users if field.entity is Entity.USER else items
+                fresh = self.per_entity[field.name][rows]
+                corrupt = self.corrupt[field.name][rows] if field.role == "redundant" else np.zeros(n, bool)
+            if field.role == "redundant" and field.kind == "sparse":
+                out[field.name] = np.where(corrupt, fresh, fields[field.source])
+            elif field.role == "redundant":
+                j = field.source
+                z = self.world.standardised(j, dense[j]) + 0.3 * fresh
+                # Back to the raw count scale, so prepare's log1p-standardise recovers the noisy z.
+                out[field.name] = np.floor(np.expm1(self.world.dense_mu[j] + self.world.dense_sigma[j] * z))
+            else:
+                out[field.name] = fresh
+        return out
+
+    def cross_logit(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        a, b = self.cross_names
+        if a is None or b is None:
+            return np.zeros(len(next(iter(columns.values()))) if columns else 0)
+        return CROSS_WEIGHT * self.cross_signs[0][columns[a]] * self.cross_signs[1][columns[b]]
+
+    @property
+    def cross_names(self) -> tuple[str | None, str | None]:
+        cross = [f for f in self.fields if f.role == "cross"]
+        user = next((f.name for f in cross if f.entity is Entity.USER), None)
+        item = next((f.name for f in cross if f.entity is Entity.ITEM), None)
+        return user, item
+
+    def truth(self, term_std: dict[str, float]) -> dict[str, Any]:
+        """What ``stats.json["planted"]`` records."""
+        strong = [name for name, std in term_std.items() if std >= INFORMATIVE_STD]
+        weak = [name for name, std in term_std.items() if std < INFORMATIVE_STD]
+        cross = [f.name for f in self.fields if f.role == "cross"]
+        return {
+            "informative": strong + cross,
+            "weak": weak,
+            "keys": ["user_id", "item_id", "item_category"],
+            "redundant": {f.name: (SPARSE_NAMES if f.kind == "sparse" else DENSE_NAMES)[f.source]
+                          for f in self.fields if f.role == "redundant"},
+            "noise": [f.name for f in self.fields if f.role == "noise"],
+            "cross": cross,
+            "term_std": {name: round(std, 4) for name, std in term_std.items()},
+            "cross_weight": CROSS_WEIGHT,
+        }
 
 
 def ctr_schema(config: CtrConfig) -> Schema:
     dim = config.embedding_dim
     # Raw ids go through a thresholded vocabulary like real logs: the long tail, which carries no
     # signal here, shares the OOV row instead of growing a 10^6-row table of noise.
+    extra = planted_specs(config) if config.planted else []
     tables = [Table(name=n, embedding_dim=dim, min_count=config.min_count)
               for n in [*SPARSE_NAMES, "user_id", "item_id", "item_category"]]
+    tables += [Table(name=f.name, embedding_dim=dim, min_count=config.min_count) for f in extra if f.kind == "sparse"]
     return Schema(
         task=Task.CTR,
-        dense=[DenseFeature(name=n, entity=e) for n, e in zip(DENSE_NAMES, DENSE_ENTITIES)],
+        dense=[DenseFeature(name=n, entity=e) for n, e in zip(DENSE_NAMES, DENSE_ENTITIES)]
+        + [DenseFeature(name=f.name, entity=f.entity) for f in extra if f.kind == "dense"],
         sparse=[SparseFeature(name=n, entity=e) for n, e in zip(SPARSE_NAMES, SPARSE_ENTITIES)]
+        + [SparseFeature(name=f.name, entity=f.entity) for f in extra if f.kind == "sparse"]
         + [
             SparseFeature(name="user_id", entity=Entity.USER),
             SparseFeature(name="item_id", entity=Entity.ITEM),
@@ -290,7 +477,7 @@ class CtrSource:
         for index, start in enumerate(range(0, self.config.rows, CHUNK_ROWS)):
             n = min(CHUNK_ROWS, self.config.rows - start)
             rng = np.random.default_rng([self.config.seed, 1, index])
-            sample = self.world.sample_rows(rng, n)
+            sample = self.world.sample_rows(rng, n, np.random.default_rng([self.config.seed, 4, index]))
             probability = 1 / (1 + np.exp(-sample["logit"]))
             sample["label"] = (rng.random(n) < probability).astype(np.float64)
             sample["probability"] = probability
@@ -318,6 +505,8 @@ class CtrSource:
                 columns[name] = pl.Series(name, values).fill_nan(None)
             for name, values in zip(SPARSE_NAMES, sample["fields"]):
                 columns[name] = values
+            for name, values in sample["planted"].items():
+                columns[name] = pl.Series(name, values).fill_nan(None) if values.dtype.kind == "f" else values
             frame = pl.DataFrame(columns)
             yield RawPart(rows=frame)
 
@@ -355,9 +544,17 @@ def synth_ctr(config: CtrConfig, out: Path, options: PrepareOptions) -> PrepareR
     def extra(data_dir: Path, schema: Schema) -> dict[str, Any]:
         raw_cardinalities = dict(zip(SPARSE_NAMES, CARDINALITIES)) | {
             "user_id": config.n_users, "item_id": config.n_items, "item_category": config.categories}
-        return {"generator": {"kind": "ctr", **config.__dict__, "users": config.n_users, "items": config.n_items,
-                              "raw_cardinalities": raw_cardinalities},
-                **bayes_stats(data_dir, schema)}
+        planted = source.world.planted
+        if planted is not None:
+            raw_cardinalities |= {f.name: f.cardinality for f in planted.fields if f.kind == "sparse"}
+        out = {"generator": {"kind": "ctr", **config.__dict__, "users": config.n_users, "items": config.n_items,
+                             "raw_cardinalities": raw_cardinalities},
+               **bayes_stats(data_dir, schema)}
+        if planted is not None:
+            pilot = source.world.sample_rows(np.random.default_rng([config.seed, 7]), 100_000,
+                                             np.random.default_rng([config.seed, 8]))
+            out["planted"] = planted.truth(source.world.term_std(pilot))
+        return out
 
     return run(source, out, dataclasses.replace(options, passthrough=(TRUE_PROBABILITY,)), extra_stats=extra)
 

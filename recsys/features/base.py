@@ -29,7 +29,7 @@ class FeatureData:
 
     ``frame`` holds every candidate field and the label, prepared values: dense fields as float32
     (transformed as prepare did), sparse fields as int64 table rows (0: missing or out of vocabulary).
-    Candidates are the single-valued dense and sparse features that are not generated; list-valued
+    Candidates are the single-valued dense and sparse features (generated ones included); list-valued
     features (multi-valued sparse, sequences) are not ranked and always kept (``kept_unranked``).
     """
 

@@ -16,15 +16,15 @@ DEFAULT_SAMPLE = 200_000
 
 
 def candidate_fields(schema: Schema) -> tuple[list[str], dict[str, FieldKind], list[str]]:
-    """(fields, kinds, kept_unranked): single-valued stored features are candidates, list-valued ones are not."""
+    """(fields, kinds, kept_unranked): single-valued features (generated ones too) are candidates, list-valued
+    ones are not."""
     fields: list[str] = []
     kinds: dict[str, FieldKind] = {}
     for feature in schema.dense:
-        if feature.derived is None:
-            fields.append(feature.name)
-            kinds[feature.name] = "dense"
+        fields.append(feature.name)
+        kinds[feature.name] = "dense"
     for feature in schema.sparse:
-        if feature.derived is None and feature.separator is None:
+        if feature.separator is None:
             fields.append(feature.name)
             kinds[feature.name] = "sparse"
     unranked = [f.name for f in schema.sparse if f.separator is not None] + [f.name for f in schema.sequences]

@@ -67,6 +67,18 @@ class TrainJob:
     out: Path
     config: TrainConfig
     resume: bool = False
+    schema_file: Path | None = None  # --schema: a pruned schema of the data set (``features select``)
+
+    def schema(self) -> Schema:
+        """The data set's schema, or the pruned one given with ``--schema`` once checked against it."""
+        schema = load_schema(self.data)
+        if self.schema_file is None:
+            return schema
+        from recsys.features.select import check_subset
+
+        selected = Schema.load(self.schema_file)
+        check_subset(schema, selected, f"--schema {self.schema_file}")
+        return selected
 
 
 @dataclass
@@ -85,17 +97,17 @@ def local_batch_size(config: TrainConfig, world_size: int) -> int:
     return batch // world_size
 
 
-def _reader(job: TrainJob, split: str, env: DistEnv, train: bool) -> ParquetReader:
+def _reader(job: TrainJob, split: str, env: DistEnv, train: bool, schema: Schema) -> ParquetReader:
     trainer = job.config.trainer
     if train:
         return ParquetReader(
             job.data, split, local_batch_size(job.config, env.world_size), shuffle=trainer.shuffle,
             shuffle_buffer=trainer.shuffle_buffer, drop_last=True, num_workers=trainer.num_workers,
             rank=env.rank, world_size=env.world_size, seed=job.config.seed, partition=trainer.partition.value,
-            pin_memory=env.device.type == "cuda")
+            pin_memory=env.device.type == "cuda", schema=schema)
     # Evaluation reads disjoint rows per process: every row once, the order is irrelevant.
     return ParquetReader(job.data, split, trainer.eval_batch_size, num_workers=trainer.num_workers,
-                         rank=env.rank, world_size=env.world_size, partition="rank")
+                         rank=env.rank, world_size=env.world_size, partition="rank", schema=schema)
 
 
 class _MetricsLog:
@@ -188,7 +200,7 @@ def train(job: TrainJob) -> dict[str, Any]:
 def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     config, main = job.config, env.is_main
     console = Console(stderr=True)
-    schema = load_schema(job.data)
+    schema = job.schema()
     task = task_spec(schema)
     watched = _watched_metric(task, config)
     latest = checkpoint.latest(job.out / CHECKPOINTS) if job.resume else None
@@ -224,7 +236,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             raise RecsysError(f"trainer.pipeline: --model {job.model} looks up embeddings inside its forward (sampled "
                               "items) that torchrec's train pipeline cannot prefetch; use auto or off")
         use_pipeline = False
-    train_reader = _reader(job, "train", env, train=True)
+    train_reader = _reader(job, "train", env, train=True, schema=schema)
     steps_per_epoch = train_reader.num_batches
     if steps_per_epoch == 0:
         raise RecsysError(f"{job.data / 'train'}: {train_reader.total_rows} rows make no full batch of "
@@ -240,7 +252,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         return full_tensor(dmp, keys[table])
 
     def split(name: str) -> EvalSplit:
-        return EvalSplit(job.data, name, env.device, lambda: _reader(job, name, env, train=False))
+        return EvalSplit(job.data, name, env.device, lambda: _reader(job, name, env, train=False, schema=schema))
 
     position = _Position()
     if latest is not None:
