@@ -177,9 +177,11 @@ def _method_help() -> str:
 
 
 _OPTION_HELP = "A method setting key=value (repeatable; JSON where it parses), e.g. --option steps=300."
+_FIELDS_HELP = "Comma-separated fields to judge (default: every single-valued feature); the others are kept."
 
 
-def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[str]) -> tuple[Any, Any, Any]:
+def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[str], fields: str | None
+          ) -> tuple[Any, Any, Any]:
     """(data, method, ranking) with the method's own time measured."""
     from recsys.features import feature_method
     from recsys.features.data import load_feature_data
@@ -187,7 +189,8 @@ def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[
     if not data.is_dir():
         raise RecsysError(f"--data {data}: directory not found")
     runner = feature_method(method, _parse_settings(options, flag="--option"))
-    loaded = load_feature_data(data, sample=sample, seed=seed)
+    only = [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
+    loaded = load_feature_data(data, sample=sample, seed=seed, only=only)
     log.info("ranking %d fields of %s (%s of %s train rows) with %s", len(loaded.fields), data,
              f"{loaded.frame.height:,}", f"{loaded.rows_total:,}", method)
     return loaded, runner, runner.timed_rank(loaded)
@@ -202,6 +205,7 @@ def rank(
                              "NAME.md goes beside it)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample and the method."),
     options: list[str] = typer.Option([], "--option", help=_OPTION_HELP),
+    fields: str | None = typer.Option(None, "--fields", help=_FIELDS_HELP),
 ) -> None:
     """Rank the fields of a data set: scores, redundancy between fields, data-quality findings.
 
@@ -210,7 +214,7 @@ def rank(
     from recsys.features.output import ranking_document, write_ranking
     from recsys.features.quality import findings, redundancy
 
-    loaded, runner, ranking = _rank(data, method, sample, seed, options)
+    loaded, runner, ranking = _rank(data, method, sample, seed, options, fields)
     document = ranking_document(loaded, ranking, runner.paper, redundancy(loaded), findings(loaded))
     json_path, md_path = write_ranking(out, document)
     top = ", ".join(row["field"] for row in document["fields"][:10])
@@ -240,6 +244,7 @@ def select(
     sample: int = typer.Option(200_000, "--sample", min=1, help="Train rows sampled (seeded, streamed)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the sample and the method."),
     options: list[str] = typer.Option([], "--option", help=_OPTION_HELP),
+    fields: str | None = typer.Option(None, "--fields", help=_FIELDS_HELP),
 ) -> None:
     """Write a pruned schema: fewer fields (and an interaction mask from interaction selectors).
 
@@ -251,7 +256,7 @@ def select(
         raise RecsysError("give one of --keep K and --budget B, not both")
     if out.is_dir():
         raise RecsysError(f"--out {out}: is a directory; give the schema file to write, e.g. {out / 'schema.json'}")
-    loaded, _, ranking = _rank(data, method, sample, seed, options)
+    loaded, _, ranking = _rank(data, method, sample, seed, options, fields)
     kept = choose_fields(loaded, ranking, keep, budget)
     schema = pruned_schema(loaded, kept, ranking.interactions)
     out.parent.mkdir(parents=True, exist_ok=True)

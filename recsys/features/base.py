@@ -43,7 +43,7 @@ class FeatureData:
     rows_total: int  # train rows in the data set (the sample may hold fewer)
     seed: int = 0
     valid: pl.DataFrame | None = None  # a sample of valid rows, same columns (held-out gains)
-    kept_unranked: list[str] = field(default_factory=list)
+    kept_unranked: list[str] = field(default_factory=list)  # list-valued features, and candidates left out
 
     def column(self, name: str, frame: pl.DataFrame | None = None) -> np.ndarray:
         return (self.frame if frame is None else frame)[name].to_numpy()
@@ -95,6 +95,7 @@ class FeatureMethod(ABC):
     paper: ClassVar[str]  # "Authors, venue year: title", shown by --help and in outputs
     Options: ClassVar[type[BaseModel]] = NoOptions
     trains_model: ClassVar[bool] = False  # reads the whole data set through a model (optfs, optfeature)
+    quick: ClassVar[dict[str, Any]] = {}  # settings of a small, fast run: smoke checks and the contract suite
 
     def __init__(self, options: BaseModel) -> None:
         self.options = options

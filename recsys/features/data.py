@@ -49,8 +49,9 @@ def sample_split(files: list[Path], columns: list[str], sample: int | None, seed
 
 
 def load_feature_data(data_dir: str | Path, sample: int | None = DEFAULT_SAMPLE, seed: int = 0,
-                      valid_sample: int | None = None) -> FeatureData:
-    """The candidate fields and label of ``data_dir``'s train rows (a seeded sample of at most ``sample``)."""
+                      valid_sample: int | None = None, only: list[str] | None = None) -> FeatureData:
+    """The candidate fields and label of ``data_dir``'s train rows (a seeded sample of at most ``sample``);
+    ``only``: rank just these fields (the other candidates are kept by a selection, unjudged)."""
     data_dir = Path(data_dir)
     schema = load_schema(data_dir)
     if schema.task is not Task.CTR or not schema.labels:
@@ -58,6 +59,15 @@ def load_feature_data(data_dir: str | Path, sample: int | None = DEFAULT_SAMPLE,
                           "fields by how well they predict a label (use a ctr data set)")
     label = schema.labels[0].name
     fields, kinds, unranked = candidate_fields(schema)
+    if only is not None:
+        columns = set(schema.columns)
+        for name in only:
+            if name not in kinds:
+                what = "is not a single-valued feature" if name in columns else "is not a column"
+                raise RecsysError(f"--fields: '{name}' {what} of {data_dir} (candidates: {', '.join(fields)})")
+        unranked += [f for f in fields if f not in only]
+        fields = [f for f in fields if f in only]
+        kinds = {f: kinds[f] for f in fields}
     if not fields:
         raise RecsysError(f"--data {data_dir}: no single-valued dense or sparse feature to rank")
     files = split_files(data_dir, "train")
