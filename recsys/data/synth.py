@@ -34,7 +34,7 @@ methods: extra fields F1, F2, ... in shuffled order, each one of
 - noise: a context field drawn per row independently of everything (sparse with the base fields'
   cardinalities and Zipf shape, or dense with their count-like shape): no effect on the label;
 - redundant: a noisy copy of a strong base field (a sparse one keeps the source's id with probability
-  0.9, else draws afresh; a dense one adds Gaussian noise of 0.3 source deviations): informative
+  0.95, else draws afresh; a dense one adds Gaussian noise of 0.3 source deviations): informative
   alone, nothing to add beside its source;
 - the planted cross (two fields of 10 ids, user and item): ``logit += 0.8·s1[x1]·s2[x2]`` with balanced
   random signs, so neither field alone says anything about the label, their pair does.
@@ -89,7 +89,7 @@ REDUNDANT_SOURCES = [("sparse", 0), ("dense", 0), ("sparse", 3), ("dense", 4), (
                      ("sparse", 6), ("sparse", 4), ("sparse", 7), ("sparse", 9)]
 CROSS_IDS = 10
 CROSS_WEIGHT = 0.8
-REDUNDANT_KEEP = 0.9
+REDUNDANT_KEEP = 0.95
 INFORMATIVE_STD = 0.05  # a base field whose own logit term varies less than this is listed as weak
 AFFINITY_WEIGHT = 3.0  # γ above
 PAIR_FACTOR_STD = 0.21  # std of the pairwise factors u_f

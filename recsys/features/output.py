@@ -103,7 +103,7 @@ def markdown(document: dict[str, Any]) -> str:
                   + ", ".join(f"{a}×{b}" for a, b in document["interactions"])]
     lines += ["", "## Redundant pairs", ""]
     pairs = document["redundant_pairs"]
-    lines += [f"- {p['a']} ~ {p['b']}: {p['redundancy']:.3f}" for p in pairs] or ["None at 0.75 or more."]
+    lines += [f"- {p['a']} ~ {p['b']}: {p['redundancy']:.3f}" for p in pairs] or ["None at 0.8 or more."]
     lines += ["", "## Data quality", ""]
     lines += [f"- {f['field']} ({f['kind']}): {f['message']}" for f in document["findings"]] or ["No finding."]
     if "planted" in document:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -116,3 +117,66 @@ def test_criteo_tsv_is_valid_criteo(tmp_path: Path) -> None:
     assert {f[0] for f in fields} == {"0", "1"}
     assert all(len(value) == 8 and int(value, 16) >= 0 for f in fields[:50] for value in f[14:])
     assert any(value == "" for f in fields for value in f[1:14]), "some dense values are missing, as in Criteo"
+
+
+# ---- planted fields (feature methods' ground truth) ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "planted"
+    synth_ctr(CtrConfig(rows=30_000, seed=7, noise_fields=9, redundant_fields=4, planted_cross=True), out,
+              PrepareOptions(seed=7))
+    return out
+
+
+def test_planted_fields_are_recorded_and_every_extra_field_has_one_role(planted_dir: Path) -> None:
+    planted = json.loads((planted_dir / "stats.json").read_text())["planted"]
+    schema = Schema.load(planted_dir)
+    extra = {f.name for f in [*schema.dense, *schema.sparse] if f.name.startswith("F")}
+    roles = [*planted["noise"], *planted["redundant"], *planted["cross"]]
+    assert sorted(roles) == sorted(extra) and len(extra) == 9 + 4 + 2
+    assert len(planted["noise"]) == 9 and len(planted["cross"]) == 2
+    base = {f.name for f in [*schema.dense, *schema.sparse]} - extra - set(planted["keys"])
+    assert set(planted["informative"]) - set(planted["cross"]) | set(planted["weak"]) == base
+    entity = {f.name: f.entity for f in [*schema.dense, *schema.sparse]}
+    for copy, source in planted["redundant"].items():
+        assert entity[copy] is entity[source]
+    assert all(entity[f] is Entity.CONTEXT for f in planted["noise"])
+
+
+def test_noise_says_nothing_the_cross_says_something_only_as_a_pair(planted_dir: Path) -> None:
+    planted = json.loads((planted_dir / "stats.json").read_text())["planted"]
+    rows = _all_rows(planted_dir)
+    truth = rows[TRUE_PROBABILITY].to_numpy()
+
+    def dependence(*columns: str) -> float:
+        """Share of the true probability's variance explained by the group means of ``columns``."""
+        means = rows.group_by(list(columns)).agg(pl.col(TRUE_PROBABILITY).mean().alias("m"))
+        fitted = rows.join(means, on=list(columns), how="left")["m"].to_numpy()
+        return float(np.var(fitted) / np.var(truth))
+
+    a, b = planted["cross"]
+    # Alone each explains what any user (item) grouping does (~2%); together ~30%.
+    assert dependence(a, b) > 5 * max(dependence(a), dependence(b))
+    dense_noise = [f for f in planted["noise"] if rows[f].dtype.is_float()]
+    for field in dense_noise:
+        assert abs(np.corrcoef(rows[field].to_numpy(), truth)[0, 1]) < 0.05
+    for copy, source in planted["redundant"].items():
+        if rows[copy].dtype.is_float():
+            assert np.corrcoef(rows[copy].to_numpy(), rows[source].to_numpy())[0, 1] > 0.85
+
+
+def test_planted_fields_leave_the_base_rows_as_they_were(ctr_dir: Path, tmp_path: Path) -> None:
+    """Noise and copies do not move the label: the base columns and labels equal the plain generator's."""
+    out = tmp_path / "noisy"
+    synth_ctr(CtrConfig(rows=30_000, seed=7, noise_fields=3, redundant_fields=2), out, PrepareOptions(seed=7))
+    base = Schema.load(ctr_dir).columns
+    for split in SPLITS:
+        assert pl.read_parquet(out / split).select(base).equals(pl.read_parquet(ctr_dir / split).select(base))
+
+
+def test_planted_options_are_checked() -> None:
+    from recsys.errors import RecsysError
+
+    with pytest.raises(RecsysError, match="at most 10"):
+        CtrConfig(rows=10, redundant_fields=11)
