@@ -32,9 +32,10 @@ def shared_dataset(relative: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``recsys ARGS`` as a user would, in a fresh interpreter."""
-    env = {**os.environ, "COLUMNS": "120"}
+def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run ``recsys ARGS`` as a user would, in a fresh interpreter (``env``: variables to add)."""
+    env = {**os.environ, "COLUMNS": "120", **(env or {})}
     return subprocess.run([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

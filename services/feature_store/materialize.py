@@ -55,7 +55,10 @@ _ROW = "__row"  # global row ordinal over the files read, in split then file ord
 
 # ---- schema compatibility ------------------------------------------------------------------
 def check_compatible(data: Schema, artifact: Schema, data_where: str = "data", artifact_where: str = "artifact") -> None:
-    """Raise a one-line RecsysError naming the first difference that would make the records wrong for the model."""
+    """Raise a one-line RecsysError naming the first difference that would make the records wrong for the model.
+
+    The artifact may use fewer features and tables than the data holds (a schema pruned by ``features select``),
+    never others or differently encoded ones."""
 
     def differ(what: str) -> RecsysError:
         return RecsysError(f"{data_where} does not match {artifact_where}: {what}")
@@ -73,7 +76,7 @@ def check_compatible(data: Schema, artifact: Schema, data_where: str = "data", a
                 raise differ(f"{label} '{name}' is in the artifact but not in the data")
         for name, feature in mine.items():
             if name not in other:
-                raise differ(f"{label} '{name}' is in the data but not in the artifact")
+                continue  # a model trained on a pruned schema (features select) reads fewer columns
             for field in fields:
                 a, b = getattr(feature, field), getattr(other[name], field)
                 if a != b:
@@ -298,7 +301,10 @@ def materialize(store: FeatureStore, data_dir: str | Path, artifact_dir: str | P
     schema = Schema.load(artifact_dir / SCHEMA_FILE)
     check_compatible(data_schema, schema, str(data_dir / SCHEMA_FILE), str(artifact_dir / SCHEMA_FILE))
     layouts = record_layouts(schema, artifact_dir)
-    different = layout_difference(record_layouts(data_schema, data_dir), layouts)
+    used = {entity: {entry[1] for entry in entries} for entity, entries in layouts.items()}
+    data_layouts = {entity: [entry for entry in entries if entry[1] in used[entity]]
+                    for entity, entries in record_layouts(data_schema, data_dir).items()}
+    different = layout_difference(data_layouts, layouts)
     if different:  # same sizes, other vocabularies: the data's ids are not the artifact's rows
         raise RecsysError(f"{data_dir} does not match {artifact_dir}: {different} (prepared again since training?)")
     if schema.user_key is None or schema.item_key is None:

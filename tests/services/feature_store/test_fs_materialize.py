@@ -110,7 +110,8 @@ def test_failure_aborts_and_keeps_the_active_version(served_artifact: tuple[Path
      r"table '\w+' has cardinality \d+ in the data but \d+ in the artifact"),
     (lambda s: s["sparse"][1].update(entity="context" if s["sparse"][1]["entity"] != "context" else "user"),
      r"sparse feature '\w+' has entity"),
-    (lambda s: s["dense"].pop(), r"dense feature '\w+' is in the data but not in the artifact"),
+    (lambda s: s["dense"].append({"name": "extra", "entity": "user", "mean": 0.0, "std": 1.0}),
+     r"dense feature 'extra' is in the artifact but not in the data"),
 ])
 def test_schema_mismatch_is_one_line(served_artifact: tuple[Path, Path], tmp_path: Path, store: RedisFeatureStore,
                                      edit: Callable[[dict], None], message: str) -> None:
