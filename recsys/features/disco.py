@@ -41,7 +41,7 @@ from recsys.features.outrank import discretise
 class DisCoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_rows: int = Field(50_000, ge=100, description="rows used (a seeded subsample of the sample beyond it)")
+    max_rows: int = Field(50_000, ge=100, description="rows scored (the other half of the sample fits encodings)")
     permutations: int = Field(99, ge=9, le=2_000, description="label shuffles of the null")
     z: float = Field(4.0, gt=0, description="suggested: dCor this many null standard deviations above its mean")
     smoothing: float = Field(20.0, ge=0, description="pseudo-rows of the prior in a sparse field's target encoding")
@@ -50,6 +50,8 @@ class DisCoOptions(BaseModel):
 def binary_label(data: FeatureData, where: str) -> np.ndarray:
     """The label as 0/1 float64; other labels are one-line errors (``where`` names the method)."""
     y = data.labels()
+    if len(y) < 4:
+        raise RecsysError(f"{where}: {len(y)} sampled rows of {data.data_dir}; at least 4 are needed")
     if not np.isin(y, (0.0, 1.0)).all():
         raise RecsysError(f"{where}: label '{data.label}' must be 0/1 (found {np.unique(y)[:3].tolist()}...)")
     if y.min() == y.max():
@@ -127,7 +129,8 @@ def _sorted(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, xs, xs * k - (prefix - xs) + (prefix[-1] - prefix) - xs * (n - 1 - k)
 
 
-def distance_correlation(x: np.ndarray, y: np.ndarray, shuffles: LabelShuffles | None = None) -> tuple[float, np.ndarray]:
+def distance_correlation(x: np.ndarray, y: np.ndarray,
+                         shuffles: LabelShuffles | None = None) -> tuple[float, np.ndarray]:
     """(dCor(x, y), dCor of x against each of ``shuffles``) for a 0/1 label y; exact, O(n log n + P·n)."""
     n = len(x)
     order, xs, a_row = _sorted(x.astype(np.float64))
@@ -174,5 +177,6 @@ class DisCo(FeatureMethod):
                 suggested.append(name)
         return Ranking(method=self.name, scores=scores, suggested=sorted(suggested, key=lambda f: (-scores[f], f)),
                        details={"rows": len(y), "permutations": options.permutations, "z": options.z,
-                                "smoothing": options.smoothing, "sparse_encoding": "smoothed target mean, fit on the other half",
+                                "smoothing": options.smoothing,
+                                "sparse_encoding": "smoothed label mean of the id, fit on the other half",
                                 "fields": fields})

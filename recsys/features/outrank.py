@@ -33,6 +33,7 @@ from recsys.features.base import FeatureData, FeatureMethod, FieldKind, Ranking
 
 DEFAULT_BINS = 32  # quantile bins of a dense field (plus one code for a missing value)
 REDUNDANCY_CODES = 256  # sparse fields in ``redundancy``: the 255 most frequent ids and one 'other'
+REDUNDANCY_ROWS = 50_000  # rows ``redundancy`` counts (seeded subsample): NMI to ~1e-3, a quarter of the time
 
 
 class OutRankOptions(BaseModel):
@@ -55,7 +56,10 @@ def discretise(values: np.ndarray, kind: FieldKind, bins: int = DEFAULT_BINS,
         edges = np.unique(np.quantile(x[finite], np.linspace(0.0, 1.0, bins + 1)[1:-1]))
         codes = np.where(finite, np.searchsorted(edges, np.where(finite, x, 0.0), side="right") + 1, 0)
         return codes.astype(np.int64), len(edges) + 2
-    ids = np.asarray(values, dtype=np.int64)
+    ids = np.asarray(values)
+    if ids.dtype.kind == "f":  # an int column with nulls reads back as float: null is id 0, 'missing'
+        ids = np.nan_to_num(ids, nan=0.0)
+    ids = ids.astype(np.int64)
     if len(ids) == 0:
         return ids, 1
     if ids.min() >= 0 and ids.max() <= 8 * len(ids) + 1_000_000:
@@ -75,6 +79,8 @@ def discretise(values: np.ndarray, kind: FieldKind, bins: int = DEFAULT_BINS,
 
 def label_codes(data: FeatureData, bins: int, where: str) -> tuple[np.ndarray, int]:
     y = data.labels()
+    if len(y) < 4:
+        raise RecsysError(f"{where}: {len(y)} sampled rows of {data.data_dir}; at least 4 are needed")
     if not np.isfinite(y).all():
         raise RecsysError(f"{where}: label '{data.label}' has missing values in the sample")
     if np.isin(y, (0.0, 1.0)).all():
@@ -149,34 +155,51 @@ class OutRank(FeatureMethod):
 
 
 def redundancy(data: FeatureData, fields: list[str] | None = None, *, bins: int = DEFAULT_BINS,
-               max_codes: int = REDUNDANCY_CODES) -> dict[tuple[str, str], float]:
+               max_codes: int = REDUNDANCY_CODES, max_rows: int = REDUNDANCY_ROWS) -> dict[tuple[str, str], float]:
     """Symmetric normalised MI between every pair of ``fields`` (default: all), in [0, 1], keyed (a, b) with
     a before b in ``fields`` order. Same discretisation as the ranking; sparse fields keep their
     ``max_codes - 1`` most frequent ids. The chance MI of independent fields, (A-1)(B-1)/(2n) nats, is
-    subtracted first, so unrelated high-cardinality fields read near 0, not at their bias."""
+    subtracted first, so unrelated high-cardinality fields read near 0, not at their bias. At most ``max_rows``
+    rows (seeded by ``data.seed``) are counted: the work is O(F² · rows).
+
+    The scale: a dense field and a copy with Pearson 0.82 read about 0.16 (binned continuous values have high
+    entropy), an id field and a copy with 20% of ids replaced about 0.5-0.65; unrelated fields read < 0.01."""
     fields = list(data.fields if fields is None else fields)
     unknown = [f for f in fields if f not in data.kinds]
     if unknown:
         raise RecsysError(f"redundancy: '{unknown[0]}' is not a candidate field of {data.data_dir}")
     if len(fields) < 2:
         return {}
-    encoded = [discretise(data.column(f), data.kinds[f], bins, max_codes) for f in fields]
-    width = max(levels for _, levels in encoded)
+    rows = None
+    if data.frame.height > max_rows:
+        rows = np.sort(np.random.default_rng(data.seed).choice(data.frame.height, size=max_rows, replace=False))
+    encoded = [discretise(data.column(f) if rows is None else data.column(f)[rows], data.kinds[f], bins, max_codes)
+               for f in fields]
     codes = np.stack([c for c, _ in encoded])  # (F, n)
+    size = np.array([levels for _, levels in encoded])
     n = codes.shape[1]
-    levels = np.array([int((np.bincount(c, minlength=width) > 0).sum()) for c, _ in encoded])
-    entropy = np.array([_entropy(np.bincount(c), n) for c, _ in encoded])
-    chunk = max(1, 4_000_000 // n)  # pairs counted per bincount: bounds memory at ~32 MB of codes
+    counts = [np.bincount(c, minlength=k) for c, k in zip(codes, size, strict=True)]
+    levels = np.array([int((c > 0).sum()) for c in counts])
+    entropy = np.array([_entropy(c, n) for c in counts])
+    chunk = max(1, 4_000_000 // n)  # pairs counted per bincount: bounds the work arrays at ~32 MB
     out: dict[tuple[str, str], float] = {}
     for a in range(len(fields) - 1):
         for start in range(a + 1, len(fields), chunk):
-            rest = codes[start:start + chunk]  # (m, n)
-            m = len(rest)
-            combined = (np.arange(m)[:, None] * width + codes[a][None, :]) * width + rest
-            joint = np.bincount(combined.ravel(), minlength=m * width * width).reshape(m, width, width)
-            mi = _mutual_information(joint, n)
-            bias = (levels[a] - 1) * (levels[start:start + m] - 1) / (2.0 * n)
-            mean_entropy = 0.5 * (entropy[a] + entropy[start:start + m])
+            rest, width = codes[start:start + chunk], size[start:start + chunk]  # (m, n), (m,)
+            cells = size[a] * width  # each pair's joint table, laid end to end
+            offset = np.concatenate([[0], np.cumsum(cells)[:-1]])
+            combined = (offset[:, None] + codes[a][None, :] * width[:, None] + rest).ravel()
+            joint = np.bincount(combined, minlength=int(cells.sum()))
+            cell = np.flatnonzero(joint)  # only the occupied cells: tables of 256² are mostly empty
+            pair = np.searchsorted(offset, cell, side="right") - 1
+            row, col = np.divmod(cell - offset[pair], width[pair])
+            margin_b = np.concatenate([counts[start + j] for j in range(len(rest))])
+            margin_b_offset = np.concatenate([[0], np.cumsum(width)[:-1]])
+            joint_cell = joint[cell].astype(np.float64)
+            terms = joint_cell * np.log(joint_cell * n / (counts[a][row] * margin_b[margin_b_offset[pair] + col]))
+            mi = np.bincount(pair, weights=terms, minlength=len(rest)) / n
+            bias = (levels[a] - 1) * (levels[start:start + len(rest)] - 1) / (2.0 * n)
+            mean_entropy = 0.5 * (entropy[a] + entropy[start:start + len(rest)])
             with np.errstate(divide="ignore", invalid="ignore"):
                 nmi = np.where(mean_entropy > 0, np.maximum(mi - bias, 0.0) / mean_entropy, 0.0)
             for j, value in enumerate(np.clip(nmi, 0.0, 1.0)):

@@ -80,3 +80,14 @@ def test_bad_options_and_constant_label_are_one_line_errors(data):
         feature_method("outrank").timed_rank(flat)
     with pytest.raises(RecsysError, match="'nope' is not a candidate field"):
         redundancy(data, ["s10", "nope"])
+
+
+def test_a_graded_label_is_binned_like_a_dense_field():
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=5_000)
+    columns = {"signal": signal.astype(np.float32), "noise": rng.normal(size=5_000).astype(np.float32),
+               "ids": rng.integers(1, 1_000, size=5_000)}
+    graded = feature_data(columns, (signal + rng.normal(size=5_000)).astype(np.float32))
+    ranking = feature_method("outrank").timed_rank(graded)
+    assert ranking.suggested == ["signal"]
+    assert ranking.details["fields"]["signal"]["adjusted_mi"] > 0.05
