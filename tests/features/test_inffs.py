@@ -8,7 +8,7 @@ import pytest
 from recsys.errors import RecsysError
 from recsys.features import feature_method
 from recsys.features.inffs import fisher_scores, knee, path_sums, spearman
-from tests.features.planted import (HIGH_CARDINALITY_NOISE, INFORMATIVE, NOISE, REDUNDANT, feature_data,
+from tests.features.planted_frame import (HIGH_CARDINALITY_NOISE, INFORMATIVE, NOISE, REDUNDANT, feature_data,
                                     planted_data, precision_at)
 
 RELEVANT = set(INFORMATIVE) | set(REDUNDANT)
