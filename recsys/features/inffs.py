@@ -17,7 +17,10 @@ see its docstring for why). Redundancy ``spearman`` (the paper's): |Spearman rho
 fields; ``nmi``: outrank's symmetric normalised MI on the raw discretised fields (reads lower for dense pairs).
 
 Differs from the paper: sparse fields are target-encoded first (the paper has numeric features only), the
-Fisher scores are computed on held-out rows, and ``suggested`` is ours: the fields before the knee of the
+Fisher scores are computed on held-out rows, alpha is fixed at 0.9 by default where the paper cross-validates
+it (pure-noise fields are independent of everything, so they collect the most non-redundancy mass: on the
+lead's planted ctr data, 100k rows, the informative-vs-noise AUC of the scores is 0.81 at alpha 0.5, 0.94 at
+0.8, 0.97 at 0.9 with Spearman redundancy; 0.75 / 0.89 / 0.91 with NMI), and ``suggested`` is ours: the fields before the knee of the
 sorted scores (the point farthest below the chord from the best to the worst score, Satopää et al.'s
 Kneedle), at least one.
 """
@@ -39,7 +42,7 @@ from recsys.features.outrank import DEFAULT_BINS, label_codes, redundancy
 class InfFSOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of relevance against non-redundancy per edge")
+    alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of relevance against non-redundancy per edge")
     decay: float = Field(0.9, gt=0.0, lt=1.0, description="r = decay / spectral radius of the graph")
     redundancy: Literal["spearman", "nmi"] = "spearman"
     max_rows: int = Field(50_000, ge=100, description="scored rows (the other half of the sample fits encodings)")
