@@ -17,12 +17,12 @@ see its docstring for why). Redundancy ``spearman`` (the paper's): |Spearman rho
 fields; ``nmi``: outrank's symmetric normalised MI on the raw discretised fields (reads lower for dense pairs).
 
 Differs from the paper: sparse fields are target-encoded first (the paper has numeric features only), the
-Fisher scores are computed on held-out rows, alpha is fixed at 0.9 by default where the paper cross-validates
-it (pure-noise fields are independent of everything, so they collect the most non-redundancy mass: on the
-lead's planted ctr data, 100k rows, the informative-vs-noise AUC of the scores is 0.81 at alpha 0.5, 0.94 at
-0.8, 0.97 at 0.9 with Spearman redundancy; 0.75 / 0.89 / 0.91 with NMI), and ``suggested`` is ours: the fields before the knee of the
-sorted scores (the point farthest below the chord from the best to the worst score, Satopää et al.'s
-Kneedle), at least one.
+Fisher scores are computed on held-out rows, alpha is 0.9 by default where the paper cross-validates it
+(pure-noise fields are independent of everything, so they collect the most non-redundancy mass: on the
+lead's planted ctr data, 100k rows, the informative-vs-noise AUC of the scores is 0.81 at alpha 0.5, 0.94
+at 0.8, 0.97 at 0.9 with Spearman redundancy; 0.75 / 0.89 / 0.91 with NMI), and ``suggested`` is ours: the
+fields before the knee of the sorted scores (the point farthest below the chord from the best to the worst
+score, Satopää et al.'s Kneedle), at least one.
 """
 
 from __future__ import annotations
