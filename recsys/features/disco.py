@@ -23,7 +23,8 @@ two halves' labels through shared ids (a 50,000-id noise field read z = 3.2 that
 frame, 1.4 split). Dense fields enter as prepared (missing values: the field's mean).
 
 Suggested fields: dCor above every one of the ``permutations`` shuffles of the label (p = 1/(permutations+1))
-and at least ``z`` standard deviations above the shuffles' mean (guards against a lucky tail with few shuffles).
+and at least ``z`` standard deviations above the shuffles' mean (guards against a lucky tail with few shuffles);
+None when no field does.
 Differs from the papers: a 0/1 label only (the O(n log n) path); labels with more values are an error.
 """
 
@@ -175,7 +176,8 @@ class DisCo(FeatureMethod):
                             "z": (dcor - mean) / std if std > 0 else 0.0}
             if p <= 1 / (len(null) + 1) and dcor > mean + options.z * std:
                 suggested.append(name)
-        return Ranking(method=self.name, scores=scores, suggested=sorted(suggested, key=lambda f: (-scores[f], f)),
+        order = sorted(suggested, key=lambda f: (-scores[f], f))
+        return Ranking(method=self.name, scores=scores, suggested=order or None,  # None: nothing beat the null
                        details={"rows": len(y), "permutations": options.permutations, "z": options.z,
                                 "smoothing": options.smoothing,
                                 "sparse_encoding": "smoothed label mean of the id, fit on the other half",

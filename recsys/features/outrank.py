@@ -19,7 +19,8 @@ paper's top-k; and ``redundancy`` (pairwise symmetric NMI) is ours, for the qual
 Suggested fields: observed MI above the permutation mean by more than ``z`` noise units, where a noise unit is
 the larger of the permutations' standard deviation and the chi-square one, sqrt(2·df)/(2n) nats with
 df = (levels - 1)(label levels - 1) (2n·MI is asymptotically chi-square(df) under independence; a few
-permutations alone underestimate the spread).
+permutations alone underestimate the spread). When no field clears it, ``suggested`` is None (the selection
+then falls back to its own cut) rather than an empty list.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class OutRank(FeatureMethod):
             if noise > 0 and gain > options.z * noise:
                 suggested.append(name)
         order = sorted(suggested, key=lambda f: (-scores[f], f))
-        return Ranking(method=self.name, scores=scores, suggested=order,
+        return Ranking(method=self.name, scores=scores, suggested=order or None,  # None: nothing beat the noise
                        details={"label_entropy": h_y, "rows": n, "bins": options.bins,
                                 "permutations": options.permutations, "z": options.z, "fields": fields})
 

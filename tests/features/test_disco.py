@@ -86,3 +86,12 @@ def test_bad_options_and_labels_are_one_line_errors():
         feature_method("disco").timed_rank(feature_data({"a": ids}, np.ones(10, dtype=np.float32)))
     with pytest.raises(RecsysError, match="label 'label' must be 0/1"):
         feature_method("disco").timed_rank(feature_data({"a": ids}, np.linspace(0, 1, 10, dtype=np.float32)))
+
+
+def test_pure_noise_suggests_nothing_rather_than_an_empty_list():
+    rng = np.random.default_rng(5)
+    columns = {"x": rng.normal(size=4_000).astype(np.float32), "ids": rng.integers(1, 500, size=4_000)}
+    noise = feature_data(columns, (rng.random(4_000) < 0.3).astype(np.float32))
+    for name in ("disco", "outrank"):
+        ranking = feature_method(name).timed_rank(noise)
+        assert ranking.suggested is None and set(ranking.scores) == {"x", "ids"}
