@@ -273,5 +273,6 @@ class DRCFS(FeatureMethod):
         suggested = sorted((f for j, f in enumerate(data.fields) if q[j] <= options.alpha),
                            key=lambda f: (-scores[f], f))
         details = {"alpha": options.alpha, "encode_rows": encode_rows, "test_rows": int(len(y)),
-                   "model_rows": int(min(options.model_rows, len(y))), "folds": options.folds, "boosted_fields": [data.fields[j] for j in tested], "fields": fields}
+                   "model_rows": int(min(options.model_rows, len(y))), "folds": options.folds,
+                   "boosted_fields": [data.fields[j] for j in tested], "fields": fields}
         return Ranking(method=self.name, scores=scores, suggested=suggested, details=details)
