@@ -19,9 +19,10 @@ What differs from the paper, and why:
 - Encoding. Sparse ids become one target-mean column (smoothed), dense values a standardised column plus the
   target mean of their quantile bin; the encodings are fit on a disjoint half of the sample (``encode_share``),
   so no row's own label enters its encoding or the test.
-- Cost. All fields are first tested with ridge nuisances (closed form, every field at once); the ``top_m``
+- Cost. All fields are first screened with ridge nuisances (closed form, every field at once); the ``top_m``
   strongest are re-tested with gradient-boosted nuisances (sklearn HistGradientBoosting) on ``model_rows``
-  rows. A field outside the top-m keeps its ridge-nuisance p-value (a valid, less powerful test).
+  other rows (at most half of the test rows), so the choice does not bias the re-test. A field outside the
+  top-m keeps its ridge-nuisance p-value (valid, less powerful; conservative after the screen's choice).
 - The paper tests the average controlled direct effect with a paired t-test and Benjamini-Yekutieli; here
   the direct effect is the conditional covariance plus the conditional-mean gain above, and the correction is
   Benjamini-Hochberg (``alpha``).
@@ -107,8 +108,8 @@ class DRCFSOptions(BaseModel):
 
     alpha: float = Field(0.05, gt=0, lt=1, description="false discovery rate of the suggested fields (BH)")
     encode_share: float = Field(0.5, gt=0, lt=1, description="share of the sample that fits the encodings")
-    test_rows: int = Field(100_000, ge=200, description="rows for the ridge-nuisance test of every field")
-    model_rows: int = Field(20_000, ge=200, description="rows for the boosted-nuisance test of the top fields")
+    test_rows: int = Field(100_000, ge=200, description="rows of the tests (screen + boosted re-test)")
+    model_rows: int = Field(20_000, ge=200, description="of them, rows of the boosted re-test of the top fields")
     top_m: int = Field(16, ge=0, description="fields re-tested with boosted nuisances (0: ridge only)")
     folds: int = Field(2, ge=2, le=10, description="cross-fitting folds")
     bins: int = Field(32, ge=2, le=1024, description="quantile bins of a dense field's target-mean column")
@@ -204,9 +205,15 @@ def _ridge_stage(X: np.ndarray, y: np.ndarray, blocks: list[np.ndarray], options
     return [_cov_test(ry[:, j], rx[:, cols]) for j, cols in enumerate(blocks)]
 
 
-def _booster(options: DRCFSOptions, seed: int) -> HistGradientBoostingRegressor:
-    return HistGradientBoostingRegressor(max_iter=options.trees, max_leaf_nodes=options.leaves, learning_rate=0.1,
-                                         min_samples_leaf=40, early_stopping=False, random_state=seed)
+def _fit_predict(X_fit: np.ndarray, target: np.ndarray, X_apply: np.ndarray, options: DRCFSOptions,
+                 seed: int) -> np.ndarray:
+    """A boosted nuisance fit on one fold, predicted on the other (the mean when nothing is conditioned on)."""
+    if X_fit.shape[1] == 0:
+        return np.full(len(X_apply), target.mean())
+    model = HistGradientBoostingRegressor(max_iter=options.trees, max_leaf_nodes=options.leaves,
+                                          learning_rate=0.1, min_samples_leaf=40, early_stopping=False,
+                                          random_state=seed)
+    return model.fit(X_fit, target).predict(X_apply)
 
 
 def _boosted_stage(X: np.ndarray, y: np.ndarray, blocks: list[np.ndarray], tested: list[int],
@@ -219,13 +226,13 @@ def _boosted_stage(X: np.ndarray, y: np.ndarray, blocks: list[np.ndarray], teste
     rx = {j: np.zeros((n, len(blocks[j]))) for j in tested}
     for k in range(options.folds):
         tr, te = fold != k, fold == k
-        full[te] = _booster(options, seed).fit(X[tr], y[tr]).predict(X[te])
+        full[te] = _fit_predict(X[tr], y[tr], X[te], options, seed)
         for j in tested:
             keep = np.setdiff1d(np.arange(c), blocks[j])
             Xtr, Xte = X[tr][:, keep], X[te][:, keep]
-            reduced[j][te] = _booster(options, seed).fit(Xtr, y[tr]).predict(Xte)
+            reduced[j][te] = _fit_predict(Xtr, y[tr], Xte, options, seed)
             for i, col in enumerate(blocks[j]):
-                rx[j][te, i] = X[te, col] - _booster(options, seed).fit(Xtr, X[tr, col]).predict(Xte)
+                rx[j][te, i] = X[te, col] - _fit_predict(Xtr, X[tr, col], Xte, options, seed)
     out = {}
     for j in tested:
         log_cov, wald, theta = _cov_test(y - reduced[j], rx[j])
@@ -248,20 +255,21 @@ class DRCFS(FeatureMethod):
         options: DRCFSOptions = self.options  # type: ignore[assignment]
         y_all = binary_labels(data, "drcfs")
         X, y, blocks, encode_rows = _encode(data, y_all, options)
-        ridge = _ridge_stage(X, y, blocks, options, data.seed)
+        # the boosted re-test runs on rows the screen never saw, so choosing the top-m does not bias it
+        boost_rows = min(options.model_rows, len(y) // 2) if options.top_m else 0
+        ridge = _ridge_stage(X[boost_rows:], y[boost_rows:], blocks, options, data.seed)
         log_p = np.array([r[0] for r in ridge])
         screen = -log_p / LN10
         order = sorted(range(len(blocks)), key=lambda j: (-screen[j], data.fields[j]))
         tested = order[:min(options.top_m, len(blocks))]
         boosted = {}
         if tested:
-            rows = min(options.model_rows, len(y))
-            boosted = _boosted_stage(X[:rows], y[:rows], blocks, tested, options, data.seed)
+            boosted = _boosted_stage(X[:boost_rows], y[:boost_rows], blocks, tested, options, data.seed)
             for j, result in boosted.items():
                 log_p[j] = result["log_p"]
         p = np.exp(log_p)
         q = bh_adjust(p)
-        scores = {f: float(-log_p[j] / LN10) for j, f in enumerate(data.fields)}
+        scores = {f: max(0.0, float(-log_p[j] / LN10)) for j, f in enumerate(data.fields)}
         fields: dict[str, dict[str, float | str]] = {}
         for j, f in enumerate(data.fields):
             entry: dict[str, float | str] = {"p": float(p[j]), "q": float(q[j]), "screen_score": float(screen[j]),
@@ -272,7 +280,7 @@ class DRCFS(FeatureMethod):
             fields[f] = entry
         suggested = sorted((f for j, f in enumerate(data.fields) if q[j] <= options.alpha),
                            key=lambda f: (-scores[f], f))
-        details = {"alpha": options.alpha, "encode_rows": encode_rows, "test_rows": int(len(y)),
-                   "model_rows": int(min(options.model_rows, len(y))), "folds": options.folds,
+        details = {"alpha": options.alpha, "encode_rows": encode_rows, "screen_rows": int(len(y) - boost_rows),
+                   "model_rows": boost_rows, "folds": options.folds,
                    "boosted_fields": [data.fields[j] for j in tested], "fields": fields}
         return Ranking(method=self.name, scores=scores, suggested=suggested, details=details)

@@ -19,8 +19,9 @@ Here, the feature-selection side as a ranking:
    blanket is estimated by IAMB (grow by the strongest conditional association, then shrink) with Fisher-z
    partial-correlation tests at level ``alpha``. A noisy copy of a field in the blanket is conditionally
    independent of the label and stays out.
-4. Score of a field: the best ``-log10 p`` of its columns' partial correlation with the label given the
-   blanket (given the rest of the blanket for members). Suggested: fields with a column in the blanket.
+4. Score of a field: ``-log10 p`` of its best column's partial correlation with the label given the blanket
+   (given the rest of the blanket for members), Bonferroni-corrected for the field's number of columns.
+   Suggested: fields with a column in the blanket.
 
 What is simplified, honestly: the paper's meta-learning (a Transformation Recommendation Matrix learnt by
 evaluating transformations on a corpus of data sets, matched by meta-feature similarity) is replaced by the
@@ -186,7 +187,8 @@ class MACFE(FeatureMethod):
                 columns.append(_normal_scores(_transform(name, x[enc], y_all[enc], x[test], options)))
                 owner.append((field, name))
         Z = np.stack([*columns, y], axis=1)  # (rows, columns + label)
-        corr = np.nan_to_num(np.corrcoef(Z, rowvar=False))
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant column correlates with nothing
+            corr = np.nan_to_num(np.corrcoef(Z, rowvar=False))
         np.fill_diagonal(corr, 1.0)
         n = len(y)
         blanket, grown = _markov_blanket(corr, n, options)
@@ -195,12 +197,15 @@ class MACFE(FeatureMethod):
             rest = [u for u in blanket if u != t]
             log_p[t] = _log_p(_partial_with_label(corr, rest), n, len(rest))[t]
         column_scores = -log_p / LN10
-        scores = {f: 0.0 for f in data.fields}
+        # a field's p is its best column's, Bonferroni-corrected for how many columns it was given
+        per_field_columns = {f: sum(1 for g, _ in owner if g == f) for f in data.fields}
+        best = {f: 0.0 for f in data.fields}
         per_field: dict[str, dict] = {f: {"meta": meta[f], "transforms": {}} for f in data.fields}
         for t, (field, name) in enumerate(owner):
-            scores[field] = max(scores[field], float(column_scores[t]))
+            best[field] = max(best[field], float(column_scores[t]))
             per_field[field]["transforms"][name] = {"score": float(column_scores[t]), "in_blanket": t in blanket,
                                                    "label_corr": float(corr[t, -1])}
+        scores = {f: max(0.0, best[f] - math.log10(per_field_columns[f])) for f in data.fields}
         in_blanket = {owner[t][0] for t in blanket}
         suggested = sorted(in_blanket, key=lambda f: (-scores[f], f))
         details = {"alpha": options.alpha, "encode_rows": int(len(enc)), "test_rows": int(n),

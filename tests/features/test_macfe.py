@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -86,3 +87,13 @@ def test_negative_sparse_ids_are_an_error() -> None:
     data.frame = data.frame.with_columns(s_inf1=data.frame["s_inf1"] - 100)
     with pytest.raises(RecsysError, match="s_inf1"):
         feature_method("macfe").rank(data)
+
+
+def test_a_single_field_and_constant_fields() -> None:
+    data = planted_frame(2_000, seed=0)
+    alone = replace(data, fields=["d_inf0"], frame=data.frame.select("d_inf0", "label"))
+    assert feature_method("macfe").rank(alone).suggested == ["d_inf0"]
+    data.frame = data.frame.with_columns(pl.lit(3.0).cast(pl.Float32).alias("d_inf1"),
+                                         pl.lit(0).cast(pl.Int64).alias("s_inf0"))
+    ranking = feature_method("macfe").rank(data)
+    assert ranking.scores["d_inf1"] == 0.0 and ranking.scores["s_inf0"] == 0.0
