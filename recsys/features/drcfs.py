@@ -27,6 +27,9 @@ What differs from the paper, and why:
   the direct effect is the conditional covariance plus the conditional-mean gain above, and the correction is
   Benjamini-Hochberg (``alpha``).
 - Score: ``-log10 p`` (from log survival functions, so strong fields do not all tie at an underflow).
+
+Cost with the defaults: about 27 s of one core for 80 fields × 200k sampled rows (100k encode, 80k screen,
+20k boosted re-test of 16 fields, 2 folds); the boosted fits dominate (``top_m`` × folds × (1 + columns)).
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def dense_values(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(x), x, 0.0)
 
 
-def binary_labels(data: FeatureData, method: str) -> np.ndarray:
+def checked_labels(data: FeatureData, method: str) -> np.ndarray:
+    """The label as float64; an empty, incomplete or constant label is an error (nothing to test against)."""
     y = data.labels()
     if y.size == 0 or not np.all(np.isfinite(y)):
         raise RecsysError(f"{method}: label '{data.label}' is empty or has missing values")
@@ -253,7 +257,7 @@ class DRCFS(FeatureMethod):
 
     def rank(self, data: FeatureData) -> Ranking:
         options: DRCFSOptions = self.options  # type: ignore[assignment]
-        y_all = binary_labels(data, "drcfs")
+        y_all = checked_labels(data, "drcfs")
         X, y, blocks, encode_rows = _encode(data, y_all, options)
         # the boosted re-test runs on rows the screen never saw, so choosing the top-m does not bias it
         boost_rows = min(options.model_rows, len(y) // 2) if options.top_m else 0

@@ -29,6 +29,9 @@ hand-written rule table above, which uses the same kind of meta-features but lea
 are emitted (this is a ranking; ``openfe`` generates); the causal step is a linear-Gaussian (nonparanormal)
 Markov-blanket search, not a full causal-graph discovery, so it assumes the transforms make the relations
 roughly monotone.
+
+Cost with the defaults: about 2 s of one core for 80 fields × 200k sampled rows (one correlation matrix,
+then the blanket search on it).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from scipy import special, stats
 from recsys.errors import RecsysError
 from recsys.features import register_feature_method
 from recsys.features.base import FeatureData, FeatureMethod, Ranking
-from recsys.features.drcfs import (LN10, binary_labels, dense_values, quantile_bins, sparse_ids, split_rows,
+from recsys.features.drcfs import (LN10, checked_labels, dense_values, quantile_bins, sparse_ids, split_rows,
                                    target_encode)
 
 
@@ -54,7 +57,7 @@ class MACFEOptions(BaseModel):
     test_rows: int = Field(100_000, ge=200, description="rows for the Markov-blanket search")
     max_blanket: int = Field(40, ge=1, description="largest Markov blanket (columns)")
     bins: int = Field(32, ge=2, le=1024, description="quantile bins of a continuous field's target-mean column")
-    categorical_values: int = Field(32, ge=2, description="dense fields with at most this many values are categories")
+    categorical_values: int = Field(32, ge=2, description="dense fields with at most this many values: categories")
     long_tail: float = Field(0.3, ge=0, le=1, description="share of once-seen ids that adds a frequency column")
     smoothing: float = Field(20.0, ge=0, description="target-mean pseudo-count; x3 for rarely seen ids")
 
@@ -91,8 +94,10 @@ def _recommend(kind: str, meta: dict[str, float], options: MACFEOptions) -> list
 def _transform(name: str, x_fit: np.ndarray, y_fit: np.ndarray, x_apply: np.ndarray,
                options: MACFEOptions) -> np.ndarray:
     """One transformation fit on the encode rows, applied to the test rows."""
-    if name == "rank_gauss" or name == "nonzero":
-        return x_apply if name == "rank_gauss" else (x_apply != 0).astype(np.float64)
+    if name == "rank_gauss":  # every column is rank-Gaussianised afterwards: this one is the value itself
+        return x_apply
+    if name == "nonzero":
+        return (x_apply != 0).astype(np.float64)
     if name == "bin_mean":
         bins_fit, bins_apply = quantile_bins(x_fit, x_apply, options.bins)
         return target_encode(bins_fit, y_fit, bins_apply, options.smoothing)
@@ -170,7 +175,7 @@ class MACFE(FeatureMethod):
 
     def rank(self, data: FeatureData) -> Ranking:
         options: MACFEOptions = self.options  # type: ignore[assignment]
-        y_all = binary_labels(data, "macfe")
+        y_all = checked_labels(data, "macfe")
         enc, test = split_rows(len(y_all), options.encode_share, options.test_rows, data.seed)
         if len(test) < 20 or len(enc) < 2:
             raise RecsysError(f"macfe: {len(y_all)} sampled rows are too few (need encode and test rows)")
