@@ -266,7 +266,7 @@ class DRCFS(FeatureMethod):
         screen = -log_p / LN10
         order = sorted(range(len(blocks)), key=lambda j: (-screen[j], data.fields[j]))
         tested = order[:min(options.top_m, len(blocks))]
-        boosted = {}
+        boosted: dict[int, dict[str, float]] = {}
         if tested:
             boosted = _boosted_stage(X[:boost_rows], y[:boost_rows], blocks, tested, options, data.seed)
             for j, result in boosted.items():

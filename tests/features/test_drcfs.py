@@ -21,11 +21,13 @@ def ranking() -> Ranking:
     return feature_method("drcfs").timed_rank(planted_frame(24_000, seed=0))
 
 
+@pytest.mark.slow
 def test_top_k_recovers_the_informative_fields(ranking: Ranking) -> None:
     # Measured 1.0 on seeds 0-3 (24k rows); 0.875 leaves room for one swap at the boundary.
     assert precision_at(ranking.order(), INFORMATIVE, len(INFORMATIVE)) >= 0.875
 
 
+@pytest.mark.slow
 def test_suggested_are_the_informative_fields_without_noise(ranking: Ranking) -> None:
     suggested = set(ranking.suggested or [])
     assert len(suggested & set(INFORMATIVE)) >= 7
@@ -33,6 +35,7 @@ def test_suggested_are_the_informative_fields_without_noise(ranking: Ranking) ->
     assert not suggested & set(REDUNDANT)
 
 
+@pytest.mark.slow
 def test_redundant_copies_rank_below_their_sources(ranking: Ranking) -> None:
     order = ranking.order()
     for copy, source in REDUNDANT.items():
@@ -41,6 +44,7 @@ def test_redundant_copies_rank_below_their_sources(ranking: Ranking) -> None:
         assert ranking.details["fields"][copy]["q"] > 0.05
 
 
+@pytest.mark.slow
 def test_every_field_scored_and_details_are_json(ranking: Ranking) -> None:
     data = planted_frame(1_000, seed=0)
     assert set(ranking.scores) == set(data.fields)
@@ -49,6 +53,7 @@ def test_every_field_scored_and_details_are_json(ranking: Ranking) -> None:
     json.dumps(ranking.details)
 
 
+@pytest.mark.slow
 def test_ridge_only_path_ranks_too() -> None:
     ranking = feature_method("drcfs", {"top_m": 0}).timed_rank(planted_frame(24_000, seed=1))
     assert precision_at(ranking.order(), INFORMATIVE, len(INFORMATIVE)) >= 0.875
