@@ -99,7 +99,11 @@ class FeatureLayout:
                 self.lookups.table(feature.derived)
         self.generated = {f.name for f in self.derived}
         self._dense_index = {f.name: i for i, f in enumerate(schema.dense)}
-        self._derived_inputs = sorted({n for f in self.derived for n in f.derived.inputs})  # type: ignore[union-attr]
+        # Each input of a generated feature: a column of the block's dense matrix, or a sparse key (by index).
+        inputs = sorted({n for f in self.derived for n in f.derived.inputs})  # type: ignore[union-attr]
+        self._derived_inputs = [(n, n in self._dense_index,
+                                 self._dense_index[n] if n in self._dense_index else self.keys.index(n))
+                                for n in inputs]
         self._derived_targets = [(f, self._dense_index[f.name] if isinstance(f, DenseFeature) else
                                   self.keys.index(f.name)) for f in self.derived]
         self.dense_dim = len(schema.dense)
@@ -202,12 +206,8 @@ class FeatureLayout:
         """Compute the generated features of a block in place: a dense one fills its column of ``dense``, a
         sparse one its key (one id per row), from the inputs' columns as offline (``recipes.derive``)."""
         columns: dict[str, np.ndarray] = {}
-        for name in self._derived_inputs:
-            if name in self._dense_index:
-                columns[name] = dense[:, self._dense_index[name]]
-            else:
-                k = self.keys.index(name)
-                columns[name] = _first_ids(lengths[k], values[k])
+        for name, is_dense, index in self._derived_inputs:
+            columns[name] = dense[:, index] if is_dense else _first_ids(lengths[index], values[index])
         for feature, index in self._derived_targets:
             computed = derive(feature, columns, self.lookups)
             if isinstance(feature, DenseFeature):
