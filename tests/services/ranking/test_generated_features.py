@@ -18,7 +18,7 @@ from recsys.errors import RecsysError
 from recsys.schema import DerivedOp, Entity, Schema, SparseFeature
 from services.feature_store.codec import RecordCodec, record_layouts
 from services.feature_store.embedded import EmbeddedRedis
-from services.feature_store.materialize import check_compatible, materialize
+from services.feature_store.materialize import check_compatible
 from services.feature_store.redis_store import RedisFeatureStore
 from services.feature_store.upsert import set_features
 from services.ranking.features import ContextError, merge
@@ -43,9 +43,14 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture(scope="module")
 def store(redis: EmbeddedRedis, run: tuple[Path, Path, Path]) -> Iterator[RedisFeatureStore]:
+    """`recsys features materialize` of the generated data for its artifact, as a separate process."""
     _, data_dir, artifact_dir = run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_URL", redis.url)
+        result = run_cli("-q", "features", "materialize", "--data", str(data_dir), "--artifact", str(artifact_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
     store = RedisFeatureStore.from_url(redis.url)
-    materialize(store, data_dir, artifact_dir)
+    assert store.active_version() is not None
     yield store
     store.close()
 
