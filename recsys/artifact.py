@@ -9,6 +9,9 @@
     config.yaml          the resolved training config
     metrics.json         test.*, valid.*, train.* figures
     vocab/<table>.parquet  the vocabularies serving needs to encode raw ids
+    generated/<feature>.parquet  the lookup tables of generated features (``recsys.features.recipes``),
+                         copied from the data set like vocab/, their sha256 in the manifest (and in the schema's
+                         recipes); ``load`` reads and checks every one the schema names (``Artifact.lookups``)
     retrieval/           a retriever's catalogue: items.parquet (one column ``item_key``, row i is vector i)
                          and item_vectors.safetensors (one float32 tensor ``vectors``, (N, d)); the manifest's
                          ``retrieval`` entry holds {similarity, items, dim} and both files' sha256 are digested
@@ -50,6 +53,7 @@ from torch import nn
 from recsys import __version__
 from recsys.config import TrainConfig
 from recsys.errors import RecsysError
+from recsys.features.recipes import GENERATED_DIR, Lookups
 from recsys.models import build_model, model_names
 from recsys.schema import Schema
 
@@ -79,6 +83,7 @@ class Artifact:
     metrics: dict[str, Any]
     manifest: dict[str, Any]
     weights_sha256: str
+    lookups: Lookups | None = None  # the generated features' lookup tables, read and digest-checked
 
     @property
     def version(self) -> str:
@@ -154,6 +159,10 @@ def save(out: Path, *, model_name: str, state: dict[str, torch.Tensor], schema: 
     if vocab.is_dir():
         shutil.copytree(vocab, tmp / VOCAB)
     digested = DIGESTED
+    if (data_dir / GENERATED_DIR).is_dir():
+        shutil.copytree(data_dir / GENERATED_DIR, tmp / GENERATED_DIR)
+        digested += tuple(sorted(p.relative_to(tmp).as_posix() for p in (tmp / GENERATED_DIR).rglob("*")
+                                 if p.is_file()))
     retrieval: dict[str, Any] = {}
     if items is not None:
         _write_item_vectors(tmp, items)
@@ -231,6 +240,8 @@ def _check_digests(path: Path, manifest: dict[str, Any]) -> str:
     digests = {}
     names = (DIGESTED + ((ITEMS, ITEM_VECTORS) if "retrieval" in manifest else ())) if recorded is not None \
         else (WEIGHTS,)
+    if recorded is not None:  # generated-feature lookups: each one the manifest lists, under generated/ only
+        names += tuple(sorted(n for n in recorded if isinstance(n, str) and n.startswith(f"{GENERATED_DIR}/")))
     for name in names:
         file = path / name
         with _reading(file):
@@ -275,6 +286,7 @@ def load(path: str | Path) -> Artifact:
     metrics = _read_json(path / METRICS)
     weights_sha256 = _check_digests(path, manifest)
     schema = Schema.load(path / SCHEMA)
+    lookups = _read_lookups(path, schema)
     config = TrainConfig.read(path / CONFIG)
     model_name = manifest.get("model")
     if not isinstance(model_name, str):
@@ -299,7 +311,25 @@ def load(path: str | Path) -> Artifact:
     model.eval()
     if "retrieval" in manifest:
         _read_item_vectors(path, manifest)
-    return Artifact(path, model, model_name, schema, config, metrics, manifest, weights_sha256)
+    return Artifact(path, model, model_name, schema, config, metrics, manifest, weights_sha256, lookups)
+
+
+def _read_lookups(path: Path, schema: Schema) -> Lookups | None:
+    """The lookup tables of the schema's generated features, each read once and checked against its recipe's
+    sha256 (a missing, changed or malformed file is one line naming it); None when no feature has one."""
+    recipes = [f.derived for f in schema.derived_features if f.derived is not None and f.derived.lookup_file]
+    if not recipes:
+        return None
+    lookups = Lookups(path)
+    for recipe in recipes:
+        if recipe.lookup_sha256 is None:
+            raise RecsysError(f"{_shown(path / SCHEMA)}: generated feature lookup '{recipe.lookup_file}' has no "
+                              "lookup_sha256; an artifact's lookups must be digested")
+        try:
+            lookups.table(recipe)
+        except RecsysError as exc:
+            raise RecsysError(f"artifact {_shown(path)}: {exc}") from None
+    return lookups
 
 
 def load_item_vectors(path: str | Path) -> tuple[list[str], torch.Tensor, str]:

@@ -10,6 +10,8 @@ Layout, little-endian, for the entity's features in schema order::
     int64[sum(lengths)]   their row indices, feature after feature
 
 One record per key lets a request read its user and all its items with one MGET.
+Generated features (entity ``derived``) are in no record: the ranking service computes
+them from the record's (and the request's) inputs with the artifact's recipes.
 
 Records carry no schema: what their bytes mean is fixed by the schema and the
 vocabularies that encoded them (``record_layouts``). Materialisation stores the digest

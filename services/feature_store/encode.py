@@ -38,8 +38,10 @@ class RawEncoder:
 
     def __init__(self, schema: Schema, root: Path) -> None:
         self.schema, self.root = schema, Path(root)
-        self._dense = {f.name: f for f in schema.dense}
-        self._sparse = {f.name: f for f in [*schema.sparse, *schema.sequences]}
+        # Generated features have no raw value to encode: they are computed from their inputs' encoded values.
+        self._dense = {f.name: f for f in schema.dense if f.derived is None}
+        self._sparse = {f.name: f for f in [*schema.sparse, *schema.sequences] if getattr(f, "derived", None) is None}
+        self._generated = {f.name for f in schema.derived_features}
         self._vocabs: dict[str, dict[str, int]] = {}
         self._hash = lru_cache(maxsize=65536)(self._hash_uncached)
 
@@ -49,6 +51,7 @@ class RawEncoder:
     def dense(self, feature: str, raw: RawValue) -> float:
         """The model input for a raw number; NaN and infinities (JSON's NaN, Infinity, 1e400) are refused, as
         is a value its transform cannot take or takes out of float32's range: a model input must be finite."""
+        self._check_raw(feature)
         if raw is not None and (isinstance(raw, (bool, list, str)) or not isinstance(raw, (int, float))):
             raise RecsysError(f"feature '{feature}': expected a number, got {type(raw).__name__}")
         shown = str(raw) if len(str(raw)) <= 30 else f"{str(raw)[:27]}..."
@@ -65,6 +68,7 @@ class RawEncoder:
 
     def sparse(self, feature: str, raw: RawValue) -> np.ndarray:
         """Row indices of ``feature``'s table for a raw value (or list of values; None → OOV)."""
+        self._check_raw(feature)
         spec = self._sparse[feature]
         table = self.schema.table(spec.table_name)
         values = raw if isinstance(raw, list) else [raw]
@@ -73,6 +77,12 @@ class RawEncoder:
         if any(isinstance(v, (list, dict)) for v in values):
             raise RecsysError(f"feature '{feature}': expected a scalar or a flat list of values")
         return np.array([self._index(table, v) for v in values], dtype=np.int64)
+
+    def _check_raw(self, feature: str) -> None:
+        if feature in self._generated:
+            raise RecsysError(f"feature '{feature}' is generated: computed from its inputs, it has no raw value")
+        if feature not in self._dense and feature not in self._sparse:
+            raise RecsysError(f"feature '{feature}': not in the schema")
 
     def _index(self, table: Table, value: Any) -> int:
         if value is None:

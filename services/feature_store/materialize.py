@@ -63,11 +63,15 @@ def check_compatible(data: Schema, artifact: Schema, data_where: str = "data", a
     def differ(what: str) -> RecsysError:
         return RecsysError(f"{data_where} does not match {artifact_where}: {what}")
 
+    # Generated features (and their tables) are in no record: the service computes them with the artifact's
+    # recipes and lookups, so only the features records hold are compared (a generated data set and the
+    # artifact trained on it compare equal, and so does the data set it was generated from).
     sections = (
-        ("dense feature", data.dense, artifact.dense, ("entity", "transform", "clip_min", "fill_value")),
-        ("sparse feature", data.sparse, artifact.sparse, ("entity", "table_name", "separator")),
+        ("dense feature", _stored(data.dense), _stored(artifact.dense), ("entity", "transform", "clip_min",
+                                                                          "fill_value")),
+        ("sparse feature", _stored(data.sparse), _stored(artifact.sparse), ("entity", "table_name", "separator")),
         ("sequence feature", data.sequences, artifact.sequences, ("entity", "table_name", "max_length")),
-        ("table", data.tables, artifact.tables, ("encoding", "cardinality", "hash_buckets")),
+        ("table", _stored_tables(data), _stored_tables(artifact), ("encoding", "cardinality", "hash_buckets")),
     )
     for label, ours, theirs, fields in sections:
         mine, other = {f.name: f for f in ours}, {f.name: f for f in theirs}
@@ -91,6 +95,15 @@ def check_compatible(data: Schema, artifact: Schema, data_where: str = "data", a
         a, b = getattr(data, key), getattr(artifact, key)
         if (a and a.name) != (b and b.name):
             raise differ(f"{key} is {a and a.name!r} in the data but {b and b.name!r} in the artifact")
+
+
+def _stored(features: list[Any]) -> list[Any]:
+    return [f for f in features if f.entity is not Entity.DERIVED]
+
+
+def _stored_tables(schema: Schema) -> list[Any]:
+    used = {f.table_name for f in _stored(schema.sparse)} | {f.table for f in schema.sequences}
+    return [t for t in schema.tables if t.name in used]
 
 
 # ---- vectorised record encoding ------------------------------------------------------------

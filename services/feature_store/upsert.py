@@ -4,7 +4,8 @@
 each of the user's sequence features (histories, newest first) gets the item's index
 in that feature's table prepended and is capped at its ``max_length``; the item joins
 the user's seen list. ``set_features`` re-encodes raw values (as ``prepare`` would) and
-rewrites one entity's record. Both read the current record and write it back: two
+rewrites one entity's record; generated features (entity ``derived``) are not in records
+and cannot be set (the service computes them from their inputs). Both read the current record and write it back: two
 concurrent updates of the same entity can lose one (last writer wins), and an update
 racing a ``materialize`` commit lands in the version that was active when it wrote.
 
@@ -100,7 +101,11 @@ def set_features(store: FeatureStore, schema: Schema, encoder: RawEncoder, entit
     check_id(entity.value, entity_id)
     codec = RecordCodec(schema, entity)
     owner = {f.name: f.entity for f in [*schema.dense, *schema.sparse, *schema.sequences]}
+    generated = {f.name: f.derived.inputs for f in schema.derived_features if f.derived is not None}
     for name in values:
+        if name in generated:
+            raise RecsysError(f"feature '{name}' is generated (computed by the ranking service from "
+                              f"{', '.join(generated[name])}) and never stored; set its inputs instead")
         if name not in owner:
             raise RecsysError(f"feature '{name}': not in the schema (features of the {entity}: "
                               f"{', '.join(schema.features_of(entity)) or 'none'})")

@@ -13,6 +13,12 @@ key, never per row:
 so a ``RowBlock`` is the KeyedJaggedTensor's own layout, and blocks of several
 requests concatenate into one forward pass (``merge``) with one numpy call per part.
 
+Generated features (entity ``derived``, a recipe in the schema) are neither stored nor
+sent: once the block's other columns are in place, each is computed from its inputs'
+columns with ``recipes.derive``, the function ``features generate`` wrote the Parquet
+columns with, over the same float32 / int64 inputs, so online equals offline bit for bit.
+Their lookup tables are read (digest-checked) once, when the layout is built.
+
 Ids outside the model's tables (records of another data set) are read as the
 out-of-vocabulary row and the entity is reported unknown; a record that cannot be
 decoded at all raises ``codec.RecordError`` naming its entity and position.
@@ -31,7 +37,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.transforms import OOV_INDEX
 from recsys.errors import RecsysError
-from recsys.schema import Entity, Schema
+from recsys.features.recipes import Lookups, derive
+from recsys.schema import DenseFeature, Entity, Schema
 from recsys.types import Batch
 from services.feature_store.codec import EntityBatch, RecordCodec
 from services.feature_store.encode import RawEncoder
@@ -80,9 +87,25 @@ class EncodedContext:
 class FeatureLayout:
     """Where each model input comes from (user record, item record or context) for one schema."""
 
-    def __init__(self, schema: Schema, encoder: RawEncoder) -> None:
+    def __init__(self, schema: Schema, encoder: RawEncoder, lookups: Lookups | None = None) -> None:
+        """``lookups``: the generated features' lookup tables (default: read from the encoder's root, the
+        artifact); every one the schema names is read and digest-checked here, never on a request."""
         self.schema, self.encoder = schema, encoder
         self.keys = list(schema.sparse_keys)
+        self.derived = schema.derived_features
+        self.lookups = lookups if lookups is not None else Lookups(encoder.root)
+        for feature in self.derived:
+            if feature.derived is not None and feature.derived.lookup_file:
+                self.lookups.table(feature.derived)
+        self.generated = {f.name for f in self.derived}
+        self._dense_index = {f.name: i for i, f in enumerate(schema.dense)}
+        # Each input of a generated feature: a column of the block's dense matrix, or a sparse key (by index).
+        inputs = sorted({n for f in self.derived for n in f.derived.inputs})  # type: ignore[union-attr]
+        self._derived_inputs = [(n, n in self._dense_index,
+                                 self._dense_index[n] if n in self._dense_index else self.keys.index(n))
+                                for n in inputs]
+        self._derived_targets = [(f, self._dense_index[f.name] if isinstance(f, DenseFeature) else
+                                  self.keys.index(f.name)) for f in self.derived]
         self.dense_dim = len(schema.dense)
         self.user = RecordCodec(schema, Entity.USER)
         self.item = RecordCodec(schema, Entity.ITEM)
@@ -92,7 +115,8 @@ class FeatureLayout:
         features = [*schema.sparse, *schema.sequences]
         self.context_keys = [f.name for f in features if f.entity is Entity.CONTEXT]
         self._sequence = {f.name for f in schema.sequences}
-        position = {Entity.USER: self.user.keys, Entity.ITEM: self.item.keys, Entity.CONTEXT: self.context_keys}
+        position = {Entity.USER: self.user.keys, Entity.ITEM: self.item.keys, Entity.CONTEXT: self.context_keys,
+                    Entity.DERIVED: [f.name for f in schema.sparse if f.entity is Entity.DERIVED]}
         entity_of = {f.name: f.entity for f in features}
         self._sources = [(entity_of[key], position[entity_of[key]].index(key)) for key in self.keys]
         self.context_features = {f.name for f in self.context_dense} | set(self.context_keys)
@@ -108,6 +132,10 @@ class FeatureLayout:
         if not context:
             return self._default_context
         for name in context:
+            if name in self.generated:
+                inputs = next(f.derived.inputs for f in self.derived if f.name == name)  # type: ignore[union-attr]
+                raise ContextError(name, f"'{name}' is a generated feature: the service computes it from "
+                                   f"{', '.join(inputs)}; it cannot be set in the context", context[name])
             if name not in self.context_features:
                 known = ", ".join(sorted(self.context_features)) or "none"
                 raise ContextError(name, f"unknown context feature '{name}' (the model's context features: "
@@ -163,11 +191,29 @@ class FeatureLayout:
             if entity is Entity.ITEM:
                 lengths[k] = items.lengths[:, j]
                 values.append(items.values[j])
+            elif entity is Entity.DERIVED:  # filled below, from the other columns
+                lengths[k] = 1
+                values.append(np.empty(0, np.int64))
             else:  # user and context: the same ids in every row
                 ids = user.values[j] if entity is Entity.USER else context.ids[j]
                 lengths[k] = len(ids)
                 values.append(np.full(rows, ids[0], dtype=np.int64) if len(ids) == 1 else np.tile(ids, rows))
+        if self.derived:
+            self._derive(dense, lengths, values)
         return RowBlock(dense, lengths, values)
+
+    def _derive(self, dense: np.ndarray, lengths: np.ndarray, values: list[np.ndarray]) -> None:
+        """Compute the generated features of a block in place: a dense one fills its column of ``dense``, a
+        sparse one its key (one id per row), from the inputs' columns as offline (``recipes.derive``)."""
+        columns: dict[str, np.ndarray] = {}
+        for name, is_dense, index in self._derived_inputs:
+            columns[name] = dense[:, index] if is_dense else _first_ids(lengths[index], values[index])
+        for feature, index in self._derived_targets:
+            computed = derive(feature, columns, self.lookups)
+            if isinstance(feature, DenseFeature):
+                dense[:, index] = computed
+            else:
+                values[index] = computed.astype(np.int64, copy=False)
 
     def dummy(self, rows: int) -> RowBlock:
         """Default records for ``rows`` unknown items of an unknown user: for warming a model up."""
@@ -188,6 +234,17 @@ def merge(blocks: Sequence[RowBlock], keys: list[str]) -> Batch:
     rows = dense.shape[0]
     sparse = KeyedJaggedTensor(keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths))
     return Batch(dense=torch.from_numpy(dense), sparse=sparse, labels=torch.zeros(rows))
+
+
+def _first_ids(lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """One id per row of a single-valued key ((B,) lengths, their ids concatenated): the row's id, the first of
+    a list an online update may have stored, OOV for an empty one."""
+    if len(ids) == len(lengths) and (lengths == 1).all():
+        return ids
+    starts = np.cumsum(lengths, dtype=np.int64) - lengths
+    if len(ids) == 0:
+        return np.full(len(lengths), OOV_INDEX, np.int64)
+    return np.where(lengths > 0, ids[np.minimum(starts, len(ids) - 1)], OOV_INDEX).astype(np.int64)
 
 
 def _one_line(exc: BaseException, fallback: str) -> str:

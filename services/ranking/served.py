@@ -88,7 +88,7 @@ class ServedModel:
                               "features up by them")
         precision = Precision(precision or loaded.config.embedding.serving_precision)
         loaded.model = quantize_tables(loaded.model, precision)
-        features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path))
+        features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path), loaded.lookups)
         for key in features.context_keys:  # read the context vocabularies now, not on a request
             features.encoder.sparse(key, "")
         layouts = record_layouts(loaded.schema, loaded.path)
