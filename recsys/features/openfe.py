@@ -63,7 +63,7 @@ SCREEN_BINS = 32  # quantile bins of a dense candidate in the pre-filter's one-s
 SCREEN_ROWS = 50_000  # train rows the pre-filter fits its step on
 SCREEN_L2 = 10.0  # Newton step regularisation: leaf = -G / (H + l2)
 REDUNDANCY_ROWS = 20_000  # rows on which rank correlations between candidates are measured
-PERMUTATION_ROWS = 20_000  # valid rows on which the base fields' permutation importance is measured
+PERMUTATION_ROWS = 10_000  # valid rows on which the base fields' permutation importance is measured
 SUGGEST_SHARE = 0.01  # a base field with at least this share of the summed positive importance is suggested
 
 
@@ -73,7 +73,7 @@ class OpenFEOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     top_n: int = Field(8, ge=1, le=1000, description="generated features returned, best first")
-    max_candidates: int = Field(1000, ge=1, le=1_000_000, description="candidates entering the halving")
+    max_candidates: int = Field(500, ge=1, le=1_000_000, description="candidates entering the halving")
     ops: list[DerivedOp] = Field(default_factory=lambda: list(DerivedOp), min_length=1)
     rounds: int = Field(10, ge=1, le=1000, description="FeatureBoost boosting rounds per candidate")
     learning_rate: float = Field(0.2, gt=0, le=1)
@@ -350,9 +350,9 @@ class OpenFE(FeatureGenerator):
         ordered = sorted(candidates, key=lambda c: (-(c.screen or 0.0), c.index))
         return sorted(ordered[: self.opts.max_candidates], key=lambda c: c.index)
 
-    def _boost_gain(self, candidate: _Candidate, split: _Split, rows: np.ndarray) -> float:
-        """FeatureBoost: valid log-loss reduction of ``rounds`` rounds on [candidate] from the base margin."""
-        train = split.train[rows]
+    def _boost_gain(self, candidate: _Candidate, split: _Split, rows: np.ndarray, train: pl.DataFrame) -> float:
+        """FeatureBoost: valid log-loss reduction of ``rounds`` rounds on [candidate] from the base margin;
+        ``train`` holds the train rows ``rows``."""
         a, b = self._matrices(candidate, train, split.valid)
         categorical = [0] if candidate.kind == "sparse" and candidate.recipe.op is DerivedOp.CROSS else []
         params = _lgb_params(self.opts, learning_rate=self.opts.learning_rate, num_leaves=self.opts.num_leaves)
@@ -369,8 +369,10 @@ class OpenFE(FeatureGenerator):
         share = 1
         while True:
             rows = np.sort(order[: max(split.train.height * share // self.opts.blocks, 1)])
+            inputs = sorted({n for c in alive for n in c.recipe.inputs})
+            block = split.train.select(inputs)[rows]
             for c in alive:
-                c.gains.append(self._boost_gain(c, split, rows))
+                c.gains.append(self._boost_gain(c, split, rows, block))
             alive = sorted(alive, key=lambda c: (-c.gains[-1], c.index))
             if share >= self.opts.blocks:
                 break
