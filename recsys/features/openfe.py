@@ -15,9 +15,10 @@ The method, as in the paper:
    (``init_score``).
 3. Two-stage pruning. Coarse: successive halving over data blocks: all candidates are scored on the
    first ``1/blocks`` of the train rows, the better half is kept and the data doubled, until the whole
-   sample scores the last ones. Fine: a LightGBM model on base fields + survivors (again from the base
-   margin) ranks the survivors by split-gain importance; a survivor whose values rank-correlate above
-   ``redundancy`` with a better one (or with a base dense field) is dropped as redundant.
+   sample scores the last ones. Fine: a dense survivor whose values rank-correlate above ``redundancy`` with
+   a better one (or with a base dense field) is dropped as redundant; a LightGBM model on base fields +
+   survivors (again from the base margin) ranks the rest by their importance in it, and a survivor the
+   model does not need (importance <= 0: another one carries its information) is dropped.
 
 What differs from the paper:
 - The operator set is the schema's (no log, sqrt, sigmoid, round, residual, group-by min/max/std/rank,
@@ -35,6 +36,9 @@ What differs from the paper:
   marginal effect (which a ranking by base importance would cut) while bounding the run time.
 - The base model's margins come from ``folds``-fold cross-fitting (early stopping on the held-out fold); the
   valid rows get the mean margin of the fold models.
+- Importance is permutation importance on the valid rows (log-loss increase when the column is shuffled),
+  not the paper's split-gain importance: split gain is earned in-sample, and categorical splits on noise ids
+  or on memorised rare pairs earn plenty of it. The same score ranks the base fields in ``rank``.
 - Statistics (lookups, bin edges, mean/std) are fitted on the sample; ``features generate`` refits the
   chosen recipes on the whole train split.
 """
@@ -213,6 +217,7 @@ class OpenFE(FeatureGenerator):
         lap("screen")
         survivors = self._halving(candidates, split)
         lap("halving")
+        survivors = self._drop_redundant(data, survivors, split)
         chosen = self._fine(data, survivors, split)
         lap("fine")
         generated = [GeneratedFeature(
@@ -262,9 +267,6 @@ class OpenFE(FeatureGenerator):
         split.m_train = np.zeros(len(x_train))
         split.m_valid = np.zeros(len(x_valid))
         importance = np.zeros(len(data.fields))
-        rng = np.random.default_rng(self.opts.seed + 4)
-        probe = np.sort(rng.permutation(len(x_valid))[:PERMUTATION_ROWS])
-        shuffles = [rng.permutation(len(probe)) for _ in data.fields]
         params = _lgb_params(self.opts, learning_rate=0.1, num_leaves=31)
         for k in range(self.opts.folds):
             fit_rows, held = folds != k, folds == k
@@ -275,12 +277,8 @@ class OpenFE(FeatureGenerator):
                                 callbacks=[lgb.early_stopping(20, verbose=False)])
             split.m_train[held] = booster.predict(x_train[held], raw_score=True)
             split.m_valid += booster.predict(x_valid, raw_score=True) / self.opts.folds
-            x_probe, y_probe = x_valid[probe], split.y_valid[probe]
-            loss = _logloss(y_probe, booster.predict(x_probe, raw_score=True))
-            for j, shuffle in enumerate(shuffles):
-                permuted = x_probe.copy()
-                permuted[:, j] = x_probe[shuffle, j]
-                importance[j] += (_logloss(y_probe, booster.predict(permuted, raw_score=True)) - loss) / self.opts.folds
+            importance += self._permutation_importance(booster, x_valid, split.y_valid, None,
+                                                        range(len(data.fields))) / self.opts.folds
         return {f: float(v) for f, v in zip(data.fields, importance)}
 
     def _enumerate(self, data: FeatureData) -> list[Derivation]:
@@ -381,7 +379,8 @@ class OpenFE(FeatureGenerator):
         return [c for c in alive[: self.opts.fine_candidates] if c.gains[-1] > 0]
 
     def _fine(self, data: FeatureData, survivors: list[_Candidate], split: _Split) -> list[_Candidate]:
-        """Fine stage: split-gain importance in a model on base fields + survivors; redundant ones dropped."""
+        """Fine stage: a LightGBM model on base fields + survivors from the base margin (early stopped on the
+        valid rows); survivors ranked by their permutation importance in it, those without any dropped."""
         if not survivors:
             return []
         x_train, x_valid, categorical = self._base_matrix(data, split)
@@ -400,14 +399,33 @@ class OpenFE(FeatureGenerator):
         valid_set = lgb.Dataset(x_valid, label=split.y_valid, init_score=split.m_valid, reference=train_set)
         booster = lgb.train(params, train_set, num_boost_round=self.opts.base_rounds, valid_sets=[valid_set],
                             callbacks=[lgb.early_stopping(20, verbose=False)])
-        gain = booster.feature_importance(importance_type="gain")[len(data.fields):]
-        for c, g in zip(survivors, gain):
-            c.importance = float(g)
+        first = len(data.fields)
+        importance = self._permutation_importance(booster, x_valid, split.y_valid, split.m_valid,
+                                                  range(first, first + len(survivors)))
+        for c, value in zip(survivors, importance):
+            c.importance = float(value)
         ranked = sorted((c for c in survivors if c.importance > 0), key=lambda c: (-c.importance, c.index))
-        return self._drop_redundant(data, ranked, split)[: self.opts.top_n]
+        return ranked[: self.opts.top_n]
+
+    def _permutation_importance(self, booster: lgb.Booster, x: np.ndarray, y: np.ndarray,
+                                margin: np.ndarray | None, columns: range) -> np.ndarray:
+        """Valid log-loss increase when one column's values are shuffled (seeded), on at most
+        ``PERMUTATION_ROWS`` rows: what the model loses without that column's information, measured on rows
+        it was not fitted on, so ids that only memorise noise score about 0."""
+        rng = np.random.default_rng(self.opts.seed + 4)
+        probe = np.sort(rng.permutation(len(x))[:PERMUTATION_ROWS])
+        x_probe, y_probe = x[probe], y[probe]
+        offset = margin[probe] if margin is not None else 0.0
+        loss = _logloss(y_probe, offset + booster.predict(x_probe, raw_score=True))
+        out = np.zeros(len(columns))
+        for k, j in enumerate(columns):
+            permuted = x_probe.copy()
+            permuted[:, j] = x_probe[rng.permutation(len(probe)), j]
+            out[k] = _logloss(y_probe, offset + booster.predict(permuted, raw_score=True)) - loss
+        return out
 
     def _drop_redundant(self, data: FeatureData, ranked: list[_Candidate], split: _Split) -> list[_Candidate]:
-        """Greedy in importance order: a dense candidate whose ranks correlate above ``redundancy`` with a base
+        """Greedy in halving order: a dense candidate whose ranks correlate above ``redundancy`` with a base
         dense field or a kept dense candidate is dropped (e.g. square and abs of one field order rows alike)."""
         rows = split.train[: REDUNDANCY_ROWS]
         kept_ranks = [_ranks(rows[f].to_numpy()) for f in data.dense_fields]
