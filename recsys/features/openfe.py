@@ -48,7 +48,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
@@ -64,7 +64,8 @@ from recsys.schema import DENSE_OPS, Derivation, DerivedOp, SparseFeature
 UNARY_DENSE = (DerivedOp.ABS, DerivedOp.SQUARE, DerivedOp.BIN)
 BINARY_DENSE = (DerivedOp.ADD, DerivedOp.SUB, DerivedOp.MUL, DerivedOp.DIV)
 SCREEN_BINS = 32  # quantile bins of a dense candidate in the pre-filter's one-step score
-SCREEN_ROWS = 50_000  # train rows the pre-filter fits its step on
+SCREEN_ROWS = 20_000  # train rows the pre-filter fits its step on, and valid rows it scores it on
+SCREEN_EDGE_ROWS = 4_000  # rows whose quantiles cut a dense candidate into bins
 SCREEN_L2 = 10.0  # Newton step regularisation: leaf = -G / (H + l2)
 REDUNDANCY_ROWS = 20_000  # rows on which rank correlations between candidates are measured
 PERMUTATION_ROWS = 10_000  # valid rows on which the base fields' permutation importance is measured
@@ -167,6 +168,9 @@ class OpenFE(FeatureGenerator):
     paper = ("Zhang, Wang, Zhao, Li, Zhou, Li, Zhou, Ma, Zhang, Lin, ICML 2023: OpenFE: Automated Feature "
              "Generation with Expert-level Performance")
     Options = OpenFEOptions
+    # A small, fast run (the contract suite, smoke checks): fewer ops, candidates, rounds and halving levels.
+    quick: ClassVar[dict[str, Any]] = {"ops": ["cross", "mul", "div", "freq"], "max_candidates": 150, "rounds": 6,
+                                       "base_rounds": 100, "blocks": 4, "fine_candidates": 20}
 
     def __init__(self, options: BaseModel) -> None:
         super().__init__(options)
@@ -330,21 +334,25 @@ class OpenFE(FeatureGenerator):
         """The pre-filter: one regularised Newton step per category / quantile bin, scored on the valid rows."""
         rng = np.random.default_rng(self.opts.seed + 2)
         rows = np.sort(rng.permutation(split.train.height)[:SCREEN_ROWS])
-        train = split.train[rows]
+        held = np.sort(rng.permutation(split.valid.height)[:SCREEN_ROWS])
+        inputs = sorted({n for c in candidates for n in c.recipe.inputs})
+        train, valid = split.train.select(inputs)[rows], split.valid.select(inputs)[held]
         p = 1.0 / (1.0 + np.exp(-split.m_train[rows]))
         grad, hess = p - split.y_train[rows], p * (1.0 - p)
-        base = _logloss(split.y_valid, split.m_valid)
+        y_valid, m_valid = split.y_valid[held], split.m_valid[held]
+        base = _logloss(y_valid, m_valid)
         for c in candidates:
-            a, b = c.values(train), c.values(split.valid)
+            a, b = c.values(train), c.values(valid)
             if c.kind == "sparse":
                 bins_a, (bins_b,) = _codes(a.astype(np.int64), [b.astype(np.int64)], self.opts.max_categories)
             else:
-                edges = np.unique(np.quantile(a, np.linspace(0, 1, SCREEN_BINS + 1)[1:-1]))
+                # edges from the first rows (a random subset): quantiles of all rows cost more than the step
+                edges = np.unique(np.quantile(a[:SCREEN_EDGE_ROWS], np.linspace(0, 1, SCREEN_BINS + 1)[1:-1]))
                 bins_a, bins_b = np.searchsorted(edges, a, side="right"), np.searchsorted(edges, b, side="right")
             bins_a, bins_b = bins_a.astype(np.int64), bins_b.astype(np.int64)
             size = int(max(bins_a.max(initial=0), bins_b.max(initial=0))) + 1
             step = -np.bincount(bins_a, grad, size) / (np.bincount(bins_a, hess, size) + SCREEN_L2)
-            c.screen = base - _logloss(split.y_valid, split.m_valid + step[bins_b])
+            c.screen = base - _logloss(y_valid, m_valid + step[bins_b])
         ordered = sorted(candidates, key=lambda c: (-(c.screen or 0.0), c.index))
         return sorted(ordered[: self.opts.max_candidates], key=lambda c: c.index)
 
