@@ -90,7 +90,7 @@ class OpenFEOptions(BaseModel):
     valid_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the sample without valid rows")
     max_categories: int = Field(1000, ge=2, le=1_000_000)
     redundancy: float = Field(0.95, gt=0, le=1, description="|Spearman| above which a candidate is redundant")
-    seed: int = 0
+    seed: int | None = Field(None, ge=0, description="seed of the search; None: the data's (--seed)")
     threads: int = Field(1, ge=1, le=256)
 
     @field_validator("blocks")
@@ -154,8 +154,8 @@ def _codes(train_ids: np.ndarray, other_ids: list[np.ndarray], cap: int) -> tupl
     return code_of[inverse], mapped
 
 
-def _lgb_params(options: OpenFEOptions, **extra: Any) -> dict[str, Any]:
-    return {"objective": "binary", "verbose": -1, "num_threads": options.threads, "seed": options.seed,
+def _lgb_params(options: OpenFEOptions, seed: int, **extra: Any) -> dict[str, Any]:
+    return {"objective": "binary", "verbose": -1, "num_threads": options.threads, "seed": seed,
             "deterministic": True, "force_col_wise": True, "max_bin": 63, "min_data_in_leaf": 50,
             "min_data_per_group": 50, "cat_smooth": 10.0, "max_cat_threshold": 64, **extra}
 
@@ -176,6 +176,7 @@ class OpenFE(FeatureGenerator):
         super().__init__(options)
         self.opts: OpenFEOptions = options  # type: ignore[assignment]
         self.report: dict[str, Any] = {}  # counts and seconds per stage of the last run (JSON-able)
+        self.seed = 0  # of the current run: the option, else the data's
 
     # ---- public ---------------------------------------------------------------------------------------------
     def generate(self, data: FeatureData) -> list[GeneratedFeature]:
@@ -201,6 +202,7 @@ class OpenFE(FeatureGenerator):
     def _run(self, data: FeatureData) -> tuple[list[GeneratedFeature], dict[str, float]]:
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
+        self.seed = data.seed if self.opts.seed is None else self.opts.seed
 
         def lap(stage: str) -> None:
             nonlocal clock
@@ -240,7 +242,7 @@ class OpenFE(FeatureGenerator):
             raise RecsysError(f"openfe: the sample of {data.data_dir} has no rows with label '{data.label}'")
         train, valid = data.frame, data.valid
         if valid is None or valid.height == 0:
-            rng = np.random.default_rng(self.opts.seed)
+            rng = np.random.default_rng(self.seed)
             held = rng.random(train.height) < self.opts.valid_fraction
             train, valid = data.frame.filter(pl.Series(~held)), data.frame.filter(pl.Series(held))
         y_train, y_valid = data.labels(train), data.labels(valid)
@@ -267,11 +269,11 @@ class OpenFE(FeatureGenerator):
         """Cross-fitted margins of a LightGBM model on the base fields; each field's permutation importance on
         valid rows (split-gain importance is not used: categorical splits on noise ids earn in-sample gain)."""
         x_train, x_valid, categorical = self._base_matrix(data, split)
-        folds = np.random.default_rng(self.opts.seed + 1).permutation(len(x_train)) % self.opts.folds
+        folds = np.random.default_rng(self.seed + 1).permutation(len(x_train)) % self.opts.folds
         split.m_train = np.zeros(len(x_train))
         split.m_valid = np.zeros(len(x_valid))
         importance = np.zeros(len(data.fields))
-        params = _lgb_params(self.opts, learning_rate=0.1, num_leaves=31)
+        params = _lgb_params(self.opts, self.seed, learning_rate=0.1, num_leaves=31)
         for k in range(self.opts.folds):
             fit_rows, held = folds != k, folds == k
             train_set = lgb.Dataset(x_train[fit_rows], label=split.y_train[fit_rows],
@@ -332,7 +334,7 @@ class OpenFE(FeatureGenerator):
 
     def _screen(self, candidates: list[_Candidate], split: _Split) -> list[_Candidate]:
         """The pre-filter: one regularised Newton step per category / quantile bin, scored on the valid rows."""
-        rng = np.random.default_rng(self.opts.seed + 2)
+        rng = np.random.default_rng(self.seed + 2)
         rows = np.sort(rng.permutation(split.train.height)[:SCREEN_ROWS])
         held = np.sort(rng.permutation(split.valid.height)[:SCREEN_ROWS])
         inputs = sorted({n for c in candidates for n in c.recipe.inputs})
@@ -361,7 +363,8 @@ class OpenFE(FeatureGenerator):
         ``train`` holds the train rows ``rows``."""
         a, b = self._matrices(candidate, train, split.valid)
         categorical = [0] if candidate.kind == "sparse" and candidate.recipe.op is DerivedOp.CROSS else []
-        params = _lgb_params(self.opts, learning_rate=self.opts.learning_rate, num_leaves=self.opts.num_leaves)
+        params = _lgb_params(self.opts, self.seed, learning_rate=self.opts.learning_rate,
+                             num_leaves=self.opts.num_leaves)
         dataset = lgb.Dataset(a.reshape(-1, 1), label=split.y_train[rows], init_score=split.m_train[rows],
                               categorical_feature=categorical, free_raw_data=True)
         booster = lgb.train(params, dataset, num_boost_round=self.opts.rounds)
@@ -370,7 +373,7 @@ class OpenFE(FeatureGenerator):
 
     def _halving(self, candidates: list[_Candidate], split: _Split) -> list[_Candidate]:
         """Coarse stage: successive halving over data blocks (1/blocks, 2/blocks, ... of the train rows)."""
-        order = np.random.default_rng(self.opts.seed + 3).permutation(split.train.height)
+        order = np.random.default_rng(self.seed + 3).permutation(split.train.height)
         alive = candidates
         share = 1
         while True:
@@ -401,7 +404,7 @@ class OpenFE(FeatureGenerator):
                 categorical.append(len(data.fields) + j)
         x_train = np.column_stack([x_train, *extra_train])
         x_valid = np.column_stack([x_valid, *extra_valid])
-        params = _lgb_params(self.opts, learning_rate=0.1, num_leaves=31)
+        params = _lgb_params(self.opts, self.seed, learning_rate=0.1, num_leaves=31)
         train_set = lgb.Dataset(x_train, label=split.y_train, init_score=split.m_train,
                                 categorical_feature=categorical, free_raw_data=True)
         valid_set = lgb.Dataset(x_valid, label=split.y_valid, init_score=split.m_valid, reference=train_set)
@@ -420,7 +423,7 @@ class OpenFE(FeatureGenerator):
         """Valid log-loss increase when one column's values are shuffled (seeded), on at most
         ``PERMUTATION_ROWS`` rows: what the model loses without that column's information, measured on rows
         it was not fitted on, so ids that only memorise noise score about 0."""
-        rng = np.random.default_rng(self.opts.seed + 4)
+        rng = np.random.default_rng(self.seed + 4)
         probe = np.sort(rng.permutation(len(x))[:PERMUTATION_ROWS])
         x_probe, y_probe = x[probe], y[probe]
         offset = margin[probe] if margin is not None else 0.0

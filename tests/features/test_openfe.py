@@ -21,7 +21,7 @@ from recsys.schema import DerivedOp, Schema
 
 CROSS_IDS = 10
 # Small settings so a test run stays short; the planted effects are strong enough for them.
-FAST = {"rounds": 8, "base_rounds": 120, "blocks": 4, "top_n": 6, "seed": 0}
+FAST = {"rounds": 8, "base_rounds": 120, "blocks": 4, "top_n": 6}
 
 
 def planted_columns(n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -112,6 +112,7 @@ def test_openfe_rank_scores_every_field() -> None:
 
 @pytest.mark.parametrize("options, words", [
     ({"top_n": 0}, "top_n"), ({"blocks": 3}, "blocks"), ({"ops": ["log"]}, "ops"), ({"topn": 3}, "topn"),
+    ({"seed": -1}, "seed"),
 ])
 def test_openfe_bad_options_are_one_line_errors(options: dict, words: str) -> None:
     with pytest.raises(RecsysError) as error:
@@ -175,6 +176,7 @@ def test_generate_end_to_end_writes_the_cross(tmp_path: Path) -> None:
     for split in ("train", "valid", "test"):
         frame = pl.read_parquet(sorted((out / split).glob("*.parquet")))
         for spec in schema.derived_features:
-            expected = derive(spec, {n: frame[n].to_numpy() for n in spec.derived.inputs}, lookups)  # type: ignore[union-attr]
+            assert spec.derived is not None
+            expected = derive(spec, {n: frame[n].to_numpy() for n in spec.derived.inputs}, lookups)
             np.testing.assert_array_equal(frame[spec.name].to_numpy(), expected)
         assert frame[cross.name].n_unique() > CROSS_IDS  # the pairs, not one input's ids
