@@ -40,7 +40,13 @@ What differs from the paper:
   not the paper's split-gain importance: split gain is earned in-sample, and categorical splits on noise ids
   or on memorised rare pairs earn plenty of it. The same score ranks the base fields in ``rank``.
 - Statistics (lookups, bin edges, mean/std) are fitted on the sample; ``features generate`` refits the
-  chosen recipes on the whole train split.
+  chosen recipes on the whole train split. A bin's ids enter LightGBM as numbers (they are ordered).
+
+Run time is reported per stage in ``OpenFE.report`` (and in ``rank``'s details). Measured on one core
+(OMP_NUM_THREADS=1, a shared 2-core machine): the synthetic ctr set with 4 noise, 2 redundant fields and the
+planted cross (200k sampled train rows, 25k valid rows, 15 dense + 35 sparse fields, 1,725 candidates, 500
+after the pre-filter), default options: 80 s (base model 9 s, fit 7 s, pre-filter 4 s, halving 44 s, fine
+stage 16 s); the planted cross is the first generated feature.
 """
 
 from __future__ import annotations
