@@ -18,7 +18,8 @@ The method, as in the paper:
    sample scores the last ones. Fine: a dense survivor whose values rank-correlate above ``redundancy`` with
    a better one (or with a base dense field) is dropped as redundant; a LightGBM model on base fields +
    survivors (again from the base margin) ranks the rest by their importance in it, and a survivor the
-   model does not need (importance <= 0: another one carries its information) is dropped.
+   model does not need (importance within ``min_z`` standard errors of 0: noise, or another one carries
+   its information) is dropped.
 
 What differs from the paper:
 - The operator set is the schema's (no log, sqrt, sigmoid, round, residual, group-by min/max/std/rank,
@@ -95,6 +96,8 @@ class OpenFEOptions(BaseModel):
     folds: int = Field(2, ge=2, le=20, description="cross-fitting folds of the base margin")
     valid_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the sample without valid rows")
     max_categories: int = Field(1000, ge=2, le=1_000_000)
+    min_z: float = Field(2.0, ge=0, le=100, description="fine stage keeps a candidate whose permutation "
+                         "importance exceeds this many standard errors")
     redundancy: float = Field(0.95, gt=0, le=1, description="|Spearman| above which a candidate is redundant")
     seed: int | None = Field(None, ge=0, description="seed of the search; None: the data's (--seed)")
     threads: int = Field(1, ge=1, le=256)
@@ -120,6 +123,7 @@ class _Candidate:
     gains: list[float] = field(default_factory=list)
     screen: float | None = None
     importance: float = 0.0
+    importance_se: float = 0.0
 
     def values(self, frame: pl.DataFrame) -> np.ndarray:
         return derive(self.spec, {n: frame[n].to_numpy() for n in self.recipe.inputs}, self.lookups)
@@ -137,8 +141,12 @@ class _Split:
     m_valid: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+def _row_losses(y: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, margin) - y * margin
+
+
 def _logloss(y: np.ndarray, margin: np.ndarray) -> float:
-    return float(np.mean(np.logaddexp(0.0, margin) - y * margin))
+    return float(np.mean(_row_losses(y, margin)))
 
 
 def _codes(train_ids: np.ndarray, other_ids: list[np.ndarray], cap: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -234,7 +242,7 @@ class OpenFE(FeatureGenerator):
         lap("fine")
         generated = [GeneratedFeature(
             name=c.name, recipe=c.recipe, kind=c.kind, gain=c.gains[-1],
-            details={"importance": c.importance, "halving_gains": [round(g, 6) for g in c.gains],
+            details={"importance": c.importance, "importance_se": c.importance_se, "halving_gains": [round(g, 6) for g in c.gains],
                      **({"screen_gain": c.screen} if c.screen is not None else {})}) for c in chosen]
         seconds["total"] = round(sum(seconds.values()), 3)
         self.report = {"method": self.name, "rows_train": split.train.height, "rows_valid": split.valid.height,
@@ -290,7 +298,7 @@ class OpenFE(FeatureGenerator):
             split.m_train[held] = booster.predict(x_train[held], raw_score=True)
             split.m_valid += booster.predict(x_valid, raw_score=True) / self.opts.folds
             importance += self._permutation_importance(booster, x_valid, split.y_valid, None,
-                                                        range(len(data.fields))) / self.opts.folds
+                                                        range(len(data.fields)))[0] / self.opts.folds
         return {f: float(v) for f, v in zip(data.fields, importance)}
 
     def _enumerate(self, data: FeatureData) -> list[Derivation]:
@@ -397,7 +405,8 @@ class OpenFE(FeatureGenerator):
 
     def _fine(self, data: FeatureData, survivors: list[_Candidate], split: _Split) -> list[_Candidate]:
         """Fine stage: a LightGBM model on base fields + survivors from the base margin (early stopped on the
-        valid rows); survivors ranked by their permutation importance in it, those without any dropped."""
+        valid rows); survivors ranked by their permutation importance in it, those without a significant one
+        dropped."""
         if not survivors:
             return []
         x_train, x_valid, categorical = self._base_matrix(data, split)
@@ -417,29 +426,30 @@ class OpenFE(FeatureGenerator):
         booster = lgb.train(params, train_set, num_boost_round=self.opts.base_rounds, valid_sets=[valid_set],
                             callbacks=[lgb.early_stopping(20, verbose=False)])
         first = len(data.fields)
-        importance = self._permutation_importance(booster, x_valid, split.y_valid, split.m_valid,
-                                                  range(first, first + len(survivors)))
-        for c, value in zip(survivors, importance):
-            c.importance = float(value)
-        ranked = sorted((c for c in survivors if c.importance > 0), key=lambda c: (-c.importance, c.index))
-        return ranked[: self.opts.top_n]
+        importance, error = self._permutation_importance(booster, x_valid, split.y_valid, split.m_valid,
+                                                         range(first, first + len(survivors)))
+        for c, value, se in zip(survivors, importance, error):
+            c.importance, c.importance_se = float(value), float(se)
+        needed = [c for c in survivors if c.importance > max(self.opts.min_z * c.importance_se, 0.0)]
+        return sorted(needed, key=lambda c: (-c.importance, c.index))[: self.opts.top_n]
 
     def _permutation_importance(self, booster: lgb.Booster, x: np.ndarray, y: np.ndarray,
-                                margin: np.ndarray | None, columns: range) -> np.ndarray:
-        """Valid log-loss increase when one column's values are shuffled (seeded), on at most
-        ``PERMUTATION_ROWS`` rows: what the model loses without that column's information, measured on rows
-        it was not fitted on, so ids that only memorise noise score about 0."""
+                                margin: np.ndarray | None, columns: range) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard error) of the valid log-loss increase when one column's values are shuffled
+        (seeded), on at most ``PERMUTATION_ROWS`` rows: what the model loses without that column's
+        information, measured on rows it was not fitted on, so ids that only memorise noise score about 0."""
         rng = np.random.default_rng(self.seed + 4)
         probe = np.sort(rng.permutation(len(x))[:PERMUTATION_ROWS])
         x_probe, y_probe = x[probe], y[probe]
         offset = margin[probe] if margin is not None else 0.0
-        loss = _logloss(y_probe, offset + booster.predict(x_probe, raw_score=True))
-        out = np.zeros(len(columns))
+        loss = _row_losses(y_probe, offset + booster.predict(x_probe, raw_score=True))
+        mean, error = np.zeros(len(columns)), np.zeros(len(columns))
         for k, j in enumerate(columns):
             permuted = x_probe.copy()
             permuted[:, j] = x_probe[rng.permutation(len(probe)), j]
-            out[k] = _logloss(y_probe, offset + booster.predict(permuted, raw_score=True)) - loss
-        return out
+            increase = _row_losses(y_probe, offset + booster.predict(permuted, raw_score=True)) - loss
+            mean[k], error[k] = increase.mean(), increase.std() / np.sqrt(max(len(increase), 1))
+        return mean, error
 
     def _drop_redundant(self, data: FeatureData, ranked: list[_Candidate], split: _Split) -> list[_Candidate]:
         """Greedy in halving order: a dense candidate whose ranks correlate above ``redundancy`` with a base

@@ -79,9 +79,8 @@ def test_openfe_finds_the_planted_cross_and_product() -> None:
     data = planted_data()
     method = feature_method("openfe", FAST)
     generated = method.generate(data)
-    top = _top(generated, 4)
-    assert (DerivedOp.CROSS, frozenset({"x1", "x2"})) in top, top
-    assert (DerivedOp.MUL, frozenset({"d3", "d4"})) in top, top
+    top = _top(generated, 2)
+    assert set(top) == {(DerivedOp.CROSS, frozenset({"x1", "x2"})), (DerivedOp.MUL, frozenset({"d3", "d4"}))}, top
     assert all(g.gain > 0 for g in generated)
     assert len(generated) <= FAST["top_n"]
     gains = {(g.recipe.op, frozenset(g.recipe.inputs)): g.gain for g in generated}
@@ -91,8 +90,10 @@ def test_openfe_finds_the_planted_cross_and_product() -> None:
 
 
 def test_openfe_prefilter_keeps_the_cross_and_is_deterministic() -> None:
-    """With the candidate cap far below the enumeration, the one-step pre-filter must keep the cross."""
+    """With the candidate cap far below the enumeration, the one-step pre-filter must keep the cross; without
+    valid rows the search holds out part of the sample."""
     data = planted_data(n=16_000, seed=5)
+    data.valid = None
     options = {**FAST, "max_candidates": 12}
     first = feature_method("openfe", options).generate(data)
     assert (DerivedOp.CROSS, frozenset({"x1", "x2"})) in _top(first, 3)
