@@ -46,8 +46,8 @@ What differs from the paper:
 Run time is reported per stage in ``OpenFE.report`` (and in ``rank``'s details). Measured on one core
 (OMP_NUM_THREADS=1, a shared 2-core machine): the synthetic ctr set with 4 noise, 2 redundant fields and the
 planted cross (200k sampled train rows, 25k valid rows, 15 dense + 35 sparse fields, 1,725 candidates, 500
-after the pre-filter), default options: 80 s (base model 9 s, fit 7 s, pre-filter 4 s, halving 44 s, fine
-stage 16 s); the planted cross is the first generated feature.
+after the pre-filter), default options: 70 s (base model 11 s, fit 7 s, pre-filter 6 s, halving 36 s, fine
+stage 11 s); the planted cross is the first generated feature.
 """
 
 from __future__ import annotations
