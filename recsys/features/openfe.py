@@ -194,7 +194,8 @@ class OpenFE(FeatureGenerator):
 
     # ---- public ---------------------------------------------------------------------------------------------
     def generate(self, data: FeatureData) -> list[GeneratedFeature]:
-        """The ``top_n`` candidates with positive gain, best first (fine-stage importance)."""
+        """At most ``top_n`` candidates, best first by fine-stage importance: each has a positive FeatureBoost
+        gain on the whole sample and an importance ``min_z`` standard errors above 0 (possibly none)."""
         generated, _ = self._run(data)
         return generated
 
