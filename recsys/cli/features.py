@@ -305,7 +305,9 @@ def generate(
     if not proposals:
         raise RecsysError(f"{method}: no generated feature improved on the {len(loaded.fields)} fields of {data}; "
                           "nothing written")
-    write_generated(data, out, proposals, overwrite=overwrite, details={"method": method, "seconds": round(seconds, 3)})
+    report = getattr(generator, "report", {})  # the method's own per-stage counts and times, when it keeps them
+    write_generated(data, out, proposals, overwrite=overwrite,
+                    details={**report, "method": method, "seconds": round(seconds, 3)})
     console.print(f"{method}: {len(proposals)} features generated in {seconds:.1f} s: "
                   + ", ".join(f"{p.name} = {p.recipe.op}({', '.join(p.recipe.inputs)})" for p in proposals))
     console.print(f"Wrote {out} (a prepared data set; recipes in {out / 'schema.json'}).")
