@@ -181,14 +181,15 @@ def _features_json() -> dict[str, Any]:
                 "data": {"command": "recsys data synth --rows 1000000", "fields": fields},
                 "planted": {"informative": ["I1", "C1"], "noise": ["F2"], "redundant": {"F1": "I1"},
                             "keys": ["user_id"]},
-                "baseline": {"auc": 0.8123},
+                "baseline": {"auc": 0.8123, "auc_std": 0.0007},
                 "methods": {
                     "outrank": {"seconds": 12.5, "rows_total": 800000, "fields_kept": 3, "fields_total": 4,
                                 "top": [{"field": "I1", "score": 0.9}, {"field": "C1", "score": 0.5},
                                         {"field": "F1", "score": 0.4}, {"field": "F2", "score": 0.01}],
                                 "planted": {"precision_at_k": 0.875, "k": 2, "noise_dropped": 1,
                                             "noise_total": 1},
-                                "retrained": {"auc": 0.8111, "delta_auc": -0.0012}},
+                                "load_s": 4.25,
+                                "retrained": {"auc": 0.8111, "auc_std": 0.0009, "delta_auc": -0.0012}},
                     "disco": {"error": "ValueError: broken"},
                 },
                 "redundancy": {"fields": fields, "matrix": [[1, 0.1, 0.93, 0], [0.1, 1, 0, 0], [0.93, 0, 1, 0],
@@ -225,8 +226,10 @@ def test_the_section_shows_the_numbers_the_charts_and_notes_what_is_missing(tmp_
     section = render(ctx)
     assert section is not None and "features.json" in ctx.claimed
     body = section.body
-    for text in ("0.875 (k=2)", "1 / 1", "12.50", "800,000", "3 / 4", "0.8111", "-0.0012", "0.8123",
-                 "failed: ValueError: broken", "x = cross(F3, F4)", "+0.0032", "0.8155", "I1~F1", "1 of 1 planted copies flagged",
+    for text in ("0.875 (k=2)", "1 / 1", "12.50", "800,000", "3 / 4", "0.8111 ± 0.0009", "-0.0012",
+                 "0.8123 ± 0.0007", "4.25 s",
+                 "failed: ValueError: broken", "x = cross(F3, F4)", "+0.0032", "0.8155", "I1~F1",
+                 "1 of 1 planted copies flagged",
                  "criteo: skipped: ../shared/datasets/criteo-sample is absent", "Test CPU"):
         assert text in body, text
     # bars (synthetic), heat map, curve: three charts for synthetic; movielens has no top scores to chart
@@ -234,7 +237,7 @@ def test_the_section_shows_the_numbers_the_charts_and_notes_what_is_missing(tmp_
     data = section.data["features.json"]
     assert data["synthetic"]["methods"]["outrank"]["precision_at_k"] == 0.875
     assert data["synthetic"]["methods"]["disco"]["error"] == "ValueError: broken"
-    assert data["synthetic"]["curve"]["points"][0] == {"k": 2.0, "auc": 0.7001, "all": False}
+    assert data["synthetic"]["curve"]["points"][0] == {"k": 2.0, "auc": 0.7001, "auc_std": None, "all": False}
     assert data["synthetic"]["generated"]["openfe"]["cross_found"] is True
     assert data["criteo"] == {"skipped": "../shared/datasets/criteo-sample is absent"}
     for missing in ("movielens: no redundancy matrix", "movielens: no AUC-vs-fields curve",

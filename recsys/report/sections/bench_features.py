@@ -44,7 +44,8 @@ def _method_row(name: str, raw: dict[str, Any]) -> dict[str, Any]:
            "noise_dropped": _num(planted.get("noise_dropped")), "noise_total": _num(planted.get("noise_total")),
            "seconds": _num(raw.get("seconds")), "rows_total": _num(raw.get("rows_total")),
            "fields_kept": _num(raw.get("fields_kept")), "fields_total": _num(raw.get("fields_total")),
-           "auc": _num(retrained.get("auc")), "delta_auc": _num(retrained.get("delta_auc"))}
+           "auc": _num(retrained.get("auc")), "auc_std": _num(retrained.get("auc_std")),
+           "delta_auc": _num(retrained.get("delta_auc")), "load_s": _num(raw.get("load_s"))}
     if isinstance(raw.get("error"), str):
         row["error"] = raw["error"]
     elif isinstance(retrained.get("error"), str):
@@ -52,11 +53,15 @@ def _method_row(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     return {"method": name, **row}
 
 
+def _auc(value: float | None, std: float | None) -> str:
+    return html.fmt(value, 4) + (f" ± {std:.4f}" if value is not None and std is not None else "")
+
+
 def _count(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
-def _methods_table(dataset: str, rows: list[dict[str, Any]], baseline: float | None) -> str:
+def _methods_table(dataset: str, rows: list[dict[str, Any]], baseline: tuple[float | None, float | None]) -> str:
     planted = any(r["precision_at_k"] is not None for r in rows)
     headers = ["method", *(["precision@k", "noise dropped"] if planted else []), "seconds", "train rows",
                "fields kept", "test AUC", "Δ AUC vs all fields"]
@@ -69,12 +74,15 @@ def _methods_table(dataset: str, rows: list[dict[str, Any]], baseline: float | N
                      f"{_count(r['noise_dropped'])} / {_count(r['noise_total'])}" if r["noise_total"] else "–"]
         kept = f"{_count(r['fields_kept'])} / {_count(r['fields_total'])}" if r["fields_kept"] is not None else "–"
         cell += [html.fmt(r["seconds"], 2), _count(r["rows_total"]), kept,
-                 html.fmt(r["auc"], 4) if "error" not in r else f"failed: {html.esc(r['error'])}",
+                 _auc(r["auc"], r["auc_std"]) if "error" not in r else f"failed: {html.esc(r['error'])}",
                  _signed(r["delta_auc"])]
         cells.append(cell)
-    base = f"; DLRM on every field: test AUC {html.fmt(baseline, 4)}" if baseline is not None else ""
-    return html.table(headers, cells, caption=f"{html.esc(dataset)}: each method's own selection, DLRM retrained "
-                                              f"on it (seconds: the method's ranking, data loading apart){base}")
+    base = f"; DLRM on every field: test AUC {_auc(*baseline)}" if baseline[0] is not None else ""
+    loads = {r["load_s"] for r in rows if r["load_s"] is not None}
+    load = f"; loading the sample: {html.fmt(loads.pop(), 2)} s" if len(loads) == 1 else ""
+    caption = (f"{html.esc(dataset)}: each method's own selection, DLRM retrained on it (seconds: the method's "
+               f"ranking{load}){base}; test AUC: mean ± std over seeds")
+    return html.table(headers, cells, caption=caption)
 
 
 def _tops(methods: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
@@ -133,7 +141,8 @@ def _curve_points(curve: dict[str, Any]) -> list[dict[str, float]]:
     points = []
     for p in curve.get("points") or []:
         if isinstance(p, dict) and is_number(p.get("k")) and is_number(p.get("auc")):
-            points.append({"k": float(p["k"]), "auc": float(p["auc"]), "all": bool(p.get("all"))})
+            points.append({"k": float(p["k"]), "auc": float(p["auc"]), "auc_std": _num(p.get("auc_std")),
+                           "all": bool(p.get("all"))})
     return sorted(points, key=lambda p: p["k"])
 
 
@@ -141,8 +150,8 @@ def _curve(dataset: str, method: str, points: list[dict[str, float]], rows: list
     """Test AUC against fields kept: the reference method's best k, and each method's own selection as a dot."""
     fig, axes = plots.figure(width=6.4, height=4.4)
     ax = axes[0]
-    ax.plot([p["k"] for p in points], [p["auc"] for p in points], "o-", color=plots.color(0),
-            label=f"{method}: best k fields")
+    ax.errorbar([p["k"] for p in points], [p["auc"] for p in points], yerr=[p["auc_std"] or 0.0 for p in points],
+                fmt="o-", color=plots.color(0), capsize=3, label=f"{method}: best k fields")
     own = [r for r in rows if r["fields_kept"] is not None and r["auc"] is not None]
     for i, r in enumerate(own):
         ax.plot([r["fields_kept"]], [r["auc"]], "s", color=plots.color(i + 1), label=f"{r['method']} (own cut)")
@@ -181,8 +190,8 @@ def _dataset(dataset: str, raw: dict[str, Any], notes: list[str], where: str) ->
         body += f"<p class=\"meta\">Data: <code>{html.esc(data['command'])}</code></p>"
     methods = {str(k): _dict(v) for k, v in _dict(raw.get("methods")).items()}
     rows = [_method_row(name, m) for name, m in methods.items()]
-    baseline = _num(_dict(raw.get("baseline")).get("auc"))
-    entry["baseline_auc"] = baseline
+    baseline = _num(_dict(raw.get("baseline")).get("auc")), _num(_dict(raw.get("baseline")).get("auc_std"))
+    entry["baseline_auc"] = baseline[0]
     if rows:
         entry["methods"] = {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}
         body += _methods_table(dataset, rows, baseline)
