@@ -324,7 +324,7 @@ def rank_method(name: str, loaded: FeatureData, load_s: float, settings: Setting
     return record, ranking, method
 
 
-def generate_record(name: str, method: FeatureGenerator, loaded: FeatureData, dataset: str, settings: Settings,
+def generate_record(name: str, method: FeatureGenerator, loaded: FeatureData, settings: Settings,
                     truth: dict[str, Any] | None) -> tuple[dict[str, Any], Path | None]:
     """Generated features (what ``recsys features generate`` writes) and the folder of the new data set."""
     from recsys.features.generate import write_generated
@@ -411,7 +411,7 @@ def run_dataset(dataset: str, settings: Settings) -> dict[str, Any]:
     entry["generated"] = {}
     for name, method in generators.items():
         zoo.log(f"{dataset}: {name} generates features")
-        record, out = generate_record(name, method, loaded, dataset, settings, truth)
+        record, out = generate_record(name, method, loaded, settings, truth)
         if out is not None and settings.train:
             record["retrained"] = with_delta(train_all(settings, dataset, out, f"{name}-generated", None), baseline)
             log_auc("    retrained on the generated data set", record["retrained"])
@@ -450,11 +450,12 @@ def markdown(results: dict[str, Any]) -> str:
              f"Command: `{results['command']}`  ",
              f"Machine: {m['cpu']}, {m['nproc']} cores, torch {m['torch']}, {m['date']}, git {results['git_sha']}; "
              f"load average {m['load_average']} → {m.get('load_average_end')}  ",
-             f"Budget: {results['budget']}", ""]
+             f"Budget: {results['budget']}", "",
+             *([] if results.get("finished") else ["**Unfinished: the data sets below are those done so far.**", ""])]
     for dataset, entry in results["datasets"].items():
         lines += [f"## {dataset}", ""]
-        if "skipped" in entry:
-            lines += [f"Skipped: {entry['skipped']}", ""]
+        if "skipped" in entry or "error" in entry:
+            lines += [f"Skipped: {entry['skipped']}" if "skipped" in entry else f"Failed: {entry['error']}", ""]
             continue
         data = entry["data"]
         lines += [f"Data: `{data['command']}`: {data['rows_total']:,} train rows, {data['rows_sampled']:,} sampled "
@@ -604,14 +605,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             zoo.log(f"{dataset}: skipped: {why}")
             results["datasets"][dataset] = {"skipped": why}
             continue
-        results["datasets"][dataset] = run_dataset(dataset, settings)
+        try:
+            results["datasets"][dataset] = run_dataset(dataset, settings)
+        except Exception as exc:  # noqa: BLE001 — the other data sets still run; the error is recorded
+            zoo.log(f"{dataset}: failed: {type(exc).__name__}: {exc}")
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            results["datasets"][dataset] = {"error": f"{type(exc).__name__}: {first}"}
+        write_results(settings.out, results, finished=False)  # what is done so far survives a later failure
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["machine"] |= {"load_average_end": [round(x, 2) for x in os.getloadavg()],
                            "cpu_pressure_end": cpu_pressure()}
-    write_atomic(settings.out / "features.json", artifacts.json_text(results, indent=1) + "\n")
-    write_atomic(settings.out / "features.md", markdown(results))
+    write_results(settings.out, results, finished=True)
     zoo.log(f"wrote {settings.out / 'features.json'} and features.md in {results['seconds']:,.0f} s")
     return results
+
+
+def write_results(out: Path, results: dict[str, Any], finished: bool) -> None:
+    results["finished"] = finished
+    write_atomic(out / "features.json", artifacts.json_text(results, indent=1) + "\n")
+    write_atomic(out / "features.md", markdown(results))
 
 
 if __name__ == "__main__":

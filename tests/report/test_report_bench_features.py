@@ -128,7 +128,7 @@ def test_the_benchmark_ranks_scores_against_the_truth_and_skips_absent_data(
     assert methods[0] not in synthetic["generated"]  # not a generator
     text = (out / "features.md").read_text()
     assert "Smoke run" in text and f"{synthetic['methods'][methods[0]]['planted']['precision_at_k']:.3f}" in text
-    assert "criteo" in text and "Skipped" in text
+    assert "criteo" in text and "Skipped" in text and results["finished"] is True and "Unfinished" not in text
 
 
 def test_planted_scoring_aggregation_and_the_cross() -> None:
@@ -263,10 +263,14 @@ def test_odd_files_are_notes_never_failures(tmp_path: Path) -> None:
     synthetic["curve"] = {"points": [{"k": "two", "auc": 0.7}]}
     synthetic["generated"] = {"openfe": {"error": "nothing improved"}}
     odd["datasets"]["broken"] = [1, 2]
+    odd["datasets"]["movielens"] = {"error": "RecsysError: no label"}
+    odd["finished"] = False
     section, ctx = _render(tmp_path, odd)
     assert section is not None and "features.json" in ctx.claimed
     for text in ("synthetic: no redundancy matrix", "synthetic: no AUC-vs-fields curve",
                  "synthetic: no method scores", "openfe generated nothing: nothing improved", "broken: not an object"):
         assert text in section.note, text
     assert "0.8111" in section.body and 'src="data:image' not in section.body
+    assert "movielens: failed: RecsysError: no label" in section.body and "unfinished run" in section.body
+    assert section.data["features.json"]["movielens"] == {"error": "RecsysError: no label"}
     assert section.data["features.json"]["synthetic"]["methods"]["outrank"]["precision_at_k"] is None

@@ -137,7 +137,7 @@ def _heatmap(dataset: str, redundancy: dict[str, Any]) -> str | None:
     return plots.img(fig, f"{dataset}: redundancy heat map")
 
 
-def _curve_points(curve: dict[str, Any]) -> list[dict[str, float]]:
+def _curve_points(curve: dict[str, Any]) -> list[dict[str, Any]]:
     points = []
     for p in curve.get("points") or []:
         if isinstance(p, dict) and is_number(p.get("k")) and is_number(p.get("auc")):
@@ -146,7 +146,7 @@ def _curve_points(curve: dict[str, Any]) -> list[dict[str, float]]:
     return sorted(points, key=lambda p: p["k"])
 
 
-def _curve(dataset: str, method: str, points: list[dict[str, float]], rows: list[dict[str, Any]]) -> str:
+def _curve(dataset: str, method: str, points: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     """Test AUC against fields kept: the reference method's best k, and each method's own selection as a dot."""
     fig, axes = plots.figure(width=6.4, height=4.4)
     ax = axes[0]
@@ -248,6 +248,8 @@ def render(ctx: ReportContext) -> Section | None:
         body += f"<h3>{html.esc(file.name)}</h3><p class=\"meta\">{machine_line(file.data)}</p>"
         if file.data.get("quick"):
             body += html.note("A smoke run (--quick): small data and a few steps; these are not results.")
+        if file.data.get("finished") is False:
+            body += html.note("An unfinished run: only the data sets done so far.")
         if isinstance(file.data.get("budget"), str):
             body += f"<p>Budget: {html.esc(file.data['budget'])}.</p>"
         if isinstance(file.data.get("command"), str):
@@ -257,9 +259,10 @@ def render(ctx: ReportContext) -> Section | None:
             if not isinstance(raw, dict):
                 notes.append(f"{where}: not an object; not shown.")
                 continue
-            if "skipped" in raw:
-                body += html.note(html.esc(f"{name}: skipped: {raw['skipped']}"))
-                entry[str(name)] = {"skipped": str(raw["skipped"])}
+            if "skipped" in raw or "error" in raw:
+                key = "skipped" if "skipped" in raw else "error"
+                body += html.note(html.esc(f"{name}: {'skipped' if key == 'skipped' else 'failed'}: {raw[key]}"))
+                entry[str(name)] = {key: str(raw[key])}
                 continue
             try:
                 part, entry[str(name)] = _dataset(str(name), raw, notes, where)
