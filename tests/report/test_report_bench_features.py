@@ -131,6 +131,19 @@ def test_the_benchmark_ranks_scores_against_the_truth_and_skips_absent_data(
     assert "criteo" in text and "Skipped" in text and results["finished"] is True and "Unfinished" not in text
 
 
+def test_a_selection_that_makes_no_schema_is_an_error_of_its_own(bench: tuple[Path, dict[str, Any]],
+                                                                   tmp_path: Path, methods: list[str]) -> None:
+    from recsys.features.data import load_feature_data
+
+    module = _bench_module()
+    data = Path(bench[1]["datasets"]["synthetic"]["data"]["path"])
+    settings = module.parse(["--methods", methods[0], "--work", str(tmp_path)])
+    record = module.retrain_selection(settings, "synthetic", data, load_feature_data(data, sample=500), "odd",
+                                      ["no_such_field"], None, {"auc": 0.7})
+    assert record["auc"] is None and "no_such_field" in record["error"] and record["error"].startswith("pruned")
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
 def test_planted_scoring_aggregation_and_the_cross() -> None:
     bench = _bench_module()
     truth = {"informative": ["a", "b", "c"], "noise": ["n1", "n2"], "redundant": {"a2": "a"}, "cross": ["c", "d"]}
@@ -166,6 +179,8 @@ def test_the_command_line_refuses_unknown_methods_and_datasets(methods: list[str
     assert bench.curve_ks(settings, 40) == [5, 10, 20]
     assert "trainer.max_steps=30" in bench.budget_overrides(settings, "synthetic")
     assert "--schema" in bench.train_command(Path("d"), Path("o"), 0, Path("s.json"), [])
+    assert bench.quick_methods(["disco", "inffs", "openfe", "outrank"]) == ["outrank", "openfe"]
+    assert bench.quick_methods(["disco", "inffs", "outrank"]) == ["outrank", "disco"]
 
 
 # ---- the report section ----------------------------------------------------------------------------
