@@ -219,7 +219,7 @@ def _features_json() -> dict[str, Any]:
                                          "retrained": {"auc": 0.8155, "delta_auc": 0.0032}}},
             },
             "criteo": {"skipped": "../shared/datasets/criteo-sample is absent"},
-            "movielens": {"methods": {"outrank": {"seconds": 0.5}}},
+            "movielens": {"methods": {"outrank": {"seconds": 0.5}}, "note": "few fields"},
         },
     }
 
@@ -245,7 +245,7 @@ def test_the_section_shows_the_numbers_the_charts_and_notes_what_is_missing(tmp_
                  "0.8123 ± 0.0007", "4.25 s",
                  "failed: ValueError: broken", "x = cross(F3, F4)", "+0.0032", "0.8155", "I1~F1",
                  "1 of 1 planted copies flagged",
-                 "criteo: skipped: ../shared/datasets/criteo-sample is absent", "Test CPU"):
+                 "criteo: skipped: ../shared/datasets/criteo-sample is absent", "Test CPU", "few fields."):
         assert text in body, text
     # bars (synthetic), heat map, curve: three charts for synthetic; movielens has no top scores to chart
     assert body.count('src="data:image/png;base64,') == 3

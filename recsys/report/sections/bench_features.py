@@ -188,6 +188,8 @@ def _dataset(dataset: str, raw: dict[str, Any], notes: list[str], where: str) ->
     data = _dict(raw.get("data"))
     if isinstance(data.get("command"), str):
         body += f"<p class=\"meta\">Data: <code>{html.esc(data['command'])}</code></p>"
+    if isinstance(raw.get("note"), str):
+        body += html.note(html.esc(raw["note"]) + ".")
     methods = {str(k): _dict(v) for k, v in _dict(raw.get("methods")).items()}
     rows = [_method_row(name, m) for name, m in methods.items()]
     baseline = _num(_dict(raw.get("baseline")).get("auc")), _num(_dict(raw.get("baseline")).get("auc_std"))
