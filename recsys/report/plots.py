@@ -70,3 +70,15 @@ def thin(x: np.ndarray, y: np.ndarray, points: int = 400) -> tuple[np.ndarray, n
         return x, y
     index = np.unique(np.linspace(0, len(x) - 1, points).round().astype(int))
     return x[index], y[index]
+
+
+def heatmap(ax: Axes, matrix: np.ndarray, labels: list[str], *, vmin: float = 0.0, vmax: float = 1.0,
+            cmap: str = "viridis", label: str = "") -> None:
+    """A square matrix as coloured cells, rows and columns named by ``labels``, with a colour bar."""
+    image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest")
+    ticks = np.arange(len(labels))
+    size = 9 if len(labels) <= 24 else max(5.5, 9 - len(labels) / 20)
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
+    ax.set_yticks(ticks, labels, fontsize=size)
+    ax.grid(False)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=label)
