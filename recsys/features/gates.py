@@ -226,14 +226,14 @@ def labels_of(batch: Batch) -> torch.Tensor:
     return batch.labels if batch.labels.dim() == 1 else batch.labels[:, 0]
 
 
-def train_gated(module: nn.Module, gates: ValueGates, penalties: Callable[[], torch.Tensor],
-                forward: Callable[[Batch], torch.Tensor], data: FeatureData, schema: Schema,
-                options: ContinuationOptions, seed: int) -> dict[str, object]:
-    """Train ``module`` (which holds ``gates``) by continuation; the gates end hard. Returns what it did."""
-    gate_params = {id(p) for p in gates.parameters()}
-    others = [p for p in module.parameters() if id(p) not in gate_params and p.requires_grad]
-    optimiser = torch.optim.Adam([{"params": others, "lr": options.lr},
-                                  {"params": list(gates.parameters()), "lr": options.gate_lr}])
+def train_gated(module: nn.Module, gates: ValueGates, gate_params: list[nn.Parameter],
+                penalties: Callable[[], torch.Tensor], forward: Callable[[Batch], torch.Tensor], data: FeatureData,
+                schema: Schema, options: ContinuationOptions, seed: int) -> dict[str, object]:
+    """Train ``module`` by continuation: ``gate_params`` (the gate logits, at ``gate_lr``) and its other
+    parameters (at ``lr``), ``gates.beta`` raised every step; the gates end hard. Returns what it did."""
+    ids = {id(p) for p in gate_params}
+    others = [p for p in module.parameters() if id(p) not in ids and p.requires_grad]
+    optimiser = torch.optim.Adam([{"params": others, "lr": options.lr}, {"params": gate_params, "lr": options.gate_lr}])
     module.train()
     losses: list[float] = []
     curve: list[tuple[int, float, float]] = []  # (step, β, sparsity) ten times over the run
@@ -247,7 +247,7 @@ def train_gated(module: nn.Module, gates: ValueGates, penalties: Callable[[], to
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % max(options.steps // 10, 1) == 0 or step == options.steps - 1:
             curve.append((step, round(gates.beta, 3), round(gates.closed_fraction(), 5)))
         if not math.isfinite(losses[-1]):

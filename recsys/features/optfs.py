@@ -55,7 +55,8 @@ class OptFS(FeatureMethod):
         gated = gate_model(options.model, schema, options.model_options, options.embedding, data.sparse_fields,
                            data.dense_fields, options.init)
 
-        report = train_gated(nn.ModuleList([gated.model, gated.gates]), gated.gates, gated.penalty, gated.model,
+        report = train_gated(nn.ModuleList([gated.model, gated.gates]), gated.gates, list(gated.gates.parameters()),
+                             gated.penalty, gated.model,
                              data, schema, options, seed)
         gated.penalties.clear()
         scores: dict[str, float] = {}

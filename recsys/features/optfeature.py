@@ -1,0 +1,226 @@
+"""OptFeature: hybrid field-level and value-level selection of pairwise feature interactions.
+
+Paper: Fuyuan Lyu, Xing Tang, Dugang Liu, Chen Ma, Weihong Luo, Liang Chen, Xiuqiang He, Xue Liu,
+"Towards Hybrid-grained Feature Interaction Selection for Deep Sparse Network", NeurIPS 2023.
+Every pairwise interaction gets a gate that is either field-grained (one gate
+for the pair of fields) or value-grained (a gate per pair of values, decomposed
+into a product of per-value gates, as the full value-pair space is far too
+large); which granularity a pair uses is learnt too. Gates train with the model
+by the continuation of ``recsys.features.gates`` and binarise at the end.
+
+Here the backbone is the project's DLRM (``model_options``: its ``model:``
+section; ``embedding``: its embedding section), the model whose interaction mask
+(``Schema.interactions``) the result becomes, trained with its pairwise dot
+products gated. For the pair (i, j) of a row x:
+
+    h_ij(x) = α_ij · G_ij + (1 − α_ij) · g_i(x_i) · g_j(x_j)
+
+with ``G_ij`` the continuation gate of the field pair, ``g_f`` the per-value
+gates (``ValueGates``; DLRM's dense vector has none: 1), and ``α_ij =
+sigmoid(a_ij)`` the relaxed choice of granularity (no penalty; α ≥ 0.5 at the end
+means field-grained). The L1 push is on the hybrid gates each batch uses, and on
+one gate per dense field scaling its input to the bottom MLP.
+
+What differs from the paper, and what the output keeps:
+
+- one backbone (DLRM) rather than the paper's several (DeepFM, DCN, IPNN);
+- the temperature rises per step over ``steps`` (per epoch in the paper);
+- a Schema can only keep or drop whole pairs, so a pair's *open mass* is its
+  binary field gate when field-grained, or, when value-grained, the share of
+  sampled rows whose two values both keep their gates; pairs whose mass is at
+  least ``min_open`` become ``Ranking.interactions`` (value-level selection
+  inside a kept pair is not carried into the schema);
+- DLRM merges the dense features into one bottom-MLP vector, so its pairs are
+  named by the first dense field whose gate stays open (any dense name means
+  that vector in a DLRM mask); pairs with list-valued features (not
+  candidates) are never gated and always kept;
+- per-field scores: a sparse field's is the summed open mass of the pairs it
+  takes part in; a dense field's is its gate (0/1) times one plus the dense
+  vector's summed pair mass (DLRM also feeds the dense vector to the top MLP
+  directly); 0.001 × the mean ``sigmoid`` of the field's gate logits breaks ties.
+  ``suggested``: the sparse fields in a kept pair, and the dense fields whose gate
+  stays open;
+- the paper retrains on the selection; here that is ``recsys features select``
+  then ``recsys train --schema`` (by the user or the benchmark).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from recsys.errors import RecsysError
+from recsys.features import register_feature_method
+from recsys.features.base import FeatureData, FeatureMethod, Ranking
+from recsys.features.gates import ContinuationOptions, ValueGates, row_gates, train_gated, train_schema
+from recsys.config import EmbeddingConfig
+from recsys.models import build_model
+from recsys.models.dlrm import DLRM
+from recsys.schema import describe_validation_error
+from recsys.types import Batch
+
+
+class OptFeatureOptions(ContinuationOptions):
+    model_options: dict = Field(default_factory=dict, description="the DLRM backbone's model: section")
+    embedding: dict = Field(default_factory=dict, description="its embedding: section")
+
+
+class HybridGatedDLRM(nn.Module):
+    """DLRM whose pairwise dot products pass through hybrid gates. Vectors in DLRM's order: the dense vector
+    (when the schema has dense features), then the embedding module's pooled keys."""
+
+    def __init__(self, dlrm: DLRM, sparse: list[str], dense: list[str], rows: dict[str, int], init: float) -> None:
+        super().__init__()
+        if dlrm.interaction != "dot":
+            raise RecsysError("optfeature: model_options.interaction must be 'dot' (it gates the dot products)")
+        self.dlrm = dlrm
+        self.gates = ValueGates(rows, dense, init)
+        names = list(dlrm.sparse_arch.feature_names)
+        self.vectors: list[str | None] = ([None] if dlrm.has_dense else []) + names  # None: the dense vector
+        self.sparse = sparse
+        self.pairs = list(combinations(range(len(self.vectors)), 2))
+        gated = set(sparse) | {None}
+        self.candidate = torch.tensor([self.vectors[i] in gated and self.vectors[j] in gated
+                                       for i, j in self.pairs])  # pairs of candidate vectors: gated
+        self.left = torch.tensor([i for i, _ in self.pairs], dtype=torch.long)
+        self.right = torch.tensor([j for _, j in self.pairs], dtype=torch.long)
+        self.field_logits = nn.Parameter(torch.full((len(self.pairs),), init))
+        self.choice_logits = nn.Parameter(torch.zeros(len(self.pairs)))  # α = sigmoid: field- vs value-grained
+        self.used: list[torch.Tensor] = []
+
+    def value_gates(self, batch: Batch) -> torch.Tensor:
+        """(B, V): each vector's value gate per row (1 for the dense vector and for non-candidates)."""
+        rows = batch.dense.shape[0]
+        columns = []
+        for name in self.vectors:
+            if name in self.sparse:
+                columns.append(row_gates(batch.sparse, name, lambda ids, n=name: self.gates.sparse_gate(n, ids)))
+            else:
+                columns.append(torch.ones(rows))
+        return torch.stack(columns, dim=1)
+
+    def hybrid(self, batch: Batch) -> torch.Tensor:
+        """(B, P) the pair gates h_ij(x); 1 for pairs with a non-candidate vector."""
+        values = self.value_gates(batch)
+        by_value = values[:, self.left] * values[:, self.right]  # (B, P)
+        alpha = torch.sigmoid(self.choice_logits)
+        field = self.gates.open(self.field_logits)
+        h = alpha * field + (1 - alpha) * by_value
+        return torch.where(self.candidate, h, torch.ones_like(h))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        dlrm = self.dlrm
+        sparse = dlrm.field_matrix(dlrm.sparse_arch(batch.sparse))  # (B, F, D)
+        parts = [sparse]
+        dense = None
+        if dlrm.dense_arch is not None:
+            g = self.gates.dense_gate()
+            self.used.append(g)
+            dense = dlrm.dense_arch(batch.dense * g)
+            parts.insert(0, dense.unsqueeze(1))
+        vectors = torch.cat(parts, dim=1)  # (B, V, D)
+        dots = (vectors[:, self.left] * vectors[:, self.right]).sum(-1)  # (B, P)
+        h = self.hybrid(batch)
+        if bool(self.candidate.any()):
+            self.used.append(h[:, self.candidate].mean(0))
+        gated = dots * h
+        features = torch.cat([dense, gated], dim=1) if dense is not None else gated
+        return dlrm.over_arch(features).squeeze(1)
+
+    def penalty(self) -> torch.Tensor:
+        """Mean of the used gates: per candidate pair its batch mean, per dense field its gate."""
+        used = torch.cat([u.reshape(-1) for u in self.used]).mean() if self.used else torch.zeros(())
+        self.used.clear()
+        return used
+
+
+@register_feature_method
+class OptFeature(FeatureMethod):
+    name = "optfeature"
+    paper = ("Lyu, Tang, Liu, Ma, Luo, Chen, He, Liu, NeurIPS 2023: Towards Hybrid-grained Feature Interaction "
+             "Selection for Deep Sparse Network")
+    Options = OptFeatureOptions
+    trains_model = True
+
+    def rank(self, data: FeatureData) -> Ranking:
+        options: OptFeatureOptions = self.options  # type: ignore[assignment]
+        seed = data.seed if options.seed is None else options.seed
+        torch.manual_seed(seed)
+        schema = train_schema(data)
+        try:
+            embedding = EmbeddingConfig.model_validate(options.embedding)
+        except Exception as exc:
+            raise RecsysError(f"optfeature embedding: {describe_validation_error(exc, options.embedding)}") from None
+        dlrm = build_model("dlrm", schema, options.model_options, embedding)
+        dense_schema = [f.name for f in schema.dense]
+        if dense_schema != data.dense_fields:
+            raise RecsysError("optfeature: generated dense features are not supported in the data set it ranks "
+                              f"({', '.join(sorted(set(dense_schema) - set(data.dense_fields)))})")
+        rows = {f: data.cardinality[f] for f in data.sparse_fields}
+        model = HybridGatedDLRM(dlrm, data.sparse_fields, data.dense_fields, rows, options.init)
+        gates = model.gates
+        gate_params = [*gates.parameters(), model.field_logits, model.choice_logits]
+        report = train_gated(model, gates, gate_params, model.penalty, model, data, schema, options, seed)
+        model.used.clear()
+
+        # open mass per pair, on the sample
+        sample_open = {f: gates.sparse[f].detach().numpy()[np.clip(data.column(f), 0, rows[f] - 1)] > 0
+                       for f in data.sparse_fields}
+        n = data.frame.height
+        dense_open = [f for j, f in enumerate(data.dense_fields) if float(gates.dense[j]) > 0]
+        alpha = torch.sigmoid(model.choice_logits).detach()
+        mass: dict[tuple[int, int], float] = {}
+        grain: dict[tuple[int, int], str] = {}
+        for p, (i, j) in enumerate(model.pairs):
+            if not bool(model.candidate[p]):
+                continue
+            if alpha[p] >= 0.5:
+                mass[(i, j)] = float(model.field_logits[p] > 0)
+                grain[(i, j)] = "field"
+            else:
+                both = np.ones(n, dtype=bool)
+                for v in (i, j):
+                    name = model.vectors[v]
+                    if name is not None:
+                        both &= sample_open[name]
+                mass[(i, j)] = float(both.mean()) if n else 0.0
+                grain[(i, j)] = "value"
+        dense_name = dense_open[0] if dense_open else None
+
+        def named(v: int) -> str | None:
+            name = model.vectors[v]
+            return dense_name if name is None else name
+
+        kept: list[tuple[str, str]] = []
+        for p, (i, j) in enumerate(model.pairs):
+            a, b = named(i), named(j)
+            if a is None or b is None:
+                continue
+            if not bool(model.candidate[p]) or mass[(i, j)] >= options.min_open:
+                kept.append((a, b))
+        scores: dict[str, float] = {}
+        dense_mass = sum(m for (i, j), m in mass.items() if model.vectors[i] is None or model.vectors[j] is None)
+        for f in data.sparse_fields:
+            v = model.vectors.index(f)
+            scores[f] = sum(m for (i, j), m in mass.items() if v in (i, j)) + 1e-3 * gates.soft_share(
+                f, data.column(f))
+        for k, f in enumerate(data.dense_fields):
+            logit = float(gates.dense[k])
+            scores[f] = float(logit > 0) * (1 + dense_mass) + 1e-3 * float(torch.sigmoid(torch.tensor(logit)))
+        in_pairs = {name for pair in kept for name in pair}
+        suggested = [f for f in data.fields
+                     if (data.kinds[f] == "sparse" and f in in_pairs) or (data.kinds[f] == "dense" and f in dense_open)]
+        shown = {f"{model.vectors[i] or 'dense'}×{model.vectors[j] or 'dense'}": round(m, 5)
+                 for (i, j), m in sorted(mass.items(), key=lambda kv: -kv[1])}
+        report |= {"model": "dlrm", "pairs": len(mass), "kept_pairs": len(kept),
+                   "field_grained": sum(g == "field" for g in grain.values()),
+                   "gate_sparsity": round(gates.closed_fraction(), 5), "pair_mass": shown,
+                   "dense_vector_named": dense_name, "min_open": options.min_open,
+                   "retrain": "not done here: `recsys features select` then `recsys train --schema` (DLRM reads "
+                              "the kept pairs as Schema.interactions)"}
+        return Ranking(method=self.name, scores=scores, suggested=suggested, interactions=kept, details=report)
+
