@@ -171,15 +171,15 @@ class OptFeature(FeatureMethod):
         sample_open = {f: gates.sparse[f].detach().numpy()[np.clip(data.column(f), 0, rows[f] - 1)] > 0
                        for f in data.sparse_fields}
         n = data.frame.height
-        dense_open = [f for j, f in enumerate(data.dense_fields) if float(gates.dense[j]) > 0]
-        alpha = torch.sigmoid(model.choice_logits).detach()
+        dense_open = [f for j, f in enumerate(data.dense_fields) if float(gates.dense[j].detach()) > 0]
+        alpha = torch.sigmoid(model.choice_logits.detach())
         mass: dict[tuple[int, int], float] = {}
         grain: dict[tuple[int, int], str] = {}
         for p, (i, j) in enumerate(model.pairs):
             if not bool(model.candidate[p]):
                 continue
             if alpha[p] >= 0.5:
-                mass[(i, j)] = float(model.field_logits[p] > 0)
+                mass[(i, j)] = float(model.field_logits[p].detach() > 0)
                 grain[(i, j)] = "field"
             else:
                 both = np.ones(n, dtype=bool)
@@ -209,7 +209,7 @@ class OptFeature(FeatureMethod):
             scores[f] = sum(m for (i, j), m in mass.items() if v in (i, j)) + 1e-3 * gates.soft_share(
                 f, data.column(f))
         for k, f in enumerate(data.dense_fields):
-            logit = float(gates.dense[k])
+            logit = float(gates.dense[k].detach())
             scores[f] = float(logit > 0) * (1 + dense_mass) + 1e-3 * float(torch.sigmoid(torch.tensor(logit)))
         in_pairs = {name for pair in kept for name in pair}
         suggested = [f for f in data.fields
