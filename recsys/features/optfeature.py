@@ -32,14 +32,15 @@ What differs from the paper, and what the output keeps:
   inside a kept pair is not carried into the schema);
 - DLRM merges the dense features into one bottom-MLP vector, so its pairs are
   named by the first dense field whose gate stays open (any dense name means
-  that vector in a DLRM mask); pairs with list-valued features (not
-  candidates) are never gated and always kept;
+  that vector in a DLRM mask). List-valued features (histories, multi-valued
+  fields) are not candidates and have no value gates (1), but their pairs with
+  candidates are gated like any other; pairs of two of them are always kept;
 - per-field scores: a sparse field's is the summed open mass of the pairs it
   takes part in; a dense field's is its gate (0/1) times one plus the dense
   vector's summed pair mass (DLRM also feeds the dense vector to the top MLP
   directly); 0.001 × the mean ``sigmoid`` of the field's gate logits breaks ties.
   ``suggested``: the sparse fields in a kept pair, and the dense fields whose gate
-  stays open;
+  stays open. ``interactions`` names only suggested fields and list-valued ones;
 - the paper retrains on the selection; here that is ``recsys features select``
   then ``recsys train --schema`` (by the user or the benchmark).
 """
@@ -84,10 +85,12 @@ class HybridGatedDLRM(nn.Module):
         self.sparse = sparse
         self.pairs = list(combinations(range(len(self.vectors)), 2))
         gated = set(sparse) | {None}
-        self.candidate = torch.tensor([self.vectors[i] in gated and self.vectors[j] in gated
-                                       for i, j in self.pairs])  # pairs of candidate vectors: gated
+        # gated pairs: those with a candidate end (a list-valued feature is never dropped, but its pairs with
+        # candidates can be); pairs of two list-valued features stay ungated and kept
+        self.candidate = torch.tensor([self.vectors[i] in gated or self.vectors[j] in gated for i, j in self.pairs])
         self.left = torch.tensor([i for i, _ in self.pairs], dtype=torch.long)
         self.right = torch.tensor([j for _, j in self.pairs], dtype=torch.long)
+        self.flat = self.left * len(self.vectors) + self.right  # (P,) positions in a flattened (V, V) matrix
         self.field_logits = nn.Parameter(torch.full((len(self.pairs),), init))
         self.choice_logits = nn.Parameter(torch.zeros(len(self.pairs)))  # α = sigmoid: field- vs value-grained
         self.used: list[torch.Tensor] = []
@@ -123,7 +126,7 @@ class HybridGatedDLRM(nn.Module):
             dense = dlrm.dense_arch(batch.dense * g)
             parts.insert(0, dense.unsqueeze(1))
         vectors = torch.cat(parts, dim=1)  # (B, V, D)
-        dots = (vectors[:, self.left] * vectors[:, self.right]).sum(-1)  # (B, P)
+        dots = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)[:, self.flat]  # (B, V, V) → (B, P)
         h = self.hybrid(batch)
         if bool(self.candidate.any()):
             self.used.append(h[:, self.candidate].mean(0))
@@ -185,7 +188,7 @@ class OptFeature(FeatureMethod):
                 both = np.ones(n, dtype=bool)
                 for v in (i, j):
                     name = model.vectors[v]
-                    if name is not None:
+                    if name in sample_open:  # the dense vector and list-valued features have no value gates
                         both &= sample_open[name]
                 mass[(i, j)] = float(both.mean()) if n else 0.0
                 grain[(i, j)] = "value"
@@ -195,12 +198,11 @@ class OptFeature(FeatureMethod):
             name = model.vectors[v]
             return dense_name if name is None else name
 
+        chosen = {v for (i, j), m in mass.items() if m >= options.min_open for v in (i, j)}  # ends of kept pairs
         kept: list[tuple[str, str]] = []
         for p, (i, j) in enumerate(model.pairs):
             a, b = named(i), named(j)
-            if a is None or b is None:
-                continue
-            if not bool(model.candidate[p]) or mass[(i, j)] >= options.min_open:
+            if a is not None and b is not None and (not bool(model.candidate[p]) or mass[(i, j)] >= options.min_open):
                 kept.append((a, b))
         scores: dict[str, float] = {}
         dense_mass = sum(m for (i, j), m in mass.items() if model.vectors[i] is None or model.vectors[j] is None)
@@ -211,7 +213,7 @@ class OptFeature(FeatureMethod):
         for k, f in enumerate(data.dense_fields):
             logit = float(gates.dense[k].detach())
             scores[f] = float(logit > 0) * (1 + dense_mass) + 1e-3 * float(torch.sigmoid(torch.tensor(logit)))
-        in_pairs = {name for pair in kept for name in pair}
+        in_pairs = {model.vectors[v] for v in chosen}
         suggested = [f for f in data.fields
                      if (data.kinds[f] == "sparse" and f in in_pairs) or (data.kinds[f] == "dense" and f in dense_open)]
         shown = {f"{model.vectors[i] or 'dense'}×{model.vectors[j] or 'dense'}": round(m, 5)
