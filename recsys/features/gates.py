@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -160,7 +160,7 @@ class GatedModel:
 
     def penalty(self) -> torch.Tensor:
         """The mean over gated fields of the field's mean gate in the last forward (and forget them)."""
-        used = torch.cat([g.reshape(-1) for g in self.penalties]).mean()
+        used = torch.cat([g.reshape(-1) for g in self.penalties]).mean() if self.penalties else torch.zeros(())
         self.penalties.clear()
         return used
 
@@ -172,7 +172,7 @@ def gate_model(name: str, schema: Schema, section: dict, embedding: dict, sparse
     check_interaction_mask(name, schema)
     try:
         embedding_config = EmbeddingConfig.model_validate(embedding)
-    except Exception as exc:  # pydantic's ValidationError, as one line
+    except ValidationError as exc:
         raise RecsysError(f"embedding: {describe_validation_error(exc, embedding)}") from None
     config = model_config(name, section)
     embeddings = build_embeddings(embedded_schema(name, schema, section), embedding_config)

@@ -51,14 +51,14 @@ from itertools import combinations
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError
 from torch import nn
 
+from recsys.config import EmbeddingConfig
 from recsys.errors import RecsysError
 from recsys.features import register_feature_method
 from recsys.features.base import FeatureData, FeatureMethod, Ranking
 from recsys.features.gates import ContinuationOptions, ValueGates, row_gates, train_gated, train_schema
-from recsys.config import EmbeddingConfig
 from recsys.models import build_model
 from recsys.models.dlrm import DLRM
 from recsys.schema import describe_validation_error
@@ -156,7 +156,7 @@ class OptFeature(FeatureMethod):
         schema = train_schema(data)
         try:
             embedding = EmbeddingConfig.model_validate(options.embedding)
-        except Exception as exc:
+        except ValidationError as exc:
             raise RecsysError(f"optfeature embedding: {describe_validation_error(exc, options.embedding)}") from None
         dlrm = build_model("dlrm", schema, options.model_options, embedding)
         dense_schema = [f.name for f in schema.dense]
