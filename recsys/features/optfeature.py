@@ -24,6 +24,11 @@ one gate per dense field scaling its input to the bottom MLP.
 What differs from the paper, and what the output keeps:
 
 - one backbone (DLRM) rather than the paper's several (DeepFM, DCN, IPNN);
+- the value-level selection tensor is decomposed at rank one, as the product
+  of per-value gates (OptFS's decomposition), where the paper factorises it
+  with learnt low-rank factors computed on the fly; the hybrid choice α is a
+  plain sigmoid relaxation binarised at the end, where the paper trains it
+  with a straight-through estimator;
 - the temperature rises per step over ``steps`` (per epoch in the paper);
 - a Schema can only keep or drop whole pairs, so a pair's *open mass* is its
   binary field gate when field-grained, or, when value-grained, the share of
