@@ -112,7 +112,7 @@ class HybridGatedDLRM(nn.Module):
         return torch.stack(columns, dim=1)
 
     def hybrid(self, batch: Batch) -> torch.Tensor:
-        """(B, P) the pair gates h_ij(x); 1 for pairs with a non-candidate vector."""
+        """(B, P) the pair gates h_ij(x); 1 for a pair of two list-valued features (never gated)."""
         values = self.value_gates(batch)
         by_value = values[:, self.left] * values[:, self.right]  # (B, P)
         alpha = torch.sigmoid(self.choice_logits)
