@@ -33,7 +33,7 @@ What differs from the paper, and what the output keeps:
 - a Schema can only keep or drop whole pairs, so a pair's *open mass* is its
   binary field gate when field-grained, or, when value-grained, the share of
   sampled rows whose two values both keep their gates; pairs whose mass is at
-  least ``min_open`` become ``Ranking.interactions`` (value-level selection
+  least ``min_open`` (default 0.05) become ``Ranking.interactions`` (value-level selection
   inside a kept pair is not carried into the schema);
 - DLRM merges the dense features into one bottom-MLP vector, so its pairs are
   named by the first dense field whose gate stays open (any dense name means
@@ -71,6 +71,8 @@ from recsys.types import Batch
 
 
 class OptFeatureOptions(ContinuationOptions):
+    min_open: float = Field(0.05, ge=0, le=1, description="a pair is kept when at least this share of the sampled "
+                                                          "rows keeps it open")
     model_options: dict = Field(default_factory=dict, description="the DLRM backbone's model: section")
     embedding: dict = Field(default_factory=dict, description="its embedding: section")
 
