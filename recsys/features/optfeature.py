@@ -17,9 +17,12 @@ products gated. For the pair (i, j) of a row x:
 
 with ``G_ij`` the continuation gate of the field pair, ``g_f`` the per-value
 gates (``ValueGates``; DLRM's dense vector has none: 1), and ``α_ij =
-sigmoid(a_ij)`` the relaxed choice of granularity (no penalty; α ≥ 0.5 at the end
-means field-grained). The L1 push is on the hybrid gates each batch uses, and on
-one gate per dense field scaling its input to the bottom MLP.
+sigmoid(a_ij)`` the relaxed choice of granularity (no penalty; it starts at 0.88,
+``choice_init``, so a pair goes value-grained only where that earns it; α ≥ 0.5
+at the end means field-grained). The L1 push is on the hybrid gates each batch uses, plus,
+as in OptFS, on the value gates the batch uses and on one gate per dense field
+scaling its input to the bottom MLP (the mean over pairs and the mean over
+fields are summed, so the ~F²/2 pairs do not drown the F fields).
 
 What differs from the paper, and what the output keeps:
 
@@ -36,14 +39,15 @@ What differs from the paper, and what the output keeps:
   least ``min_open`` (default 0.05) become ``Ranking.interactions`` (value-level selection
   inside a kept pair is not carried into the schema);
 - DLRM merges the dense features into one bottom-MLP vector, so its pairs are
-  named by the first dense field whose gate stays open (any dense name means
+  named by the first dense field whose gate stays open, or else by one left
+  out of the ranking (kept anyway), (any dense name means
   that vector in a DLRM mask). List-valued features (histories, multi-valued
   fields) are not candidates and have no value gates (1), but their pairs with
   candidates are gated like any other; pairs of two of them are always kept;
 - per-field scores: a sparse field's is the summed open mass of the pairs it
-  takes part in; a dense field's is its gate (0/1) times one plus the dense
-  vector's summed pair mass (DLRM also feeds the dense vector to the top MLP
-  directly); 0.001 × the mean ``sigmoid`` of the field's gate logits breaks ties.
+  takes part in; a dense field's is its gate (0/1) times the dense vector's
+  summed pair mass shared equally by the open dense fields that feed it;
+  0.001 × the mean ``sigmoid`` of the field's gate logits breaks ties.
   ``suggested``: the sparse fields in a kept pair, and the dense fields whose gate
   stays open. ``interactions`` names only suggested fields and list-valued ones;
 - the paper retrains on the selection; here that is ``recsys features select``
@@ -71,8 +75,13 @@ from recsys.types import Batch
 
 
 class OptFeatureOptions(ContinuationOptions):
+    """The continuation settings, and the DLRM backbone's sections."""
+
+    l1: float = Field(0.03, ge=0, description="weight of the L1 push on the gates (pairs, then fields)")
     min_open: float = Field(0.05, ge=0, le=1, description="a pair is kept when at least this share of the sampled "
                                                           "rows keeps it open")
+    choice_init: float = Field(2.0, ge=-10, le=10, description="start logit of each pair's granularity choice "
+                                                               "(α = sigmoid: 0.88, mostly field-grained)")
     model_options: dict = Field(default_factory=dict, description="the DLRM backbone's model: section")
     embedding: dict = Field(default_factory=dict, description="its embedding: section")
 
@@ -81,8 +90,10 @@ class HybridGatedDLRM(nn.Module):
     """DLRM whose pairwise dot products pass through hybrid gates. Vectors in DLRM's order: the dense vector
     (when the schema has dense features), then the embedding module's pooled keys."""
 
-    def __init__(self, dlrm: DLRM, sparse: list[str], dense: list[str], rows: dict[str, int], init: float) -> None:
+    def __init__(self, dlrm: DLRM, sparse: list[str], dense: list[str], dense_at: list[int], rows: dict[str, int],
+                 init: float, choice_init: float) -> None:
         super().__init__()
+        self.dense_at = torch.tensor(dense_at, dtype=torch.long)  # gated dense fields' columns of batch.dense
         if dlrm.interaction != "dot":
             raise RecsysError("optfeature: model_options.interaction must be 'dot' (it gates the dot products)")
         self.dlrm = dlrm
@@ -97,10 +108,11 @@ class HybridGatedDLRM(nn.Module):
         self.candidate = torch.tensor([self.vectors[i] in gated or self.vectors[j] in gated for i, j in self.pairs])
         self.left = torch.tensor([i for i, _ in self.pairs], dtype=torch.long)
         self.right = torch.tensor([j for _, j in self.pairs], dtype=torch.long)
+        self.sparse_at = torch.tensor([self.vectors.index(f) for f in sparse], dtype=torch.long)
         self.flat = self.left * len(self.vectors) + self.right  # (P,) positions in a flattened (V, V) matrix
         self.field_logits = nn.Parameter(torch.full((len(self.pairs),), init))
-        self.choice_logits = nn.Parameter(torch.zeros(len(self.pairs)))  # α = sigmoid: field- vs value-grained
-        self.used: list[torch.Tensor] = []
+        self.choice_logits = nn.Parameter(torch.full((len(self.pairs),), choice_init))  # α = sigmoid(·)
+        self.used: dict[str, torch.Tensor] = {}  # the last forward's gates, by group, for the L1 push
 
     def value_gates(self, batch: Batch) -> torch.Tensor:
         """(B, V): each vector's value gate per row (1 for the dense vector and for non-candidates)."""
@@ -115,7 +127,9 @@ class HybridGatedDLRM(nn.Module):
 
     def hybrid(self, batch: Batch) -> torch.Tensor:
         """(B, P) the pair gates h_ij(x); 1 for a pair of two list-valued features (never gated)."""
-        values = self.value_gates(batch)
+        values = self.value_gates(batch)  # (B, V)
+        if self.sparse:
+            self.used["values"] = values[:, self.sparse_at].mean(0)  # (F_gated,) each field's mean value gate
         by_value = values[:, self.left] * values[:, self.right]  # (B, P)
         alpha = torch.sigmoid(self.choice_logits)
         field = self.gates.open(self.field_logits)
@@ -129,32 +143,40 @@ class HybridGatedDLRM(nn.Module):
         dense = None
         if dlrm.dense_arch is not None:
             g = self.gates.dense_gate()
-            self.used.append(g)
-            dense = dlrm.dense_arch(batch.dense * g)
+            self.used["dense"] = g
+            scale = torch.ones(batch.dense.shape[1], dtype=batch.dense.dtype).index_put((self.dense_at,), g)
+            dense = dlrm.dense_arch(batch.dense * scale)  # (B, D)
             parts.insert(0, dense.unsqueeze(1))
         vectors = torch.cat(parts, dim=1)  # (B, V, D)
         dots = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)[:, self.flat]  # (B, V, V) → (B, P)
         h = self.hybrid(batch)
         if bool(self.candidate.any()):
-            self.used.append(h[:, self.candidate].mean(0))
+            self.used["pairs"] = h[:, self.candidate].mean(0)  # (P_gated,)
         gated = dots * h
         features = torch.cat([dense, gated], dim=1) if dense is not None else gated
         return dlrm.over_arch(features).squeeze(1)
 
     def penalty(self) -> torch.Tensor:
-        """Mean of the used gates: per candidate pair its batch mean, per dense field its gate."""
-        used = torch.cat([u.reshape(-1) for u in self.used]).mean() if self.used else torch.zeros(())
+        """The L1 push: the mean pair gate plus the mean gate of the fields (a sparse field's: its values'
+        mean in the batch, as OptFS; a dense field's: its gate), so that neither group drowns the other."""
+        fields = [self.used[k] for k in ("values", "dense") if k in self.used]
+        push = torch.cat(fields).mean() if fields else torch.zeros(())
+        if "pairs" in self.used:
+            push = push + self.used["pairs"].mean()
         self.used.clear()
-        return used
+        return push
 
 
 @register_feature_method
 class OptFeature(FeatureMethod):
+    """Field pairs kept by hybrid-grained interaction gates trained inside DLRM (see the module docstring)."""
+
     name = "optfeature"
     paper = ("Lyu, Tang, Liu, Ma, Luo, Chen, He, Liu, NeurIPS 2023: Towards Hybrid-grained Feature Interaction "
              "Selection for Deep Sparse Network")
     Options = OptFeatureOptions
     trains_model = True
+    quick = {"steps": 60}
 
     def rank(self, data: FeatureData) -> Ranking:
         options: OptFeatureOptions = self.options  # type: ignore[assignment]
@@ -166,12 +188,10 @@ class OptFeature(FeatureMethod):
         except ValidationError as exc:
             raise RecsysError(f"optfeature embedding: {describe_validation_error(exc, options.embedding)}") from None
         dlrm = build_model("dlrm", schema, options.model_options, embedding)
-        dense_schema = [f.name for f in schema.dense]
-        if dense_schema != data.dense_fields:
-            raise RecsysError("optfeature: generated dense features are not supported in the data set it ranks "
-                              f"({', '.join(sorted(set(dense_schema) - set(data.dense_fields)))})")
         rows = {f: data.cardinality[f] for f in data.sparse_fields}
-        model = HybridGatedDLRM(dlrm, data.sparse_fields, data.dense_fields, rows, options.init)
+        dense_at = [[f.name for f in schema.dense].index(f) for f in data.dense_fields]
+        model = HybridGatedDLRM(dlrm, data.sparse_fields, data.dense_fields, dense_at, rows, options.init,
+                                options.choice_init)
         gates = model.gates
         gate_params = [*gates.parameters(), model.field_logits, model.choice_logits]
         report = train_gated(model, gates, gate_params, model.penalty, model, data, schema, options, seed)
@@ -199,7 +219,8 @@ class OptFeature(FeatureMethod):
                         both &= sample_open[name]
                 mass[(i, j)] = float(both.mean()) if n else 0.0
                 grain[(i, j)] = "value"
-        dense_name = dense_open[0] if dense_open else None
+        always = [f.name for f in schema.dense if f.name not in data.dense_fields]  # dense fields left unranked
+        dense_name = (dense_open + always)[0] if dense_open + always else None
 
         def named(v: int) -> str | None:
             name = model.vectors[v]
@@ -219,7 +240,8 @@ class OptFeature(FeatureMethod):
                 f, data.column(f))
         for k, f in enumerate(data.dense_fields):
             logit = float(gates.dense[k].detach())
-            scores[f] = float(logit > 0) * (1 + dense_mass) + 1e-3 * float(torch.sigmoid(torch.tensor(logit)))
+            share = dense_mass / max(len(dense_open), 1)  # the dense vector's pair mass, shared by its inputs
+            scores[f] = float(logit > 0) * share + 1e-3 * float(torch.sigmoid(torch.tensor(logit)))
         in_pairs = {model.vectors[v] for v in chosen}
         suggested = [f for f in data.fields
                      if (data.kinds[f] == "sparse" and f in in_pairs) or (data.kinds[f] == "dense" and f in dense_open)]

@@ -35,6 +35,8 @@ from recsys.features.gates import ContinuationOptions, gate_model, train_gated, 
 
 
 class OptFSOptions(ContinuationOptions):
+    """The continuation settings, and the ranking model the gates train with."""
+
     model: str = Field("dlrm", description="the registered ranking model the gates train with")
     model_options: dict = Field(default_factory=dict, description="its model: section")
     embedding: dict = Field(default_factory=dict, description="its embedding: section")
@@ -42,10 +44,13 @@ class OptFSOptions(ContinuationOptions):
 
 @register_feature_method
 class OptFS(FeatureMethod):
+    """Fields scored by the frequency-weighted share of their values whose learnt gate stays open."""
+
     name = "optfs"
     paper = ("Lyu, Tang, Liu, Chen, He, Liu, WWW 2023: Optimizing Feature Set for Click-Through Rate Prediction")
     Options = OptFSOptions
     trains_model = True
+    quick = {"steps": 60}
 
     def rank(self, data: FeatureData) -> Ranking:
         options: OptFSOptions = self.options  # type: ignore[assignment]
