@@ -256,7 +256,8 @@ def train_gated(module: nn.Module, gates: ValueGates, gate_params: list[nn.Param
     module.eval()
     tail = max(len(losses) // 10, 1)
     return {"steps": options.steps, "batch_size": options.batch_size, "final_temperature": options.final_temperature,
-            "loss_first": round(float(np.mean(losses[:tail])), 5), "loss_last": round(float(np.mean(losses[-tail:])), 5),
+            "loss_first": round(float(np.mean(losses[:tail])), 5),
+            "loss_last": round(float(np.mean(losses[-tail:])), 5),
             "rows_seen": options.steps * options.batch_size, "sparsity_curve": curve}
 
 

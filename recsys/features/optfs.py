@@ -1,7 +1,8 @@
 """OptFS: a learnable gate per feature value, trained with any registered ranking model by continuation.
 
-Paper: Fuyuan Lyu, Xing Tang, Dugang Liu, Liang Chen, Xiuqiang He, Xue Liu, "Optimizing Feature Set for Click-Through Rate Prediction", WWW 2023. Each feature
-value (an embedding row) gets a gate multiplying its embedding; gates and model
+Paper: Fuyuan Lyu, Xing Tang, Dugang Liu, Liang Chen, Xiuqiang He, Xue Liu, "Optimizing
+Feature Set for Click-Through Rate Prediction", WWW 2023. Each feature value (an
+embedding row) gets a gate multiplying its embedding; gates and model
 train jointly by learning-by-continuation (``recsys.features.gates``), gates
 binarise at the end, and the model is retrained on the kept feature set.
 

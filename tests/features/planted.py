@@ -34,7 +34,8 @@ def planted_ctr(out: Path, rows: int = 20_000, seed: int = 0) -> Path:
     logit = w_a[ids["good_a"]] + w_b[ids["good_b"]] + dense["good_d"] + cross[ids["cross_x"], ids["cross_y"]] - 0.5
     label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
     columns = {**dense, **ids, "label": label}
-    bounds = {"train": (0, int(rows * 0.8)), "valid": (int(rows * 0.8), int(rows * 0.9)), "test": (int(rows * 0.9), rows)}
+    cut, end = int(rows * 0.8), int(rows * 0.9)
+    bounds = {"train": (0, cut), "valid": (cut, end), "test": (end, rows)}
     for split, (lo, hi) in bounds.items():
         (out / split).mkdir(parents=True)
         pq.write_table(pa.table({k: v[lo:hi] for k, v in columns.items()}), out / split / "part-00000.parquet")
@@ -42,7 +43,8 @@ def planted_ctr(out: Path, rows: int = 20_000, seed: int = 0) -> Path:
         "task": "ctr",
         "dense": [{"name": n, "entity": "context", "transform": "none", "clip_min": None} for n in DENSE],
         "sparse": [{"name": n, "entity": "context"} for n in SPARSE],
-        "tables": [{"name": n, "encoding": "identity", "cardinality": r, "embedding_dim": 16} for n, r in SPARSE.items()],
+        "tables": [{"name": n, "encoding": "identity", "cardinality": r, "embedding_dim": 16}
+                   for n, r in SPARSE.items()],
         "labels": [{"name": "label"}],
     }
     (out / "schema.json").write_text(json.dumps(schema, indent=2))
