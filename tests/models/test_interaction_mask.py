@@ -42,8 +42,8 @@ def _with_history(batch: Batch, history: list[int], lengths: list[int]) -> Batch
 
 def test_masked_dlrm_scores_from_the_kept_pairs_only() -> None:
     """Vectors [dense, item_id, hist_item_id, city] (the embedding module's order): keep <dense, item_id>
-    (named by a dense feature) and <item_id, city>; the top MLP reads D + 2 columns, equal to the unmasked interaction's kept columns, and a
-    history (in no kept pair) no longer moves the score while the city does."""
+    (named by a dense feature) and <item_id, city>; the top MLP reads D + 2 columns, equal to the unmasked
+    interaction's kept columns, and a history (in no kept pair) no longer moves the score while the city does."""
     schema = small_schema()
     torch.manual_seed(0)
     model = build_model("dlrm", _masked(schema, [("d1", "item_id"), ("city", "item_id")]), SMALL, EmbeddingConfig())
