@@ -16,6 +16,12 @@ A model that can say why it scored a row as it did has ``explain(batch, top)``,
 returning per row its ``top`` largest ``Contribution``s (``explains(model)``): the
 ranking service answers ``"explain": true`` with them and the report counts them
 over the test set. It must not change what forward computes.
+
+A model that honours an interaction mask (``Schema.interactions``: the feature pairs
+whose interactions it keeps, written by ``recsys features select`` with an
+interaction selector) registers with ``interaction_mask=True``; ``build_model``
+refuses a schema that sets a mask for any other model, so a mask is never
+silently ignored.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class ModelSpec:
     config_class: type[BaseModel]  # the ``model:`` section of the training config
     build: ModelBuilder  # (schema, validated config, embeddings module) → model
     inputs: InputsOf | None = None  # (schema, validated config) → the sparse features it embeds; None: all
+    interaction_mask: bool = False  # honours ``Schema.interactions`` (keeps only those feature pairs)
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,12 @@ def explains(model: nn.Module) -> bool:
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, config_class: type[BaseModel], inputs: InputsOf | None = None
-                   ) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(name: str, config_class: type[BaseModel], inputs: InputsOf | None = None,
+                   interaction_mask: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
     def add(build: ModelBuilder) -> ModelBuilder:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = ModelSpec(name, config_class, build, inputs)
+        _MODELS[name] = ModelSpec(name, config_class, build, inputs, interaction_mask)
         return build
     return add
 
@@ -96,9 +103,19 @@ def build_model(name: str, schema: Schema, section: dict[str, Any], embedding: E
                 embedding_device: torch.device | str = "cpu") -> nn.Module:
     """The model with its embedding tables on ``embedding_device`` ('meta' lets the sharder allocate them)."""
     spec = model_spec(name)
+    check_interaction_mask(name, schema)
     config = model_config(name, section)
     return spec.build(schema, config, build_embeddings(embedded_schema(name, schema, section), embedding,
                                                        embedding_device))
+
+
+def check_interaction_mask(name: str, schema: Schema) -> None:
+    """A schema with an interaction mask only goes to a model that honours one (one-line error otherwise)."""
+    if schema.interactions is not None and not model_spec(name).interaction_mask:
+        takers = [n for n in model_names() if _MODELS[n].interaction_mask]
+        raise RecsysError(f"--model {name}: the schema sets an interaction mask (interactions: "
+                          f"{len(schema.interactions)} pairs), which this model cannot honour; models that "
+                          f"take one: {', '.join(takers) or 'none'} (or drop 'interactions' from the schema)")
 
 
 def embedded_schema(name: str, schema: Schema, section: dict[str, Any]) -> Schema:
