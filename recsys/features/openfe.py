@@ -65,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from recsys.errors import RecsysError
 from recsys.features import register_feature_method
 from recsys.features.base import FeatureData, FeatureGenerator, FieldKind, GeneratedFeature, Ranking
+from recsys.features.quality import ranks
 from recsys.features.recipes import GeneratedSpec, Lookups, derive, fit
 from recsys.schema import DENSE_OPS, Derivation, DerivedOp, SparseFeature
 
@@ -456,23 +457,16 @@ class OpenFE(FeatureGenerator):
         """Greedy in halving order: a dense candidate whose ranks correlate above ``redundancy`` with a base
         dense field or a kept dense candidate is dropped (e.g. square and abs of one field order rows alike)."""
         rows = split.train[: REDUNDANCY_ROWS]
-        kept_ranks = [_ranks(rows[f].to_numpy()) for f in data.dense_fields]
+        kept_ranks = [ranks(rows[f].to_numpy()) for f in data.dense_fields]
         kept: list[_Candidate] = []
         for c in ranked:
             if c.kind == "dense" and c.recipe.op in DENSE_OPS:
-                r = _ranks(c.values(rows))
+                r = ranks(c.values(rows))
                 if any(abs(_corr(r, k)) > self.opts.redundancy for k in kept_ranks):
                     continue
                 kept_ranks.append(r)
             kept.append(c)
         return kept
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    return ranks
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:

@@ -72,7 +72,7 @@ def redundancy(data: FeatureData, fields: list[str] | None = None) -> dict[tuple
     dense = [f for f in fields if data.kinds.get(f) == "dense"]
     rho: dict[tuple[str, str], float] = {}
     if len(dense) > 1:
-        ranks = np.stack([_ranks(data.column(f)) for f in dense])
+        ranks = np.stack([ranks(data.column(f)) for f in dense])
         with np.errstate(invalid="ignore", divide="ignore"):
             matrix = np.nan_to_num(np.corrcoef(ranks))
         rho = {(a, b): abs(float(matrix[i, j])) for i, a in enumerate(dense) for j, b in enumerate(dense)}
@@ -87,7 +87,8 @@ def redundancy(data: FeatureData, fields: list[str] | None = None) -> dict[tuple
     return out
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
+def ranks(values: np.ndarray) -> np.ndarray:
+    """0..n-1 by value, ties in row order (what Spearman's ρ correlates)."""
     order = np.argsort(values, kind="stable")
     ranks = np.empty(len(values))
     ranks[order] = np.arange(len(values))
