@@ -72,9 +72,9 @@ def redundancy(data: FeatureData, fields: list[str] | None = None) -> dict[tuple
     dense = [f for f in fields if data.kinds.get(f) == "dense"]
     rho: dict[tuple[str, str], float] = {}
     if len(dense) > 1:
-        ranks = np.stack([ranks(data.column(f)) for f in dense])
+        ranked = np.stack([ranks(data.column(f)) for f in dense])
         with np.errstate(invalid="ignore", divide="ignore"):
-            matrix = np.nan_to_num(np.corrcoef(ranks))
+            matrix = np.nan_to_num(np.corrcoef(ranked))
         rho = {(a, b): abs(float(matrix[i, j])) for i, a in enumerate(dense) for j, b in enumerate(dense)}
     out: dict[tuple[str, str], float] = {}
     for i, a in enumerate(fields):
