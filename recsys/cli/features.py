@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,9 +180,9 @@ _OPTION_HELP = "A method setting key=value (repeatable; JSON where it parses), e
 _FIELDS_HELP = "Comma-separated fields to judge (default: every single-valued feature); the others are kept."
 
 
-def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[str], fields: str | None
-          ) -> tuple[Any, Any, Any]:
-    """(data, method, ranking) with the method's own time measured."""
+def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[str], fields: str | None,
+          check: Callable[[Any], None] | None = None) -> tuple[Any, Any, Any]:
+    """(data, method, ranking) with the method's own time measured; ``check(data)`` runs before the ranking."""
     from recsys.features import feature_method
     from recsys.features.data import load_feature_data
 
@@ -191,6 +191,8 @@ def _rank(data: Path, method: str, sample: int | None, seed: int, options: list[
     runner = feature_method(method, _parse_settings(options, flag="--option"))
     only = [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
     loaded = load_feature_data(data, sample=sample, seed=seed, only=only)
+    if check is not None:
+        check(loaded)
     log.info("ranking %d fields of %s (%s of %s train rows) with %s", len(loaded.fields), data,
              f"{loaded.frame.height:,}", f"{loaded.rows_total:,}", method)
     return loaded, runner, runner.timed_rank(loaded)
@@ -250,13 +252,14 @@ def select(
 
     Example: recsys features select --data .demo/ctr --method outrank --keep 20 --out runs/features/schema.json
     """
-    from recsys.features.select import choose_fields, pruned_schema
+    from recsys.features.select import check_limits, choose_fields, pruned_schema
 
     if keep is not None and budget is not None:
         raise RecsysError("give one of --keep K and --budget B, not both")
     if out.is_dir():
         raise RecsysError(f"--out {out}: is a directory; give the schema file to write, e.g. {out / 'schema.json'}")
-    loaded, _, ranking = _rank(data, method, sample, seed, options, fields)
+    loaded, _, ranking = _rank(data, method, sample, seed, options, fields,
+                               check=lambda loaded: check_limits(loaded, keep, budget))
     kept = choose_fields(loaded, ranking, keep, budget)
     schema = pruned_schema(loaded, kept, ranking.interactions)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,9 @@ def knee(order: list[str], scores: dict[str, float]) -> list[str]:
     return order[: int(np.argmax(gaps)) + 1]
 
 
-def choose_fields(data: FeatureData, ranking: Ranking, keep: int | None, budget: int | None) -> list[str]:
-    order = ranking.order()
-    count = len(order)
+def check_limits(data: FeatureData, keep: int | None, budget: int | None) -> None:
+    """One-line errors for --keep and --budget that no ranking could satisfy, before any ranking is done."""
+    count = len(data.fields)
     if keep is not None and budget is not None:
         raise RecsysError("give one of --keep K and --budget B, not both")
     if keep is not None:
@@ -44,27 +44,39 @@ def choose_fields(data: FeatureData, ranking: Ranking, keep: int | None, budget:
             raise RecsysError(f"--keep {keep}: keep at least 1 field")
         if keep > count:
             raise RecsysError(f"--keep {keep}: larger than the {count} candidate fields of {data.data_dir}")
-        return order[:keep]
     if budget is not None:
-        costs = {f: field_parameters(data.schema, f) for f in order}
-        total = sum(dict((table or f, p) for f, (table, p) in costs.items()).values())
         if budget < 1:
             raise RecsysError(f"--budget {budget}: must be a positive number of parameters")
+        total = total_parameters(data)
         if budget >= total:
             raise RecsysError(f"--budget {budget:,}: covers all {count} candidate fields ({total:,} parameters); "
                               "nothing to prune")
+        cheapest = min(field_parameters(data.schema, f)[1] for f in data.fields)
+        if budget < cheapest:
+            raise RecsysError(f"--budget {budget:,}: too small for even the cheapest field ({cheapest:,} parameters)")
+
+
+def total_parameters(data: FeatureData) -> int:
+    """Parameters of every candidate field, a shared table counted once."""
+    costs = {f: field_parameters(data.schema, f) for f in data.fields}
+    return sum(dict((table or f, p) for f, (table, p) in costs.items()).values())
+
+
+def choose_fields(data: FeatureData, ranking: Ranking, keep: int | None, budget: int | None) -> list[str]:
+    check_limits(data, keep, budget)
+    order = ranking.order()
+    if keep is not None:
+        return order[:keep]
+    if budget is not None:
         kept, tables, used = [], set(), 0
         for field in order:
-            table, cost = costs[field]
+            table, cost = field_parameters(data.schema, field)
             extra = 0 if table is not None and table in tables else cost
             if used + extra <= budget:
                 kept.append(field)
                 used += extra
                 if table is not None:
                     tables.add(table)
-        if not kept:
-            raise RecsysError(f"--budget {budget:,}: too small for even the best field "
-                              f"('{order[0]}', {costs[order[0]][1]:,} parameters)")
         return kept
     suggested = [f for f in order if f in set(ranking.suggested)] if ranking.suggested else knee(order, ranking.scores)
     return suggested or order[:1]

@@ -86,3 +86,24 @@ def test_a_schema_with_an_unknown_column_is_a_one_line_error(planted: Path, sele
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "no_such_column" in last and "is not a column of the data set" in last
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("select", "--method", "outrank", "--keep", "500"), "--keep 500: larger than the"),
+    (("select", "--method", "outrank", "--budget", "1000000000000"), "covers all"),
+    (("rank", "--method", "outrank", "--fields", "C1,no_such"), "'no_such' is not a column"),
+    (("rank", "--method", "no_such_method"), "unknown feature method"),
+    (("rank", "--method", "outrank", "--option", "no_such=1"), "no_such"),
+    (("generate", "--method", "outrank"), "does not generate"),
+])
+def test_bad_input_is_one_line(planted: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("features", *args, "--data", str(planted), "--out", str(tmp_path / "out.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_label_free_data_set_is_one_line(small_implicit: Path, tmp_path: Path) -> None:
+    result = run_cli("features", "rank", "--data", str(small_implicit), "--method", "outrank", "--out", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "has no label" in result.stderr
