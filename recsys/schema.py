@@ -385,7 +385,14 @@ class Schema(_Strict):
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        """The schema as JSON; ``derived`` and ``interactions`` appear only when set, so a schema that uses
+        neither reads (and digests, for resuming a run) exactly as before they existed."""
+        exclude: dict[str, Any] = {section: {i: {"derived"} for i, f in enumerate(getattr(self, section))
+                                             if f.derived is None}
+                                   for section in ("dense", "sparse")}
+        if self.interactions is None:
+            exclude["interactions"] = True
+        return self.model_dump_json(indent=2, exclude=exclude)
 
     def save(self, path: str | Path) -> Path:
         """Write ``schema.json`` (or the given file) atomically."""

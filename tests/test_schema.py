@@ -101,3 +101,23 @@ def test_unreadable_schema_files_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(RecsysError, match=expected) as error:
             Schema.load(path)
         assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unused_generated_and_interaction_keys_are_not_written() -> None:
+    """A schema without generated features or an interaction mask serialises as before they existed, so runs
+    started earlier resume (their schema digest is unchanged); with them, they round-trip."""
+    from recsys.schema import Derivation, DenseFeature, Entity, Label, Schema, SparseFeature
+
+    plain = Schema(dense=[DenseFeature(name="d", entity=Entity.USER)],
+                   sparse=[SparseFeature(name="s", entity=Entity.ITEM)], labels=[Label(name="y")])
+    text = plain.to_json()
+    assert '"derived"' not in text and '"interactions"' not in text
+    assert Schema.model_validate_json(text) == plain
+    rich = plain.model_copy(update={
+        "dense": [*plain.dense, DenseFeature(name="g", entity=Entity.DERIVED, transform="standardize", clip_min=None,
+                                             mean=0.0, std=1.0, derived=Derivation(op="square", inputs=["d"]))],
+        "interactions": [("s", "d")]})
+    rich = Schema.model_validate(rich.model_dump())
+    again = Schema.model_validate_json(rich.to_json())
+    assert again == rich and again.dense[1].derived is not None and again.interactions == [("s", "d")]
+    assert again.dense[0].derived is None
