@@ -8,6 +8,7 @@ the same path whatever the process count.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,16 @@ def init_distributed() -> DistEnv:
     return DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(failed: bool = False) -> None:
+    """Leave the process group. After a failure every process that reaches this point first waits (at most
+    30 s, gloo's monitored barrier) for the others: a process that tore its group down while a peer was still
+    inside the last collective made that peer's gloo thread abort the interpreter ("terminate called without
+    an active exception") under load."""
+    if not dist.is_initialized():
+        return
+    if failed and dist.get_world_size() > 1 and dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=30))
+        except RuntimeError:  # a peer failed elsewhere or left: nothing to wait for
+            pass
+    dist.destroy_process_group()

@@ -192,9 +192,12 @@ def train(job: TrainJob) -> dict[str, Any]:
     """Run the job in this process (one of ``world_size``); returns the final metrics (all ranks)."""
     env = init_distributed()
     try:
-        return _train(job, env)
-    finally:
-        shutdown()
+        metrics = _train(job, env)
+    except BaseException:
+        shutdown(failed=True)
+        raise
+    shutdown()
+    return metrics
 
 
 def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
