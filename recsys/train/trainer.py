@@ -193,8 +193,11 @@ def train(job: TrainJob) -> dict[str, Any]:
     env = init_distributed()
     try:
         metrics = _train(job, env)
-    except BaseException:
+    except Exception:
         shutdown(failed=True)
+        raise
+    except BaseException:  # Ctrl-C, SystemExit: leave at once
+        shutdown()
         raise
     shutdown()
     return metrics
