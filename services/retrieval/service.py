@@ -84,7 +84,7 @@ class ServedRetriever:
         if loaded.schema.user_key is None:
             raise RecsysError(f"{loaded.path}: the schema has no user_key; the retriever looks users up by it")
         index = load_index(loaded.path, read_item_vectors(loaded.path))
-        features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path))
+        features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path), loaded.lookups)
         layouts = record_layouts(loaded.schema, loaded.path)
         return cls(loaded, index, features, layouts, layout_fingerprint(layouts))
 
