@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import socket
 import sys
@@ -21,6 +22,55 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def available_cpus() -> int:
+    """The CPUs this process may really use: its affinity mask (taskset, a container's cpuset), capped by a
+    cgroup CPU quota (``docker --cpus``, a Kubernetes limit), which ``os.cpu_count()`` ignores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time per period the cgroup allows (v2 ``cpu.max``, else v1 CFS), None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+# libgomp spins this many iterations at a barrier before it sleeps (its default is 300,000, ~0.1-1 ms). Beside
+# another CPU-bound process, a thread spinning for a descheduled peer burns the slice that peer needs, and the
+# two processes' pools slow each other down several-fold; 10,000 (a few microseconds) keeps nearly all of the
+# idle speed and most of a fair share under contention (benchmarks/bench_contention.py measures both).
+OPENMP_SPIN_COUNT = 10_000
+
+
+def thread_policy(processes: int = 1) -> dict[str, str]:
+    """The OpenMP settings for ``processes`` torch processes on this host's available CPUs, minus those the user
+    set: a thread count that shares out the CPUs (not the machine's core count) and a short spin before sleep.
+    Applied to os.environ before torch is imported (libgomp reads them once, when it loads) and inherited by
+    the workers; returns what it set."""
+    chosen: dict[str, str] = {}
+    if "OMP_NUM_THREADS" not in os.environ:
+        chosen["OMP_NUM_THREADS"] = str(max(1, available_cpus() // max(1, processes)))
+    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+        chosen["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
+    os.environ.update(chosen)
+    return chosen
 
 
 def pid_alive(pid: int) -> bool:

@@ -21,6 +21,7 @@ from recsys.cli.report import report
 from recsys.cli.serve import serve
 from recsys.cli.train import train
 from recsys.errors import RecsysError
+from recsys.system import available_cpus
 
 app = typer.Typer(
     name="recsys",
@@ -76,7 +77,7 @@ def setup_logging(level: int) -> None:
 
 def main() -> None:
     """Console script: run the app, turning RecsysError into a one-line message and exit code 2."""
-    os.environ.setdefault("POLARS_MAX_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("POLARS_MAX_THREADS", str(available_cpus()))
     try:
         app()  # standalone: usage errors print click's message and exit 2
     except RecsysError as exc:

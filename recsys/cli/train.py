@@ -58,8 +58,14 @@ def train(
 
     Example: recsys train --model dlrm --data .demo/ctr --out runs/dlrm --set trainer.epochs=2 --nproc 2
     """
+    from recsys.system import thread_policy
+
+    chosen = thread_policy(int(os.environ.get("LOCAL_WORLD_SIZE", nproc)))  # before torch loads
     from recsys.distributed.env import launched_by_torchrun
     from recsys.train.trainer import TrainJob
+
+    if chosen:
+        logging.getLogger(__name__).debug("OpenMP settings: %s", chosen)
 
     def job() -> TrainJob:
         settings = _settings(model, out, config, overrides, seed, resume)
@@ -167,8 +173,6 @@ def _launch(job: TrainJob, nproc: int) -> None:
 
     for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are reported below, in one line
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     with tempfile.TemporaryDirectory(prefix="recsys-train-") as errors:
         os.environ[_ERROR_DIR] = errors
         launch = LaunchConfig(

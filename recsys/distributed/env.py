@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from recsys.system import free_port
+from recsys.system import available_cpus, free_port
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def init_distributed() -> DistEnv:
     else:
         device, backend = torch.device("cpu"), "gloo"
         # The processes of one host share its cores; more threads than that only thrash.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
+        torch.set_num_threads(max(1, available_cpus() // local_world_size))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
     return DistEnv(rank, world_size, local_rank, local_world_size, device, backend)

@@ -423,7 +423,8 @@ def _final_metrics(job: TrainJob, env: DistEnv, position: _Position, valid: dict
     metrics |= {f"test.{k}": v for k, v in test.items()}
     metrics |= {"train.samples": position.samples, "train.steps": position.step,
                 "train.epochs": position.epoch, "train.seconds": seconds,
-                "train.samples_per_s": position.samples / max(seconds, 1e-9), "train.world_size": env.world_size}
+                "train.samples_per_s": position.samples / max(seconds, 1e-9), "train.world_size": env.world_size,
+                "train.threads": torch.get_num_threads()}  # per process: recsys.system.thread_policy
     stats = read_stats(job.data)
     bayes = stats.get("splits_bayes", {}).get("test", {}).get("auc") if isinstance(stats, dict) else None
     if bayes is not None:

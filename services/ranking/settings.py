@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from recsys.config import ServingPrecision as Precision  # fp32, int8, int4: one enum for config and service
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
+from recsys.system import available_cpus
 
 if TYPE_CHECKING:
     from services.ranking.http import HttpLimits
@@ -67,7 +68,7 @@ class ServeSettings(BaseModel):
 
     @property
     def torch_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.threads or max(1, available_cpus() // self.workers)
 
     def http_limits(self) -> HttpLimits:
         from services.ranking.http import HttpLimits  # uvicorn: not needed by `recsys --help`

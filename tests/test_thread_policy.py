@@ -1,0 +1,76 @@
+"""The OpenMP thread policy: CPUs counted as the process may use them, the user's settings kept, and training
+run with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.system import OPENMP_SPIN_COUNT, available_cpus, thread_policy
+from tests.conftest import REPO_ROOT, train_cli
+
+POLICY_VARS = ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in POLICY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _in_fresh_process(code: str, cpus: set[int]) -> str:
+    """``code``'s stdout, run with the affinity mask ``cpus`` (as taskset or a cpuset would set it)."""
+    prelude = f"import os; os.sched_setaffinity(0, {sorted(cpus)!r}); "
+    env = {k: v for k, v in os.environ.items() if k not in POLICY_VARS}
+    done = subprocess.run([sys.executable, "-c", prelude + code], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_threads_share_out_the_available_cpus(clean_env: pytest.MonkeyPatch) -> None:
+    cpus = available_cpus()
+    assert cpus == min(len(os.sched_getaffinity(0)), cpus)
+    chosen = thread_policy(2)
+    assert chosen == {"OMP_NUM_THREADS": str(max(1, cpus // 2)), "GOMP_SPINCOUNT": str(OPENMP_SPIN_COUNT)}
+    assert os.environ["OMP_NUM_THREADS"] == chosen["OMP_NUM_THREADS"]
+
+
+def test_the_users_settings_win(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OMP_NUM_THREADS", "7")
+    clean_env.setenv("OMP_WAIT_POLICY", "PASSIVE")  # a wait policy of the user's own: no spin count of ours
+    assert thread_policy(1) == {}
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "GOMP_SPINCOUNT" not in os.environ
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one of them")
+def test_a_pinned_process_counts_only_its_cpus() -> None:
+    one = min(os.sched_getaffinity(0))
+    code = ("from recsys.system import available_cpus, thread_policy; "
+            "print(available_cpus(), thread_policy(1)['OMP_NUM_THREADS'])")
+    assert _in_fresh_process(code, {one}).split() == ["1", "1"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one of them")
+def test_training_pinned_to_one_cpu_runs_one_thread(small_ctr: Path, tmp_path: Path) -> None:
+    """`recsys train` on one CPU of several: torch gets one thread, not the machine's core count."""
+    one = min(os.sched_getaffinity(0))
+    out = tmp_path / "run"
+    code = (f"import sys; sys.argv = ['recsys', '-q', 'train', '--model', 'dlrm', '--data', {str(small_ctr)!r}, "
+            f"'--out', {str(out)!r}, '--set', 'trainer.max_steps=2', '--set', 'trainer.progress=false']; "
+            "from recsys.cli.main import main; main()")
+    _in_fresh_process(code, {one})
+    assert json.loads((out / "artifact" / "metrics.json").read_text())["train.threads"] == 1
+
+
+def test_training_uses_every_available_cpu_by_default(small_ctr: Path, tmp_path: Path,
+                                                      clean_env: pytest.MonkeyPatch) -> None:
+    done = train_cli(small_ctr, tmp_path / "run", "trainer.max_steps=2")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "run" / "artifact" / "metrics.json").read_text())
+    assert metrics["train.threads"] == available_cpus()
