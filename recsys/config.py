@@ -9,7 +9,8 @@ declares its knobs beside its code.
 
 A resumed run starts from the run's saved config (``base``) and may change only the
 keys in ``RESUMABLE``: how long it runs, how often it logs and saves, how it is
-evaluated and what hardware the planner assumes. Every other key decides which
+evaluated, what hardware the planner assumes and the compute precision (the weights are fp32 at either, and
+``auto`` resolves per machine anyway). Every other key decides which
 batches are taken or what a step computes, so changing it would silently continue
 another run on weights trained by this one.
 """
@@ -30,7 +31,7 @@ from recsys.schema import describe_validation_error
 # Dotted keys (or sections) a resumed run may change; see the module docstring.
 RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.checkpoint_every",
              "trainer.keep_checkpoints", "trainer.progress", "trainer.eval_batch_size", "trainer.pipeline",
-             "trainer.early_stopping", "sharding.topology")
+             "trainer.precision", "trainer.early_stopping", "sharding.topology")
 
 
 class _Section(BaseModel):
@@ -211,6 +212,9 @@ class TrainerConfig(_Section):
     pipeline: Literal["auto", "on", "off"] = Field(
         "auto", description="torchrec's sparse-dist train pipeline, which overlaps the next batch's copy and "
         "input distribution with this batch's compute; auto: on GPUs only")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="the dense layers' compute (recsys.precision): bf16 autocasts forward and backward, "
+        "embedding tables, weights and loss stay fp32; auto: bf16 where the device has native bf16, else fp32")
     progress: bool = True
 
     @field_validator("pipeline", mode="before")
