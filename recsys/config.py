@@ -89,9 +89,12 @@ class OptimizerConfig(_Section):
 
 
 class ServingPrecision(StrEnum):
-    """How the served model's embedding tables are stored (fbgemm's quantised rows for int8/int4)."""
+    """How the served model computes: embedding tables stored at fp32 or as fbgemm's quantised int8/int4 rows,
+    dense layers at fp32; bf16 keeps fp32 tables and runs the dense layers under bf16 autocast
+    (``recsys.precision``; refused on a CPU without native bf16)."""
 
     FP32 = "fp32"
+    BF16 = "bf16"
     INT8 = "int8"
     INT4 = "int4"
 
@@ -125,8 +128,9 @@ class EmbeddingConfig(_Section):
                          "schemes (hash, qr, unified, dnis, dsl); 1: full size")
     tables: dict[str, TableEmbeddingConfig] = {}
     serving_precision: ServingPrecision = Field(
-        ServingPrecision.FP32, description="how the artifact's tables are served unless `recsys serve "
-        "--precision` says otherwise: fp32, or int8/int4 rows quantised by fbgemm")
+        ServingPrecision.FP32, description="how the artifact is served unless `recsys serve --precision` "
+        "says otherwise: fp32; bf16 (fp32 tables, dense layers under bf16 autocast); or int8/int4 table rows "
+        "quantised by fbgemm")
 
     def for_table(self, table: str) -> dict[str, Any]:
         """The table's resolved settings: scheme, dim, ratio and scheme options, the table's own over the

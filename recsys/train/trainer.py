@@ -355,7 +355,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                     rate = window_steps * config.trainer.batch_size / max(elapsed, 1e-9)
                     mean_loss = _mean_over_ranks(float(window_loss) / window_steps, env.device)
                     metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "train",
-                                       "precision": precision, "loss": mean_loss, "lr_sparse": config.optimizer.sparse.lr * factor,
+                                       "precision": precision, "loss": mean_loss,
+                                       "lr_sparse": config.optimizer.sparse.lr * factor,
                                        "lr_dense": config.optimizer.dense.lr * factor, "samples_per_s": rate})
                     if not math.isfinite(mean_loss):
                         raise diverged(f"mean loss {mean_loss} over steps {position.step - window_steps + 1}-"
@@ -447,7 +448,7 @@ def _served_sizes(model_name: str, schema: Schema, config: TrainConfig, state: d
     """Bytes of the model as ``recsys serve`` holds it by default: its tables at ``embedding.serving_precision``
     (fbgemm's quantised rows with their scale and bias, measured on a quantised copy), the rest fp32."""
     precision = config.embedding.serving_precision.value
-    if precision == "fp32":
+    if precision in ("fp32", "bf16"):  # bf16 serving keeps fp32 tables and weights
         return {"served.precision": precision, "served.embedding_bytes": trained["embedding_bytes"],
                 "served.dense_bytes": trained["dense_bytes"]}
     from kernels.quantize import dense_bytes, quantize_tables, served_embedding_bytes
