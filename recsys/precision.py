@@ -16,11 +16,12 @@ fp32 and no smaller, so ``auto`` takes fp32 there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 Requested = Literal["fp32", "bf16", "auto"]
 Resolved = Literal["fp32", "bf16"]
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names for native bf16 arithmetic
+T = TypeVar("T")
 
 
 @functools.cache
@@ -87,6 +89,18 @@ def autocast(precision: Resolved, device: torch.device) -> Iterator[None]:
     """bf16 autocast for ``device`` when ``precision`` is bf16; nothing otherwise."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         yield
+
+
+def to_fp32(output: T) -> T:
+    """A forward's output with its floating tensors in fp32: a logits tensor, or a dataclass of tensors (a
+    retriever's ``PairScores``), for a loss computed in fp32."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output  # type: ignore[return-value]
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        tensors = {f.name: to_fp32(getattr(output, f.name)) for f in dataclasses.fields(output)
+                   if f.init and isinstance(getattr(output, f.name), torch.Tensor)}
+        return dataclasses.replace(output, **tensors)
+    return output
 
 
 def _name(device: torch.device) -> str:

@@ -11,7 +11,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.distributed.sharding import loss_scale
-from recsys.precision import Resolved, autocast
+from recsys.precision import Resolved, autocast, to_fp32
 from recsys.tasks import TaskSpec
 from recsys.types import Batch
 
@@ -22,7 +22,7 @@ def scaled_loss(model: nn.Module, batch: Batch, world_size: int, task: TaskSpec,
     forward is autocast and the loss computed on fp32 logits (``recsys.precision``)."""
     with autocast(precision, batch.labels.device):
         logits = model(batch)
-    loss = task.loss(logits.float(), batch.labels)
+    loss = task.loss(to_fp32(logits), batch.labels)
     return loss * loss_scale(world_size), loss.detach()
 
 
