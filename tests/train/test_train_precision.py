@@ -20,10 +20,11 @@ from recsys.config import TrainConfig, resumable
 from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
 from recsys.errors import RecsysError
-from recsys.models import build_model
+from recsys.models import build_model, model_names, model_spec
+from recsys.models.retriever import RetrieverConfig
 from recsys.tasks import task_spec
 from recsys.train.step import scaled_loss
-from tests.conftest import train_cli
+from tests.conftest import REPO_ROOT, train_cli
 
 SETTINGS = ("trainer.batch_size=256", "trainer.log_every=10")  # 37 steps an epoch on small_ctr
 # Measured on small_ctr after one epoch: test AUC 0.6784 at fp32 and at bf16 (|Δ| < 1e-4); 0.005 is a 50x margin.
@@ -116,6 +117,45 @@ def test_dense_forward_runs_in_bf16_with_fp32_tables_and_loss(small_ctr: Path) -
     seen = {"linear": set(), "tables": set()}
     scaled_loss(model, batch, 1, task, "fp32")
     assert seen == {"linear": {torch.float32}, "tables": {torch.float32}}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_steps_at_bf16_as_at_fp32(name: str, small_ctr: Path, small_implicit: Path) -> None:
+    """Every registered model (its configs/NAME.yaml) takes a bf16 step: an fp32 loss near the fp32 step's and
+    fp32 gradients for the same parameters."""
+    retriever = issubclass(model_spec(name).config_class, RetrieverConfig)
+    data = small_implicit if retriever else small_ctr
+    config = TrainConfig.load(REPO_ROOT / "configs" / f"{name}.yaml")
+    schema = load_schema(data)
+    torch.manual_seed(0)
+    model = build_model(name, schema, config.model, config.embedding)
+    if callable(getattr(model, "attach_interactions", None)):
+        from recsys.train.retrieval import training_interactions
+
+        model.attach_interactions(*training_interactions(data, schema))
+    batch = next(iter(ParquetReader(data, "train", 128, schema=schema)))
+    task = task_spec(schema)
+    losses, grads = {}, {}
+    for name_ in ("fp32", "bf16"):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same sampled negatives for both
+        scaled, losses[name_] = scaled_loss(model, batch, 1, task, name_)
+        scaled.backward()
+        grads[name_] = {n: p.grad.dtype for n, p in model.named_parameters() if p.grad is not None}
+    assert losses["bf16"].dtype == torch.float32 and torch.isfinite(losses["bf16"])
+    assert float(losses["bf16"]) == pytest.approx(float(losses["fp32"]), rel=0.02)
+    assert grads["bf16"].keys() == grads["fp32"].keys() and set(grads["bf16"].values()) == {torch.float32}
+
+
+@pytest.mark.slow
+def test_two_process_sharded_bf16_run(small_ctr: Path, tmp_path: Path) -> None:
+    """DMP over 2 gloo processes with bf16 steps: the dense gradients all-reduced are fp32."""
+    run = tmp_path / "run"
+    result = train_cli(small_ctr, run, *SETTINGS, "trainer.precision=bf16", "trainer.max_steps=6", nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(run)
+    assert metrics["train.precision"] == "bf16" and metrics["train.world_size"] == 2
+    assert metrics["train.steps"] == 6 and 0.5 < metrics["test.auc"] <= 1
 
 
 def test_auto_resolves_by_the_devices_bf16_support() -> None:
