@@ -5,8 +5,10 @@ autocast lists (linear, matmul, bmm, conv) run in bf16, everything else in the
 dtype of its inputs. The parameters stay fp32 (autocast casts a copy per op), so
 optimizers, checkpoints and artifacts are the same as an fp32 run's, and the
 backward runs each op in the dtype its forward chose. Embedding lookups are not
-autocast ops: fbgemm's tables and pooled vectors stay fp32. Callers take logits
-back to fp32 (``.float()``) before the loss or the link.
+autocast ops: fbgemm's tables and pooled vectors stay fp32. Callers take outputs
+back to fp32 (``to_fp32``) before the loss or the link. Two of our own ops follow
+the same rule: ``kernels.interaction`` runs its pairs as autocast runs ``bmm``, and
+graph propagation (``recsys.models.graph``), an aggregation of embeddings, stays fp32.
 
 Support: a CUDA device says so itself; a CPU has native bf16 with AVX512-BF16 or
 AMX-BF16. Elsewhere torch emulates bf16 in software: correct, but slower than
@@ -55,7 +57,8 @@ def bf16_supported(device: torch.device) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch probes: absent is "no"
+    if any(getattr(torch.cpu, probe, lambda: False)() for probe in probes):
         return True
     return any(flag in cpu_info()[1] for flag in _CPU_FLAGS)
 
