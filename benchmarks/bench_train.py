@@ -18,10 +18,14 @@ SGD (lr 0.01) everywhere. Everything below is measured in one run on one machine
   backward) and its spec (torchrec's maths, autograd through bmm); and changes
   proposed for files this script does not own, applied here by patching: no DDP
   wrapper in a 1-process group (``recsys/distributed/sharding.py``), that with
-  torchrec's MLP layers applying ReLU in place, and bf16 autocast (not like for
-  like: other numerics; it shows what the CPU's bf16 units give). After those
+  torchrec's MLP layers applying ReLU in place. After those
   rounds, glibc is told to keep freed memory (the ``mallopt`` proposed for
   ``recsys/distributed/env.py``) and the main variants run again.
+- precision pairs: plain and engine at fp32, and both again at bf16 (the engine through
+  ``trainer.precision=bf16``'s step, ``recsys.precision``; plain with the same autocast
+  around its forward and the loss on fp32 logits), each compared with the other at the
+  same precision. ``machine.native_bf16`` says whether the CPU has bf16 units
+  (avx512_bf16/amx_bf16 in ``machine.cpu_flags``); without them bf16 is emulated and slow.
 - the fp32 GEMM peak: a 4096³ ``torch.mm`` on the same threads.
 - FLOPs per sample: forward = 2·Σ(in·out) over the MLP layers + 2·P·D for the
   P = F(F-1)/2 pairs of the interaction; a training step counts 3× forward
@@ -88,6 +92,7 @@ from recsys.config import TrainConfig  # noqa: E402
 from recsys.distributed import sharding  # noqa: E402
 from recsys.distributed.env import DistEnv, init_distributed, shutdown  # noqa: E402
 from recsys.models import build_model  # noqa: E402
+from recsys.precision import Resolved, autocast, bf16_supported  # noqa: E402
 from recsys.schema import Schema  # noqa: E402
 from recsys.tasks import task_named  # noqa: E402
 from recsys.train.step import train_step  # noqa: E402
@@ -209,7 +214,8 @@ class PlainDLRM(nn.Module):
         return self.over_arch(torch.cat([dense, pairs], dim=1)).squeeze(1)  # (B,)
 
 
-def plain_stepper(shape: Shape) -> tuple[PlainDLRM, Callable[[Batch], None]]:
+def plain_stepper(shape: Shape) -> tuple[PlainDLRM, dict[Resolved, Callable[[Batch], None]]]:
+    """The plain model and its step at each precision (bf16: autocast forward, loss on fp32 logits)."""
     torch.manual_seed(0)
     model = PlainDLRM(shape)
     # Two SGDs with one rate are one SGD; apart, the profile can tell the table update from the dense one.
@@ -217,20 +223,21 @@ def plain_stepper(shape: Shape) -> tuple[PlainDLRM, Callable[[Batch], None]]:
     dense = torch.optim.SGD([p for name, p in model.named_parameters() if not name.startswith("sparse_arch")],
                             lr=LEARNING_RATE)
 
-    def step(batch: Batch) -> None:
+    def step(batch: Batch, precision: Resolved) -> None:
         with record_function("bench::dense_optimizer"):
             dense.zero_grad()
         with record_function("bench::embedding_bwd_optimizer"):
             tables.zero_grad()
-        logits = model(batch)
+        with autocast(precision, batch.labels.device):
+            logits = model(batch)
         with record_function("bench::loss"):
-            loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch.labels)
         loss.backward()
         with record_function("bench::embedding_bwd_optimizer"):
             tables.step()
         with record_function("bench::dense_optimizer"):
             dense.step()
-    return model, step
+    return model, {p: (lambda batch, p=p: step(batch, p)) for p in ("fp32", "bf16")}
 
 
 # ---- the engine, and the changes proposed for files outside this one -------------------------------
@@ -258,7 +265,8 @@ def no_ddp_wrapper(enabled: bool) -> Iterator[None]:
 
 
 def engine_stepper(shape: Shape, env: DistEnv, global_batch: int, ddp: bool = True
-                   ) -> tuple[nn.Module, Callable[[Batch], None]]:
+                   ) -> tuple[nn.Module, dict[Resolved, Callable[[Batch], None]]]:
+    """The sharded model and its ``train_step`` at each precision."""
     config = engine_config(shape, global_batch)
     torch.manual_seed(0)
     model = build_model("dlrm", criteo_schema(shape), config.model, config.embedding, "meta")
@@ -267,7 +275,8 @@ def engine_stepper(shape: Shape, env: DistEnv, global_batch: int, ddp: bool = Tr
         dmp = sharding.shard(model, config, env, plan)
     optimizer = sharding.optimizer(dmp, config)
     task = task_named("ctr")
-    return dmp, lambda batch: train_step(dmp, optimizer, batch, env.world_size, task)
+    return dmp, {p: (lambda batch, p=p: train_step(dmp, optimizer, batch, env.world_size, task, p))
+                 for p in ("fp32", "bf16")}
 
 
 def previous_dlrm_forward(kernel: Callable[[torch.Tensor], torch.Tensor]
@@ -493,7 +502,8 @@ def worker(args: argparse.Namespace) -> None:
     env = init_distributed()
     shape = Shape(batch_size=args.batch_size)
     local = shape.batch_size // env.world_size
-    model, step = engine_stepper(shape, env, shape.batch_size)
+    model, steps = engine_stepper(shape, env, shape.batch_size)
+    step = steps["fp32"]
     batches = make_batches(shape, args.batch_count, local, args.ids, seed=1 + env.rank)
     for k in range(args.warmup):
         step(batches[k % len(batches)])
@@ -578,6 +588,11 @@ def print_report(results: dict[str, Any]) -> None:
     for row in results["runs"].values():
         print(f"{row['label']:<64}{row['step_ms']:>9.1f}{row['samples_per_s']:>11,.0f}{row['vs_plain']:>9.2f}"
               f"{row['gflops']:>9.1f}{row['fraction_of_peak']:>9.0%}")
+    print(f"\n{'precision':<12}{'plain samples/s':>17}{'engine samples/s':>18}{'engine × plain':>16}"
+          f"   (native bf16: {m.get('native_bf16')})")
+    for name, pair in results.get("precision_pairs", {}).items():
+        print(f"{name:<12}{pair['plain_samples_per_s']:>17,.0f}{pair['engine_samples_per_s']:>18,.0f}"
+              f"{pair['engine_vs_plain']:>16.2f}")
     print(f"\n{'change':<64}{'saved ms':>9}{'speed-up':>9}")
     for change in results["changes"]:
         print(f"{change['change']:<64}{change['saved_ms']:>9.1f}{change['speedup']:>9.2f}")
@@ -618,7 +633,8 @@ def main() -> None:
         worker(args)
         return
 
-    results: dict[str, Any] = {"benchmark": "train", "machine": {**machine(), "cpu_pressure": cpu_pressure()}}
+    results: dict[str, Any] = {"benchmark": "train", "machine": {
+        **machine(), "cpu_pressure": cpu_pressure(), "native_bf16": bf16_supported(torch.device("cpu"))}}
     shape = Shape(batch_size=args.batch_size)
     results["config"] = {**asdict(shape), "ids": args.ids, "optimizer": f"SGD lr {LEARNING_RATE} (tables and dense)",
                          "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
@@ -629,11 +645,11 @@ def main() -> None:
 
     print("… building the plain model and the engine", file=sys.stderr, flush=True)
     env = init_distributed()  # one process: a gloo group of 1, all threads
-    plain, plain_step = plain_stepper(shape)
-    engine, engine_step = engine_stepper(shape, env, shape.batch_size)
-    bare, bare_step = engine_stepper(shape, env, shape.batch_size, ddp=False)
+    plain, plain_steps = plain_stepper(shape)
+    engine, engine_steps = engine_stepper(shape, env, shape.batch_size)
+    bare, bare_steps = engine_stepper(shape, env, shape.batch_size, ddp=False)
+    plain_step, engine_step, bare_step = plain_steps["fp32"], engine_steps["fp32"], bare_steps["fp32"]
     batches = make_batches(shape, args.batch_count, shape.batch_size, args.ids, seed=0)
-    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     stacked = lambda kernel: lambda: dlrm_forward(previous_dlrm_forward(kernel))  # noqa: E731
     variants = [
         Variant("plain", "plain PyTorch (EmbeddingBag sparse + SGD)", plain_step),
@@ -647,8 +663,8 @@ def main() -> None:
         Variant("engine_no_ddp", "engine + proposed: no DDP wrapper in 1 process", bare_step),
         Variant("engine_no_ddp_inplace_relu", "engine + no DDP + in-place ReLU in the MLPs", bare_step,
                 lambda: inplace_relu(bare)),
-        Variant("engine_no_ddp_bf16", "engine + no DDP, bf16 autocast (other numerics)", bare_step, bf16),
-        Variant("plain_bf16", "plain PyTorch, bf16 autocast (other numerics)", plain_step, bf16),
+        Variant("plain_bf16", "plain PyTorch, bf16 (autocast forward, fp32 loss)", plain_steps["bf16"]),
+        Variant("engine_bf16", "engine, 1 process, trainer.precision=bf16", engine_steps["bf16"]),
     ]
     print(f"… {len(variants)} variants × {args.rounds} rounds × {args.steps} steps", file=sys.stderr, flush=True)
     times = interleaved(variants, batches, args.rounds, args.steps, args.warmup)
@@ -679,19 +695,26 @@ def main() -> None:
         results["profile"]["engine, 2 proc, rank 0"] = two.pop("profile_rank_0")
         runs["engine_2_processes"] = {"label": "engine, 2 processes × 1 thread", **two}
 
-    for key, row in runs.items():
-        yardstick = runs["plain_keep_freed_memory" if key.endswith("keep_freed_memory") else "plain"]
+    for key, row in runs.items():  # each against plain at its own precision and memory setting
+        yardstick = runs["plain_keep_freed_memory" if key.endswith("keep_freed_memory")
+                         else "plain_bf16" if key.endswith("_bf16") else "plain"]
         row["vs_plain"] = yardstick["step_ms"] / row["step_ms"]
         row["gflops"] = results["flops"]["train_step"] * row["samples_per_s"] / 1e9
         row["fraction_of_peak"] = row["gflops"] / results["gemm_peak"]["gflops"]
     results["runs"] = runs
     results["changes"] = changes(runs)
+    pairs = (("fp32", "plain", "engine"), ("bf16", "plain_bf16", "engine_bf16"))  # same precision on both sides
+    results["precision_pairs"] = {p: {"plain_samples_per_s": runs[base]["samples_per_s"],
+                                      "engine_samples_per_s": runs[eng]["samples_per_s"],
+                                      "engine_vs_plain": runs[eng]["vs_plain"]} for p, base, eng in pairs}
     results["headline"] = {
         "plain_samples_per_s": runs["plain"]["samples_per_s"],
         "engine_1_process_samples_per_s": runs["engine"]["samples_per_s"],
         "engine_2_processes_samples_per_s": runs.get("engine_2_processes", {}).get("samples_per_s"),
         "engine_vs_plain": runs["engine"]["vs_plain"],
         "engine_without_ddp_vs_plain": runs["engine_no_ddp"]["vs_plain"],
+        "engine_vs_plain_bf16": runs["engine_bf16"]["vs_plain"],
+        "engine_bf16_vs_engine_fp32": runs["engine"]["step_ms"] / runs["engine_bf16"]["step_ms"],
         "gemm_peak_gflops": results["gemm_peak"]["gflops"],
         "engine_gflops": runs["engine"]["gflops"], "engine_fraction_of_peak": runs["engine"]["fraction_of_peak"]}
     results["data_loading"] = data_loading_figure()

@@ -7,7 +7,7 @@ Three implementations of that one contract:
 
 - ``reference_dot_interaction`` is the spec: autograd through ``bmm`` and a
   triangle gather, as torchrec's ``InteractionArch`` does it.
-- ``torch_dot_interaction`` (any device, dtype or tracer): the same forward with
+- ``torch_dot_interaction`` (any device, dtype or tracer, and autocast): the same forward with
   its own backward. With S the (B, F, F) matrix holding the incoming gradient at
   the pairs, dX = (S + Sᵀ) X: one batched product where autograd through
   ``bmm(x, xᵀ)`` runs two plus a transpose and a sum.
@@ -85,11 +85,19 @@ _PAIRS_CACHE: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 def torch_dot_interaction(x: torch.Tensor) -> torch.Tensor:
-    """(B, F, D) → (B, F*(F-1)/2) in torch ops with the one-bmm backward; any device and dtype."""
+    """(B, F, D) → (B, F*(F-1)/2) in torch ops with the one-bmm backward; any device and dtype.
+
+    Under autocast it runs as autocast runs ``bmm``: x cast to autocast's dtype, forward and backward in it
+    (the backward, outside autocast, would otherwise meet a bf16 gradient with the saved fp32 x).
+    """
     key = (x.shape[1], x.device)
     pairs = _PAIRS_CACHE.get(key)
     if pairs is None:
         pairs = _PAIRS_CACHE[key] = _pairs(x.shape[1], x.device)
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        with torch.autocast(kind, enabled=False):
+            return _TorchDotInteraction.apply(x.to(torch.get_autocast_dtype(kind)), pairs)
     return _TorchDotInteraction.apply(x, pairs)
 
 
@@ -423,8 +431,11 @@ class _NativeDLRMInteraction(torch.autograd.Function):
 
 
 def _native(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernel takes these tensors: fp32/fp64 CPU ones of one dtype, outside autocast (whose
+    bf16 the torch path keeps)."""
     return (all(t.device.type == "cpu" and t.dtype in _KERNELS for t in tensors)
-            and len({t.dtype for t in tensors}) == 1 and not torch.compiler.is_compiling() and native_available())
+            and len({t.dtype for t in tensors}) == 1 and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and native_available())
 
 
 def dot_interaction(x: torch.Tensor) -> torch.Tensor:

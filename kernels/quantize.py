@@ -39,7 +39,7 @@ from torchrec.quant.embedding_modules import quant_prep_customize_row_alignment
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8", "int4")  # the values of recsys.config.ServingPrecision
+PRECISIONS = ("fp32", "int8", "int4")  # the table precisions of recsys.config.ServingPrecision (bf16: fp32 tables)
 BITS = {"fp32": 32, "int8": 8, "int4": 4}
 _DTYPES = {"fp32": torch.float32, "int8": torch.qint8, "int4": torch.quint4x2}  # torchrec's names for them
 _NAMES = {"FP32": "fp32", "FP16": "fp16", "INT8": "int8", "INT4": "int4", "INT2": "int2"}  # torchrec DataType

@@ -9,7 +9,8 @@ declares its knobs beside its code.
 
 A resumed run starts from the run's saved config (``base``) and may change only the
 keys in ``RESUMABLE``: how long it runs, how often it logs and saves, how it is
-evaluated and what hardware the planner assumes. Every other key decides which
+evaluated, what hardware the planner assumes and the compute precision (the weights are fp32 at either, and
+``auto`` resolves per machine anyway). Every other key decides which
 batches are taken or what a step computes, so changing it would silently continue
 another run on weights trained by this one.
 """
@@ -30,7 +31,7 @@ from recsys.schema import describe_validation_error
 # Dotted keys (or sections) a resumed run may change; see the module docstring.
 RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.checkpoint_every",
              "trainer.keep_checkpoints", "trainer.progress", "trainer.eval_batch_size", "trainer.pipeline",
-             "trainer.early_stopping", "sharding.topology")
+             "trainer.precision", "trainer.early_stopping", "sharding.topology")
 
 
 class _Section(BaseModel):
@@ -88,9 +89,12 @@ class OptimizerConfig(_Section):
 
 
 class ServingPrecision(StrEnum):
-    """How the served model's embedding tables are stored (fbgemm's quantised rows for int8/int4)."""
+    """How the served model computes: embedding tables stored at fp32 or as fbgemm's quantised int8/int4 rows,
+    dense layers at fp32; bf16 keeps fp32 tables and runs the dense layers under bf16 autocast
+    (``recsys.precision``; refused on a CPU without native bf16)."""
 
     FP32 = "fp32"
+    BF16 = "bf16"
     INT8 = "int8"
     INT4 = "int4"
 
@@ -124,8 +128,9 @@ class EmbeddingConfig(_Section):
                          "schemes (hash, qr, unified, dnis, dsl); 1: full size")
     tables: dict[str, TableEmbeddingConfig] = {}
     serving_precision: ServingPrecision = Field(
-        ServingPrecision.FP32, description="how the artifact's tables are served unless `recsys serve "
-        "--precision` says otherwise: fp32, or int8/int4 rows quantised by fbgemm")
+        ServingPrecision.FP32, description="how the artifact is served unless `recsys serve --precision` "
+        "says otherwise: fp32; bf16 (fp32 tables, dense layers under bf16 autocast); or int8/int4 table rows "
+        "quantised by fbgemm")
 
     def for_table(self, table: str) -> dict[str, Any]:
         """The table's resolved settings: scheme, dim, ratio and scheme options, the table's own over the
@@ -211,6 +216,9 @@ class TrainerConfig(_Section):
     pipeline: Literal["auto", "on", "off"] = Field(
         "auto", description="torchrec's sparse-dist train pipeline, which overlaps the next batch's copy and "
         "input distribution with this batch's compute; auto: on GPUs only")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="the dense layers' compute (recsys.precision): bf16 autocasts forward and backward, "
+        "embedding tables, weights and loss stay fp32; auto: bf16 where the device has native bf16, else fp32")
     progress: bool = True
 
     @field_validator("pipeline", mode="before")

@@ -52,9 +52,11 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; each loads the model and "
                                 "uses cores/workers torch threads."),
-    precision: Precision | None = typer.Option(None, "--precision", help="fp32, int8 or int4: embedding "
-                                               "tables quantised by torchrec/fbgemm (MLPs stay fp32). Default: "
-                                               "the artifact's embedding.serving_precision."),
+    precision: Precision | None = typer.Option(None, "--precision", help="fp32; bf16: tables fp32, the "
+                                               "dense layers under bf16 autocast, scores float32 (refused on a CPU "
+                                               "without native bf16: avx512_bf16/amx_bf16); int8 or int4: embedding "
+                                               "tables quantised by torchrec/fbgemm (MLPs stay fp32). Default: the "
+                                               "artifact's embedding.serving_precision."),
     max_candidates: int = typer.Option(1000, "--max-candidates", min=1, help="More item_ids in one request "
                                        "answer 413."),
     api_key_env: str = typer.Option("RECSYS_API_KEY", "--api-key-env", help="Environment variable holding the "

@@ -113,10 +113,12 @@ class _Propagate(torch.autograd.Function):
 
 
 def propagate(graph: Graph, x: torch.Tensor) -> torch.Tensor:
-    """(N, d) → Â·x (N, d), differentiable in x."""
+    """(N, d) → Â·x (N, d), differentiable in x. At fp32 under autocast too: it aggregates embeddings, which
+    stay fp32 (``recsys.precision``), and CPU sparse kernels have no bf16."""
     if graph.col.numel() == 0:
         return torch.zeros_like(x)
-    return _Propagate.apply(graph.matrix(), x.contiguous())
+    with torch.autocast(x.device.type, enabled=False):
+        return _Propagate.apply(graph.matrix(), x.float().contiguous())
 
 
 def sample_neighbours(graph: Graph, nodes: torch.Tensor, count: int,

@@ -17,6 +17,11 @@ the last good checkpoint. The loss is checked where it is read anyway (each
 late stop costs at most ``log_every`` wasted steps), and the weights before every
 checkpoint and evaluation (and ``artifact.save`` before export), so a non-finite
 value is never saved and a diverged run never exports an artifact.
+
+Precision: ``trainer.precision`` (``recsys.precision``) decides the training steps' compute; the weights stay
+fp32 and evaluation runs fp32, so the metrics describe the artifact as ``recsys serve`` scores it by default.
+The precision used is in every train line of metrics.jsonl, in metrics.json (``train.precision``) and in the
+artifact's manifest.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from recsys.embeddings import TablePart, embedding_parameters, full_table_bytes,
 from recsys.errors import RecsysError
 from recsys.models import build_model, embedded_schema, model_config
 from recsys.models.retriever import Retriever, is_retriever
+from recsys.precision import resolve as resolve_precision
 from recsys.schema import Schema
 from recsys.system import write_atomic
 from recsys.tasks import EvalSplit, TaskSpec, task_spec
@@ -242,6 +248,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             raise RecsysError(f"trainer.pipeline: --model {job.model} looks up embeddings inside its forward (sampled "
                               "items) that torchrec's train pipeline cannot prefetch; use auto or off")
         use_pipeline = False
+    precision = resolve_precision(config.trainer.precision, env.device)
+    if main:
+        log.info("training at %s (trainer.precision %s); evaluation at fp32", precision, config.trainer.precision)
     train_reader = _reader(job, "train", env, train=True, schema=schema)
     steps_per_epoch = train_reader.num_batches
     if steps_per_epoch == 0:
@@ -319,10 +328,11 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
             window_steps, window_start = 0, time.perf_counter()
             tick = window_start  # train time counts reading and stepping, not evaluation or checkpoints
             if use_pipeline:
-                steps = pipelined_steps(dmp, optimizer, iter(train_reader), env.world_size, env.device, task)
+                steps = pipelined_steps(dmp, optimizer, iter(train_reader), env.world_size, env.device, task,
+                                        precision)
             else:
-                steps = (train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size, task)
-                         for batch in train_reader)
+                steps = (train_step(dmp, optimizer, batch.to(env.device, non_blocking=True), env.world_size, task,
+                                    precision) for batch in train_reader)
             while position.step < total_steps:
                 factor = sharding.schedule_factor(position.step, total_steps, config)
                 for group, rate in zip(optimizer.param_groups, base_rates):
@@ -345,7 +355,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                     rate = window_steps * config.trainer.batch_size / max(elapsed, 1e-9)
                     mean_loss = _mean_over_ranks(float(window_loss) / window_steps, env.device)
                     metrics_log.write({"step": position.step, "epoch": position.epoch + 1, "split": "train",
-                                       "loss": mean_loss, "lr_sparse": config.optimizer.sparse.lr * factor,
+                                       "precision": precision, "loss": mean_loss,
+                                       "lr_sparse": config.optimizer.sparse.lr * factor,
                                        "lr_dense": config.optimizer.dense.lr * factor, "samples_per_s": rate})
                     if not math.isfinite(mean_loss):
                         raise diverged(f"mean loss {mean_loss} over steps {position.step - window_steps + 1}-"
@@ -399,6 +410,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     test_metrics = evaluate_split(dmp, split("test"), task)
     metrics_log.write({"step": position.step, "epoch": position.epoch, "split": "test", **test_metrics})
     metrics = _final_metrics(job, env, position, valid_metrics, test_metrics) | sizes
+    metrics["train.precision"] = precision  # of this process's last steps (a resume may have changed it)
     if best is not None:
         metrics |= {"train.best_epoch": best["epoch"], "train.best_step": best["step"],
                     "train.stopped_early": stopped_early}
@@ -408,7 +420,7 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
         items = _item_vectors(job, schema, config, state) if is_retriever(model) else None
         artifact.save(job.out / ARTIFACT, model_name=job.model, state=state, schema=schema, config=config,
                       metrics=metrics, data_dir=job.data, items=items,
-                      extra={"world_size": env.world_size, "plan": text.splitlines()})
+                      extra={"world_size": env.world_size, "plan": text.splitlines(), "precision": precision})
         console.print(_summary(job, env, task, metrics), highlight=False, soft_wrap=True, markup=False)
     if dist.is_initialized():
         dist.barrier()
@@ -437,7 +449,7 @@ def _served_sizes(model_name: str, schema: Schema, config: TrainConfig, state: d
     """Bytes of the model as ``recsys serve`` holds it by default: its tables at ``embedding.serving_precision``
     (fbgemm's quantised rows with their scale and bias, measured on a quantised copy), the rest fp32."""
     precision = config.embedding.serving_precision.value
-    if precision == "fp32":
+    if precision in ("fp32", "bf16"):  # bf16 serving keeps fp32 tables and weights
         return {"served.precision": precision, "served.embedding_bytes": trained["embedding_bytes"],
                 "served.dense_bytes": trained["dense_bytes"]}
     from kernels.quantize import dense_bytes, quantize_tables, served_embedding_bytes

@@ -1,6 +1,6 @@
 """The online ranking service: FastAPI app, served models, micro-batching.
 
-    recsys serve --artifact runs/dlrm/artifact [--workers N] [--precision fp32|int8|int4]
+    recsys serve --artifact runs/dlrm/artifact [--workers N] [--precision fp32|bf16|int8|int4]
     recsys serve --artifact runs/dlrm/artifact --retriever runs/mf/artifact   # two stages (services.retrieval)
 
 In-process (tests, benchmarks)::

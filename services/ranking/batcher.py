@@ -197,7 +197,7 @@ class MicroBatcher:
             model = group[0].model
             batch = merge([job.block for job in group], model.keys)
             with torch.inference_mode():
-                probabilities = model.task.link(model.model(batch)).numpy()  # (ΣB,)
+                probabilities = model.probabilities(batch).numpy()  # (ΣB,)
         except Exception as exc:  # a bug or a bad record: fail these requests, keep the thread alive
             if len(group) > 1:
                 log.warning("forward pass of %d requests failed (%s); scoring them one by one",

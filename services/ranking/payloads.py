@@ -185,7 +185,7 @@ class ReloadRequest(_Body):
                                                                "precision": "int8"}]})
 
     artifact: Annotated[str, Field(min_length=1, max_length=4096)]
-    precision: Precision | None = Field(None, description="fp32, int8 or int4 embedding tables; default: the "
+    precision: Precision | None = Field(None, description="fp32, bf16 (dense layers), int8 or int4 (embedding tables); default: the "
                                         "server's --precision if given, else the artifact's recorded "
                                         "embedding.serving_precision")
 

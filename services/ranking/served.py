@@ -7,6 +7,9 @@ it) and prepares everything a request needs from the artifact's schema (record c
 Batch layout), so that a request reads one ``ModelSlot.current`` reference at its start and uses that model
 to the end: a swap never changes the model of a request already running.
 
+bf16: fp32 tables and weights, the forward under bf16 autocast (``recsys.precision``), scores returned as fp32;
+refused where the CPU lacks native bf16 (emulated bf16 is slower than fp32 and no smaller).
+
 int8 / int4: ``kernels.quantize.quantize_tables`` swaps every torchrec embedding collection of the model
 (bags and un-pooled) for torchrec's quantised one (fbgemm rows with a per-row fp16 scale and bias, CPU
 kernels of fbgemm-gpu-cpu); the MLPs stay fp32.
@@ -19,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import torch
 from torch import nn
 
 from kernels.quantize import quantize_tables
 from recsys import artifact as artifacts
 from recsys.errors import RecsysError
+from recsys.precision import autocast, require_bf16
 from recsys.schema import Schema
 from recsys.tasks import TaskSpec, task_spec
+from recsys.types import Batch
 from services.feature_store.codec import RecordLayouts, layout_fingerprint, record_layouts
 from services.feature_store.encode import RawEncoder
 from services.ranking.features import FeatureLayout
@@ -78,6 +84,12 @@ class ServedModel:
     def task(self) -> TaskSpec:
         return task_spec(self.artifact.schema)
 
+    def probabilities(self, batch: Batch) -> torch.Tensor:
+        """The task's scores (B,) as float32, the forward at this model's precision (call under inference_mode)."""
+        with autocast("bf16" if self.precision is Precision.BF16 else "fp32", torch.device("cpu")):
+            logits = self.model(batch)
+        return self.task.link(logits.float())
+
     @classmethod
     def load(cls, path: str | Path, precision: Precision | str | None = None) -> ServedModel:
         """``precision`` None: the artifact's ``embedding.serving_precision``. Raises RecsysError (one line) for
@@ -87,7 +99,9 @@ class ServedModel:
             raise RecsysError(f"{loaded.path}: the schema has no user_key/item_key; the ranking service looks "
                               "features up by them")
         precision = Precision(precision or loaded.config.embedding.serving_precision)
-        loaded.model = quantize_tables(loaded.model, precision)
+        if precision is Precision.BF16:
+            require_bf16(torch.device("cpu"), f"{loaded.path}: precision")
+        loaded.model = quantize_tables(loaded.model, "fp32" if precision is Precision.BF16 else precision)
         features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path), loaded.lookups)
         for key in features.context_keys:  # read the context vocabularies now, not on a request
             features.encoder.sparse(key, "")

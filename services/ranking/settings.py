@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recsys.config import ServingPrecision as Precision  # fp32, int8, int4: one enum for config and service
+from recsys.config import ServingPrecision as Precision  # fp32, bf16, int8, int4: one enum for config and service
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
 from recsys.system import available_cpus

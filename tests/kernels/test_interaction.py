@@ -119,3 +119,26 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch: pytest.MonkeyPatch,
     x = torch.randn(4, 3, 8)
     torch.testing.assert_close(dot_interaction(x), reference_dot_interaction(x))
     torch.testing.assert_close(dlrm_interaction(x[:, 0], x[:, 1:]), reference_dlrm_interaction(x[:, 0], x[:, 1:]))
+
+
+def test_under_bf16_autocast_it_runs_as_the_spec_does() -> None:
+    """Under autocast (trainer.precision=bf16) DLRM meets a bf16 dense vector beside fp32 embeddings: the pairs
+    come out bf16 like the spec's bmm, with the spec's values, and each input gets a gradient of its own dtype."""
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.randn(33, 16, generator=generator).bfloat16()
+    sparse = torch.randn(33, 5, 16, generator=generator)
+    grad = torch.randn(33, 16 + 15, generator=generator).bfloat16()
+
+    def forward_autocast(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # the backward runs outside, as in training
+                return fn(*inputs)
+        return run
+
+    fast = _values_and_grads(forward_autocast(dlrm_interaction), [dense, sparse], grad)
+    spec = _values_and_grads(forward_autocast(reference_dlrm_interaction), [dense, sparse], grad)
+    assert fast[0].dtype == spec[0].dtype == torch.bfloat16
+    assert [g.dtype for g in fast[1]] == [torch.bfloat16, torch.float32]
+    torch.testing.assert_close(fast[0], spec[0], rtol=1e-2, atol=1e-2)
+    for got, expected in zip(fast[1], spec[1], strict=True):
+        torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=5e-2)
