@@ -148,6 +148,14 @@ class RawEncoder:
             shown = str(raw) if len(str(raw)) <= 30 else f"{str(raw)[:27]}..."
             raise RecsysError(f"feature '{feature}': {shown} is {exc}") from None
 
+    def preload(self, features: list[str]) -> None:
+        """Read the vocabularies of ``features`` now, so that no request waits for one (or finds it unreadable)."""
+        for feature in features:
+            self._check_raw(feature)
+            table = self.schema.table(self._sparse[feature].table_name)
+            if table.encoding is Encoding.VOCAB:
+                self._vocab(table)
+
     def _check_raw(self, feature: str) -> None:
         if feature in self._generated:
             raise RecsysError(f"feature '{feature}' is generated: computed from its inputs, it has no raw value")

@@ -89,8 +89,7 @@ class ServedModel:
         precision = Precision(precision or loaded.config.embedding.serving_precision)
         loaded.model = quantize_tables(loaded.model, precision)
         features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path), loaded.lookups)
-        for key in features.context_keys:  # read the context vocabularies now, not on a request
-            features.encoder.sparse(key, "")
+        features.encoder.preload(features.context_keys)
         layouts = record_layouts(loaded.schema, loaded.path)
         return cls(loaded, precision, loaded.model, features, layouts, layout_fingerprint(layouts))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,17 @@ def test_a_missing_context_feature_is_encoded_like_a_missing_cell(
         assert ids.tolist() == encoder.sparse(name, None).tolist(), name
     for value, feature in zip(default.dense, layout.context_dense, strict=True):
         assert np.float32(value) == np.float32(encoder.dense(feature.name, None)), feature.name
+
+
+def test_preload_reads_the_vocabularies_up_front(prepared: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """The service preloads its context vocabularies: a request never reads one (a missing value needs none)."""
+    out, _ = prepared
+    copy = tmp_path / "prepared"
+    shutil.copytree(out, copy)
+    schema = Schema.load(copy)
+    encoder = RawEncoder(schema, copy)
+    encoder.preload(["c_vocab", "c_hash", "c_id"])
+    (copy / schema.table("c_vocab").vocab_file).unlink()  # type: ignore[operator]
+    assert encoder.sparse("c_vocab", "a").tolist() != [0]
+    with pytest.raises(RecsysError, match="unreadable"):
+        RawEncoder(schema, copy).preload(["m_vocab"])  # the same table, not read yet
