@@ -9,6 +9,7 @@ offline (``recsys.data.transforms.encode_expr``).
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from services.feature_store.codec import pre_standardized, transform_dense
 
 RawValue = str | int | float | bool | None | list[Any]
 _INT64 = (-(1 << 63), 1 << 63)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-@lru_cache(maxsize=65536)
 def _stripped(text: str) -> str | None:
     """``text`` stripped as prepare strips a cell (polars' ``strip_chars``); empty is missing."""
     if text[:1].isspace() or text[-1:].isspace():  # Python's whitespace includes Rust's: only then ask polars
@@ -52,10 +53,13 @@ def _as_text(value: Any) -> str | None:
     return str(value)
 
 
-@lru_cache(maxsize=65536)
 def _parse_int(text: str) -> int | None:
-    """An integer cell as prepare reads it (polars' strict=False cast: no '1_000', no '3.0'); None: not one."""
-    return pl.Series([text]).cast(pl.Int64, strict=False)[0]
+    """An integer cell as prepare reads it (polars' strict=False cast: ASCII digits with an optional sign, in
+    Int64's range; no '1_000', '3.0' or ' 7'); None: not one."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if _INT64[0] <= value < _INT64[1] else None
 
 
 def _as_int(value: Any) -> int | None:

@@ -191,3 +191,12 @@ def test_preload_reads_the_vocabularies_up_front(prepared: tuple[Path, list[dict
     assert encoder.sparse("c_vocab", "a").tolist() != [0]
     with pytest.raises(RecsysError, match="unreadable"):
         RawEncoder(schema, copy).preload(["m_vocab"])  # the same table, not read yet
+
+
+def test_integer_text_is_read_as_polars_reads_it() -> None:
+    """The encoder parses identity ids without polars; these are the spellings where a parser could differ."""
+    from services.feature_store.encode import _parse_int
+
+    texts = ["+5", "-0", "007", "\u0663", "1 ", "", "-", "+", "1_0", "0x1", "1e3", "\uff11\uff12", "--1",
+             "9223372036854775807", "9223372036854775808", "-9223372036854775808", "-9223372036854775809"]
+    assert [_parse_int(t) for t in texts] == pl.Series(texts).cast(pl.Int64, strict=False).to_list()
