@@ -17,7 +17,12 @@ _HASH_SEED = 0x5EED
 
 def dense_expr(feature: DenseFeature, standardize: bool = True) -> pl.Expr:
     """Raw Float64 column → fill, clip, log1p and (if ``standardize``) standardise, as Float32."""
-    expr = pl.col(feature.name).cast(pl.Float64).fill_null(feature.fill_value)
+    return dense_values(pl.col(feature.name), feature, standardize).alias(feature.name)
+
+
+def dense_values(raw: pl.Expr, feature: DenseFeature, standardize: bool = True) -> pl.Expr:
+    """``dense_expr`` of any expression (prepare checks raw values with it before the statistics exist)."""
+    expr = raw.cast(pl.Float64).fill_null(feature.fill_value)
     if feature.clip_min is not None:
         expr = expr.clip(lower_bound=feature.clip_min)
     if feature.transform.uses_log1p:
@@ -27,7 +32,18 @@ def dense_expr(feature: DenseFeature, standardize: bool = True) -> pl.Expr:
             raise ValueError(f"dense feature '{feature.name}' has no mean/std yet")
         std = feature.std if feature.std > 0 else 1.0
         expr = (expr - feature.mean) / std
-    return expr.cast(pl.Float32).alias(feature.name)
+    return expr.cast(pl.Float32)
+
+
+def float_id_text(raw: pl.Expr) -> pl.Expr:
+    """Float ids → the text vocabularies and hashes are keyed by: an integral value keeps its integer spelling
+    ("3", not "3.0": a pandas id column with nulls is float), NaN is missing, others as polars writes them.
+
+    Shared by ``prepare`` (a float id column) and the serving encoder (a JSON number), so both key alike."""
+    integral = raw.is_finite() & (raw == raw.floor())
+    return (pl.when(raw.is_nan()).then(None)
+            .otherwise(pl.coalesce(pl.when(integral).then(raw.cast(pl.Int64, strict=False).cast(pl.String)),
+                                   raw.cast(pl.String))))
 
 
 def encode_expr(column: str, table: Table, vocab: pl.DataFrame | None, is_list: bool) -> pl.Expr:

@@ -90,13 +90,19 @@ def layout_difference(reference: RecordLayouts, candidate: RecordLayouts) -> str
     return None
 
 
-def transform_dense(feature: DenseFeature, raw: float | None) -> float:
-    """One raw value → the model input, exactly as ``recsys.data.transforms.dense_expr`` does it."""
+def pre_standardized(feature: DenseFeature, raw: float | None) -> float:
+    """Fill, clip and log1p of one raw value, in float64: what prepare takes the statistics over (as float32)."""
     value = feature.fill_value if raw is None else float(raw)
     if feature.clip_min is not None:
         value = max(value, feature.clip_min)
     if feature.transform.uses_log1p:
         value = log1p(value)
+    return value
+
+
+def transform_dense(feature: DenseFeature, raw: float | None) -> float:
+    """One raw value → the model input, exactly as ``recsys.data.transforms.dense_expr`` does it."""
+    value = pre_standardized(feature, raw)
     if feature.transform.standardizes:
         if feature.mean is None or feature.std is None:
             raise RecsysError(f"schema: dense feature '{feature.name}' has no mean/std")

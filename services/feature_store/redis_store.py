@@ -73,11 +73,16 @@ from redis.retry import Retry
 
 from recsys.errors import RecsysError
 from recsys.system import write_atomic
-from services.feature_store.store import FeatureStore, FeatureStoreUnavailable, Fetched, VersionWriter
+from services.feature_store.store import (
+    ABANDONED_SECONDS,
+    FeatureStore,
+    FeatureStoreUnavailable,
+    Fetched,
+    VersionWriter,
+)
 
 log = logging.getLogger("recsys.feature_store")
 
-ABANDONED_SECONDS = 600.0  # a writer silent this long (and longer than the grace period) is collected
 _WRITE_BATCH = 2000  # keys per MSET
 _PIPELINE_KEYS = 20_000  # keys per pipeline round trip
 _HEARTBEAT_SECONDS = 10.0
@@ -472,8 +477,7 @@ class RedisFeatureStore(FeatureStore):
                 raise RecsysError(f"feature store at {self.url}: version '{name}' already exists")
         return RedisVersionWriter(self, name)
 
-    def activate(self, version: str, meta: dict[str, Any] | None = None) -> str | None:
-        """Make ``version`` (being written, or retired and not yet collected) active; returns the previous one."""
+    def activate(self, version: str, meta: dict[str, str] | None = None) -> str | None:
         patch = json.dumps({str(k): str(v) for k, v in (meta or {}).items()})
         committed_at = _stamp()
         with self._guard():
@@ -518,7 +522,7 @@ class RedisFeatureStore(FeatureStore):
             return None
 
     def delete_version(self, version: str) -> int:
-        """Delete every key of a version that is not active; returns the number of keys removed."""
+        """Delete every key of a version that is not active; returns the number of keys removed (SCAN + UNLINK)."""
         with self._guard():
             self._mark(keys=[self._active_key, self._versions_key], args=[version, "deleting", _stamp()])
             pattern = f"{_glob_escape(self.prefix)}:{_glob_escape(version)}:*"
@@ -534,7 +538,6 @@ class RedisFeatureStore(FeatureStore):
         return removed
 
     def gc(self, now: float | None = None) -> list[str]:
-        """Delete versions retired over ``grace_seconds`` ago and abandoned writers; returns their names."""
         now = _now() if now is None else now
         active = self.active_version()
         collected = []

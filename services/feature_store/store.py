@@ -10,7 +10,9 @@ readable until it is collected (``grace_seconds`` after it was retired, in Redis
 ranking service reads that way when the active version was materialised for another
 model (its ``layout`` meta, ``codec.layout_fingerprint``, differs from the model's).
 Redis (``redis_store.RedisFeatureStore``) is one implementation; any other must pass
-``tests/services/feature_store/test_fs_contract.py``.
+``tests/services/feature_store/test_fs_contract.py`` (add its factory to ``IMPLEMENTATIONS`` there). The
+interface holds everything the services, materialisation and the CLI call, so none of them needs to know
+which implementation it has.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class FeatureStoreUnavailable(RuntimeError):
     """The backing server cannot be reached; the service answers 503 and retries on the next request."""
 
 
+ABANDONED_SECONDS = 600.0  # a writer silent this long (and longer than the grace period) is collected by gc
 LAYOUT_META = "layout"  # version meta: codec.layout_fingerprint of the records (set by materialize)
 
 
@@ -72,6 +75,14 @@ class VersionWriter(ABC):
 
 
 class FeatureStore(ABC):
+    """Versioned user and item records; every read from one version (see the module docstring)."""
+
+    url: str  # where the store is, without credentials: safe for logs and error messages
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
+
     @abstractmethod
     def ping(self) -> None:
         """Raise FeatureStoreUnavailable unless the server answers."""
@@ -118,7 +129,22 @@ class FeatureStore(ABC):
 
     @abstractmethod
     def versions(self) -> dict[str, dict[str, str]]:
-        """Known versions and their metadata (rows, artifact, committed-at)."""
+        """Known versions and their metadata: ``state`` (writing, active, retired), committed-at, what the
+        writer added (rows, artifact)."""
+
+    @abstractmethod
+    def activate(self, version: str, meta: dict[str, str] | None = None) -> str | None:
+        """Make ``version`` (being written, or retired and not yet collected) active, merging ``meta`` into its
+        metadata; returns the previously active version. A rollback is ``activate`` of a retired version."""
+
+    @abstractmethod
+    def delete_version(self, version: str) -> int:
+        """Delete a version that is not active (RecsysError for the active one); returns how much was removed."""
+
+    @abstractmethod
+    def gc(self, now: float | None = None) -> list[str]:
+        """Delete versions retired ``grace_seconds`` before ``now`` and writers silent for
+        ``max(grace_seconds, ABANDONED_SECONDS)``; returns their names."""
 
     def activation_floor(self) -> float | None:
         """Commit time (unix seconds) of the newest version this store is known to have made active, as recorded

@@ -123,7 +123,9 @@ class FeatureLayout:
         default_dense = RecordCodec(schema, Entity.CONTEXT).default_dense
         self._default_context = EncodedContext(
             default_dense,
-            [np.empty(0, np.int64) if key in self._sequence else np.full(1, OOV_INDEX, np.int64)
+            # A feature the request leaves out is missing, encoded as prepare encodes an empty cell: OOV for a
+            # single value, no values at all for a multi-valued feature or a sequence.
+            [np.empty(0, np.int64) if self._several(key) else np.full(1, OOV_INDEX, np.int64)
              for key in self.context_keys])
 
     # ---- context ----------------------------------------------------------------------------
@@ -168,6 +170,9 @@ class FeatureLayout:
 
     def _multi_valued(self, key: str) -> bool:
         return any(f.name == key and f.separator is not None for f in self.schema.sparse)
+
+    def _several(self, key: str) -> bool:
+        return key in self._sequence or self._multi_valued(key)
 
     # ---- rows -------------------------------------------------------------------------------
     def block(self, user: bytes | None, items: Sequence[bytes | None], context: EncodedContext) -> RowBlock:

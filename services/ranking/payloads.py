@@ -44,7 +44,8 @@ _RESPONSE_EXAMPLE = {
 
 _CONTEXT_DOC = ("raw values of the served model's context features (e.g. time, device); missing ones take their "
                 "default (fill value / out-of-vocabulary), others answer 422")
-_NUMBER = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+# A dense value: a number, or a boolean read as 1 or 0 (as prepare reads a Boolean column).
+_NUMBER = {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "null"}]}
 _SCALAR = {"anyOf": [{"type": "string", "maxLength": 4096}, {"type": "number"}, {"type": "boolean"},
                      {"type": "null"}]}
 _LIST = {"type": "array", "items": _SCALAR, "maxItems": MAX_LIST}
@@ -57,8 +58,8 @@ def context_schema(schema: Schema) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for dense in schema.dense:
         if dense.entity is Entity.CONTEXT:
-            properties[dense.name] = {**_NUMBER, "description": f"dense ({dense.transform.value}); null: the fill "
-                                      "value"}
+            properties[dense.name] = {**_NUMBER, "description": f"dense ({dense.transform.value}); true/false: 1/0; "
+                                      "null: the fill value"}
     several = {f.name for f in schema.sequences} | {f.name for f in schema.sparse if f.separator is not None}
     for feature in [*schema.sparse, *schema.sequences]:
         if feature.entity is not Entity.CONTEXT:

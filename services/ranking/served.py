@@ -103,8 +103,7 @@ class ServedModel:
             require_bf16(torch.device("cpu"), f"{loaded.path}: precision")
         loaded.model = quantize_tables(loaded.model, "fp32" if precision is Precision.BF16 else precision)
         features = FeatureLayout(loaded.schema, RawEncoder(loaded.schema, loaded.path), loaded.lookups)
-        for key in features.context_keys:  # read the context vocabularies now, not on a request
-            features.encoder.sparse(key, "")
+        features.encoder.preload(features.context_keys)
         layouts = record_layouts(loaded.schema, loaded.path)
         return cls(loaded, precision, loaded.model, features, layouts, layout_fingerprint(layouts))
 

@@ -188,7 +188,7 @@ class RankingService:
             self.retrieval.close()
         if self._owns_store:
             with contextlib.suppress(Exception):
-                self.store.close()  # type: ignore[attr-defined]
+                self.store.close()
 
     # ---- ranking ---------------------------------------------------------------------------------
     async def rank(self, user_id: str, item_ids: Sequence[str], k: int, context: Mapping[str, Any],

@@ -150,7 +150,7 @@ class Retrieval:
     def close(self) -> None:
         if self._owns_store:
             with contextlib.suppress(Exception):
-                self.store.close()  # type: ignore[attr-defined]
+                self.store.close()
 
     def read_user(self, retriever: ServedRetriever, user_id: str, exclude_seen: bool = True) -> _UserRead:
         """The user's record and seen list from the version materialised for the retriever (feature-store I/O)."""

@@ -60,7 +60,7 @@ def test_selection_drops_the_noise_and_trains_and_serves(planted: Path, selected
         server = start_server(artifact, env_url, tmp_path / "serve.log")
         try:
             rows = offline_rows(planted, artifact, limit=20)
-            assert len(rows) >= 10
+            assert len(rows) == 20
             with server.client() as client:
                 for row in rows:
                     response = client.post("/v1/rank", json={"user_id": row.user_id, "item_ids": [row.item_id],

@@ -63,8 +63,9 @@ import pyarrow.parquet as pq
 
 from recsys.data.lines import CHUNK_BYTES, data_files, iter_line_chunks, open_binary
 from recsys.data.pipeline import MAX_FIELD_BYTES, RawPart, bad_rows, too_long
+from recsys.data.transforms import dense_values, float_id_text
 from recsys.errors import RecsysError
-from recsys.schema import Encoding, Schema
+from recsys.schema import DenseFeature, Encoding, Schema
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class _Field:
     what: str  # for messages: "dense feature 'price'"
     separator: str | None = None
     sequence: bool = False
+    dense: DenseFeature | None = None  # a dense feature's transform, to refuse values it cannot take
 
 
 Problems = list[tuple[pl.Expr, str]]
@@ -195,7 +197,7 @@ class TabularSource:
 
 # ---- schema → fields ----------------------------------------------------------------------
 def _schema_fields(schema: Schema) -> list[_Field]:
-    fields = [_Field(f.name, f.source_column, "dense", f"dense feature '{f.name}'") for f in schema.dense]
+    fields = [_Field(f.name, f.source_column, "dense", f"dense feature '{f.name}'", dense=f) for f in schema.dense]
     for f in schema.sparse:
         kind: _Kind = "identity" if schema.table(f.table_name).encoding is Encoding.IDENTITY else "category"
         fields.append(_Field(f.name, f.source_column, kind, f"sparse feature '{f.name}'", separator=f.separator))
@@ -290,12 +292,27 @@ def _to_float(f: _Field, raw: pl.Expr, dtype: pl.DataType, path: Path) -> _Typed
     else:
         raise _cannot_hold(path, f, dtype, "numbers")
     required = f.kind == "label"
+    feature = f.dense
 
     def checks(typed: pl.Expr) -> Problems:
         problems = [(present & (typed.is_null() | ~typed.is_finite()), why)]
+        if feature is not None:
+            problems.append((present & ~_transformable(typed, feature), _untransformable(feature)))
         return [(~present, "missing label"), *problems] if required else problems
 
     return _Typed(value, pl.Float64, checks)
+
+
+def _transformable(value: pl.Expr, feature: DenseFeature) -> pl.Expr:
+    """Whether fill, clip and log1p leave a value finite in float32, as the statistics are taken over it and as
+    the serving encoder demands of a request's value (log1p is NaN below -1, -inf at -1)."""
+    return dense_values(value, feature, standardize=False).is_finite()
+
+
+def _untransformable(feature: DenseFeature) -> str:
+    if feature.transform.uses_log1p and feature.clip_min is None:
+        return "not a number log1p can take (below -1) or out of range once transformed"
+    return "out of range for a float32 once transformed"
 
 
 def _to_string(f: _Field, raw: pl.Expr, dtype: pl.DataType, path: Path) -> pl.Expr:
@@ -305,11 +322,7 @@ def _to_string(f: _Field, raw: pl.Expr, dtype: pl.DataType, path: Path) -> pl.Ex
     if dtype.is_integer() or dtype == pl.Boolean:
         return raw.cast(pl.String)
     if dtype.is_float():
-        # Integer ids stored as floats (a pandas column with nulls) keep their integer spelling.
-        integral = raw.is_finite() & (raw == raw.floor())
-        return (pl.when(raw.is_nan()).then(None)
-                .otherwise(pl.coalesce(pl.when(integral).then(raw.cast(pl.Int64, strict=False).cast(pl.String)),
-                                       raw.cast(pl.String))))
+        return float_id_text(raw)
     raise _cannot_hold(path, f, dtype, "ids or strings")
 
 

@@ -1,16 +1,67 @@
-"""The FeatureStore contract: what any implementation must do (Redis is the one there is)."""
+"""The FeatureStore contract: what any implementation must do, through the interface only.
+
+Every test runs once per entry of ``IMPLEMENTATIONS``: a factory that, given the test's request, returns
+``open_store(grace_seconds=..., seen_cap=..., same_as=None)``, which opens a store on fresh, empty data (or,
+with ``same_as``, a second handle on that store's data, as another process would open it). Adding an
+implementation (Redis Cluster) is one more factory here. Checks of one implementation's own layout (keys,
+scripts) live in its own file (``test_fs_redis.py``).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from recsys.errors import RecsysError
-from services.feature_store.redis_store import ABANDONED_SECONDS, RedisFeatureStore
-from services.feature_store.store import FeatureStore
+from services.feature_store.embedded import EmbeddedRedis
+from services.feature_store.redis_store import RedisFeatureStore
+from services.feature_store.store import ABANDONED_SECONDS, FeatureStore
+
+
+class OpenStore(Protocol):
+    def __call__(self, *, grace_seconds: float = ..., seen_cap: int = ...,
+                 same_as: FeatureStore | None = ...) -> FeatureStore: ...
+
+
+def redis_tcp(request: pytest.FixtureRequest) -> OpenStore:
+    """``RedisFeatureStore`` on the session's real redis-server over TCP; a fresh prefix is fresh data."""
+    server: EmbeddedRedis = request.getfixturevalue("fs_redis")
+    assert server.url.startswith("redis://"), server.url
+
+    def open_store(*, grace_seconds: float = 3600.0, seen_cap: int = 200,
+                   same_as: FeatureStore | None = None) -> FeatureStore:
+        prefix = same_as.prefix if isinstance(same_as, RedisFeatureStore) else f"c{uuid.uuid4().hex[:10]}"
+        return RedisFeatureStore.from_url(server.url, prefix=prefix, grace_seconds=grace_seconds, seen_cap=seen_cap)
+
+    return open_store
+
+
+IMPLEMENTATIONS: list[Callable[[pytest.FixtureRequest], OpenStore]] = [redis_tcp]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda factory: factory.__name__)
+def open_store(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
+    made: list[FeatureStore] = []
+    factory = request.param(request)
+
+    def open_tracked(**kwargs: object) -> FeatureStore:
+        made.append(factory(**kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield open_tracked
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> FeatureStore:
+    return open_store()
 
 
 def fill(store: FeatureStore, name: str, users: dict[str, bytes], items: dict[str, bytes],
@@ -70,16 +121,17 @@ def test_round_trip_and_unknown_ids(store: FeatureStore) -> None:
     assert meta["state"] == "active" and meta["rows"] == "5" and meta["users"] == "2" and meta["items"] == "3"
 
 
-def test_many_items_in_one_fetch(make_store: Callable[..., RedisFeatureStore]) -> None:
-    """More keys than one Lua unpack takes: the script reads them in slices; both read paths agree."""
-    writer_store = make_store()
+def test_many_items_in_one_fetch(open_store: OpenStore) -> None:
+    """A fetch of thousands of items, from a fresh handle (no state from an earlier read) and again."""
+    writer_store = open_store()
     ids = [f"item-{i}" for i in range(9000)]
     writer = writer_store.begin_version("big")
     writer.put_items(ids, [i.encode() for i in ids])
     writer.commit()
-    fresh = make_store(prefix=writer_store.prefix)  # no version hint: the script path
+    fresh = open_store(same_as=writer_store)
     first = fresh.fetch("u", ids)
-    second = fresh.fetch("u", ids)  # the plain MGET path
+    second = fresh.fetch("u", ids)
+    assert first.version == second.version == "big"
     assert first.items == second.items == [i.encode() for i in ids]
     assert fresh.get_items(ids[-3:]) == [i.encode() for i in ids[-3:]]
 
@@ -98,51 +150,53 @@ def test_version_switch_retires_the_old_one(store: FeatureStore) -> None:
     assert versions["v2"]["state"] == "active"
 
 
-def test_abort_leaves_the_active_version_untouched(store: RedisFeatureStore, keys_of: Callable[..., list[str]]) -> None:
+def test_abort_leaves_the_active_version_untouched(store: FeatureStore) -> None:
     fill(store, "v1", {"u1": b"u1@v1"}, {"a": b"a@v1"})
     writer = store.begin_version("v2")
     writer.put_users(["u1"], [b"u1@v2"])
     writer.put_items(["a", "b"], [b"a@v2", b"b@v2"])
-    assert keys_of(store, "v2")
+    assert store.versions()["v2"]["state"] == "writing"
     writer.abort()
     assert store.active_version() == "v1"
     assert store.fetch("u1", ["a", "b"]).items == [b"a@v1", None]
-    assert keys_of(store, "v2") == []
+    assert store.fetch("u1", ["b"], version="v2").items == [None]
     assert "v2" not in store.versions()
     with pytest.raises(RecsysError, match="already committed or aborted"):
         writer.put_users(["u1"], [b"x"])
+    with pytest.raises(RecsysError, match="does not exist"):
+        store.activate("v2")
 
 
-def test_gc_deletes_retired_versions_after_the_grace_period(make_store: Callable[..., RedisFeatureStore],
-                                                            keys_of: Callable[..., list[str]]) -> None:
-    store = make_store(grace_seconds=0)
+def test_gc_deletes_retired_versions_after_the_grace_period(open_store: OpenStore) -> None:
+    store = open_store(grace_seconds=0)
     fill(store, "v1", {"u1": b"1"}, {"a": b"1"})
     fill(store, "v2", {"u1": b"2"}, {"a": b"2"})  # commit runs gc: v1 is past a grace of 0
-    assert keys_of(store, "v1") == [] and "v1" not in store.versions()
-    assert keys_of(store, "v2") and store.fetch("u1", []).user == b"2"
+    assert "v1" not in store.versions()
+    assert store.fetch("u1", [], version="v1").version is None
+    assert store.fetch("u1", []).user == b"2"
 
-    patient = make_store(prefix=store.prefix, grace_seconds=3600)
+    patient = open_store(same_as=store, grace_seconds=3600)
     fill(patient, "v3", {"u1": b"3"}, {"a": b"3"})
-    assert keys_of(patient, "v2")  # retired, but within its hour
+    assert patient.fetch("u1", [], version="v2").user == b"2"  # retired, but within its hour
     assert patient.gc() == []
     assert patient.gc(now=time.time() + 3601) == ["v2"]
-    assert keys_of(patient, "v2") == [] and set(patient.versions()) == {"v3"}
+    assert set(patient.versions()) == {"v3"}
+    assert patient.fetch("u1", ["a"], version="v2").items == [None]
 
 
-def test_abandoned_writer_is_collected(make_store: Callable[..., RedisFeatureStore],
-                                       keys_of: Callable[..., list[str]]) -> None:
-    store = make_store(grace_seconds=0)
+def test_abandoned_writer_is_collected(open_store: OpenStore) -> None:
+    store = open_store(grace_seconds=0)
     writer = store.begin_version("crashed")
     writer.put_users(["u1"], [b"x"])
     assert store.gc() == []  # a live writer is left alone
     assert store.gc(now=time.time() + ABANDONED_SECONDS + 1) == ["crashed"]
-    assert keys_of(store) == []
+    assert store.versions() == {}
     with pytest.raises(RecsysError, match="does not exist"):
         writer.commit()
 
 
-def test_online_updates_write_into_the_active_version(make_store: Callable[..., RedisFeatureStore]) -> None:
-    store = make_store(seen_cap=3)
+def test_online_updates_write_into_the_active_version(open_store: OpenStore) -> None:
+    store = open_store(seen_cap=3)
     fill(store, "v1", {"u1": b"old"}, {"a": b"A"}, seen={"u1": ["a", "b"]})
     store.put_user("u1", b"new")
     store.put_user("u2", b"born")
@@ -156,15 +210,20 @@ def test_online_updates_write_into_the_active_version(make_store: Callable[..., 
     assert store.seen("u1") == ["d", "c", "b"]
 
 
-def test_rollback_to_a_retired_version(store: RedisFeatureStore) -> None:
+def test_rollback_to_a_retired_version(store: FeatureStore) -> None:
     fill(store, "v1", {"u1": b"1"}, {})
     fill(store, "v2", {"u1": b"2"}, {})
-    assert store.activate("v1") == "v2"
+    assert store.activate("v1", {"reason": "rollback"}) == "v2"
+    assert store.active_version() == "v1"
     assert store.fetch("u1", []).user == b"1"
-    assert store.versions()["v2"]["state"] == "retired"
+    versions = store.versions()
+    assert versions["v2"]["state"] == "retired"
+    assert versions["v1"]["state"] == "active" and versions["v1"]["reason"] == "rollback"
+    with pytest.raises(RecsysError, match="is active"):
+        store.delete_version("v1")
 
 
-def test_version_names_are_checked(store: RedisFeatureStore) -> None:
+def test_version_names_are_checked(store: FeatureStore) -> None:
     with pytest.raises(RecsysError, match="version name"):
         store.begin_version("bad name*")
     store.begin_version("v1")
@@ -173,13 +232,13 @@ def test_version_names_are_checked(store: RedisFeatureStore) -> None:
     assert store.begin_version().version.startswith("v")  # a generated name
 
 
-def test_reads_of_a_version_by_name(make_store: Callable[..., RedisFeatureStore]) -> None:
+def test_reads_of_a_version_by_name(open_store: OpenStore) -> None:
     """A retired version is read by name (records, popular, seen) while the active one is named beside it; a version
     collected or never committed reads as nothing."""
-    store = make_store()
+    store = open_store()
     fill(store, "v1", {"u1": b"u1@v1"}, {"a": b"a@v1"}, ["a"], {"u1": ["a"]})
     fill(store, "v2", {"u1": b"u1@v2"}, {"a": b"a@v2", "b": b"b@v2"}, ["b", "a"], {})
-    for reader in (store, make_store(prefix=store.prefix)):  # with and without a hint of the active version
+    for reader in (store, open_store(same_as=store)):  # one that has read before, and a fresh one
         old = reader.fetch("u1", ["a", "b"], version="v1")
         assert (old.version, old.active, old.user, old.items) == ("v1", "v2", b"u1@v1", [b"a@v1", None])
         assert reader.popular(5, version="v1") == ("v1", ["a"]) and reader.seen("u1", version="v1") == ["a"]
@@ -194,3 +253,9 @@ def test_reads_of_a_version_by_name(make_store: Callable[..., RedisFeatureStore]
         assert (gone.version, gone.active, gone.user, gone.items) == (None, "v2", None, [None])
         assert store.popular(5, version=name) == (None, []) and store.seen("u1", version=name) == []
     assert store.fetch("u1", []).user == b"u1@v2"  # and the active version reads on as before
+
+
+def test_url_names_the_store_without_its_password(store: FeatureStore) -> None:
+    """What the service and the CLI show of a store; the factories' servers all have a password."""
+    store.ping()
+    assert store.url and urlsplit(store.url).password is None

@@ -26,8 +26,8 @@ from recsys.data.reader import ParquetReader
 from recsys.schema import Encoding, Entity
 from recsys.system import free_port
 from recsys.tasks import task_spec
-from services.feature_store.codec import transform_dense
 from services.feature_store.embedded import EmbeddedRedis
+from services.feature_store.encode import RawEncoder
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
 from tests.conftest import REPO_ROOT, train_cli
@@ -152,17 +152,21 @@ class OfflineRow:
 
 
 def offline_rows(data_dir: Path, artifact_dir: Path, limit: int = 50) -> list[OfflineRow]:
-    """Test-split rows whose context can be sent raw: categorical indices inverted through the vocabularies,
-    dense values through their transform (raw counts are integers; a row is kept only if the raw number
-    re-encodes to exactly the stored value). Scores: the artifact's model on ``ParquetReader``'s Batch."""
+    """The first ``limit`` test-split rows, every one of them, as raw /v1/rank requests: categorical indices
+    inverted through the vocabularies, dense values through their transform (raw counts are integers, so
+    ``expm1`` and rounding give the raw value back; the service's encoder must turn it into exactly the stored
+    input, which the transform-parity tests guarantee). Scores: the artifact's model on ``ParquetReader``'s
+    Batch."""
     loaded = artifacts.load(artifact_dir)
     schema = loaded.schema
+    encoder = RawEncoder(schema, artifact_dir)
     reader = ParquetReader(data_dir, "test", batch_size=1 << 20, schema=schema)
     scores = np.empty(reader.total_rows, dtype=np.float32)
     with torch.inference_mode():
         for batch, row_ids in reader.iter_with_row_ids():
             scores[row_ids.numpy()] = task_spec(schema).link(loaded.model(batch)).numpy()
     frame = pl.read_parquet(split_files(data_dir, "test"))
+    assert frame.height >= limit, f"{data_dir}: {frame.height} test rows, fewer than the {limit} asked for"
     context_dense = [f for f in schema.dense if f.entity is Entity.CONTEXT]
     context_sparse = [f for f in schema.sparse if f.entity is Entity.CONTEXT]
     inverse = {}
@@ -172,24 +176,19 @@ def offline_rows(data_dir: Path, artifact_dir: Path, limit: int = 50) -> list[Of
         vocab = pl.read_parquet(artifact_dir / (table.vocab_file or f"vocab/{table.name}.parquet"))
         inverse[feature.name] = dict(zip(vocab["index"].to_list(), vocab["value"].to_list(), strict=True))
     rows: list[OfflineRow] = []
-    for r, row in enumerate(frame.iter_rows(named=True)):
+    for r, row in enumerate(frame.head(limit).iter_rows(named=True)):
         context: dict[str, Any] = {}
-        exact = True
         for feature in context_dense:
             stored = float(np.float32(row[feature.name]))
             mean, std = feature.mean or 0.0, feature.std if feature.std else 1.0
             raw = max(0, round(math.expm1(stored * std + mean)))
-            if transform_dense(feature, raw) != stored:
-                exact = False
-                break
+            online = encoder.dense(feature.name, raw)
+            assert online == stored, f"test row {r}, {feature.name}: raw {raw} encodes to {online}, stored {stored}"
             context[feature.name] = raw
-        if not exact:
-            continue
         for feature in context_sparse:
             context[feature.name] = inverse[feature.name].get(row[feature.name])  # index 0 (OOV) → None
         rows.append(OfflineRow(row["user_key"], row["item_key"], context, float(scores[r])))
-        if len(rows) == limit:
-            break
+    assert len(rows) == limit
     return rows
 
 

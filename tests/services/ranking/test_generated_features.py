@@ -94,7 +94,7 @@ def test_the_service_layout_computes_the_parquet_values_bit_for_bit(
     frame = pl.read_parquet(split_files(data_dir, "test"))
     single = [f for f in schema.sparse if f.separator is None]
     generated_dense = [i for i, f in enumerate(schema.dense) if f.entity is Entity.DERIVED]
-    assert len(offline) >= 30
+    assert len(offline) == 40
     checked = 0
     for row in offline:
         fetched = store.fetch(row.user_id, [row.item_id])
