@@ -115,6 +115,15 @@ def test_dlrm_interaction_rejects_mismatched_inputs() -> None:
         dlrm_interaction(torch.randn(4, 8), torch.randn(4, 3, 7))
 
 
+def test_mixed_dtypes_promote_as_torch_cat_does() -> None:
+    dense = torch.randn(4, 8, requires_grad=True)
+    sparse = torch.randn(4, 3, 8, dtype=torch.float64, requires_grad=True)
+    out = dlrm_interaction(dense, sparse)
+    torch.testing.assert_close(out, reference_dlrm_interaction(dense.double(), sparse))
+    out.sum().backward()
+    assert (dense.grad.dtype, sparse.grad.dtype) == (torch.float32, torch.float64)
+
+
 @pytest.mark.parametrize("path", FAST_PATHS)
 def test_gradcheck_float64(path: str) -> None:
     x = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
