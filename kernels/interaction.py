@@ -133,8 +133,8 @@ def torch_dlrm_interaction(dense: torch.Tensor, sparse: torch.Tensor) -> torch.T
 _SOURCE = Path(__file__).with_name("interaction.cpp")
 _NAME = "recsys_interaction"
 # -ffp-contract=fast: fused multiply-adds, as GNU C's default (ISO C++ turns them off)
-_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"]
-_LDFLAGS = ["-fopenmp"]  # libgomp.so.1: the loader reuses the one torch loaded, so the team is torch's pool
+_CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi")
+_LDFLAGS = ("-fopenmp",)  # libgomp.so.1: the loader reuses the one torch loaded, so the team is torch's pool
 
 
 def _cpu_flags() -> str:
@@ -163,10 +163,13 @@ def _build() -> None:
     # when a builder dies, where torch's own baton file (build_dir/lock) would stay and hang the next one.
     with open(build_dir.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not library.exists():
+        done = build_dir / "loaded"  # written once a build has loaded: a library is never half-written
+        if not done.exists():
             (build_dir / "lock").unlink(missing_ok=True)  # a dead builder's baton: we hold the lock
-            cpp_extension.load(_NAME, [str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+            # copies: load() appends its own flags to the lists it is given
+            cpp_extension.load(_NAME, [str(_SOURCE)], extra_cflags=list(_CFLAGS), extra_ldflags=list(_LDFLAGS),
                                build_directory=str(build_dir), is_python_module=False)
+            done.touch()
             return
     torch.ops.load_library(str(library))
 
