@@ -8,8 +8,9 @@ scheme, sharded by ``recsys.distributed``). Differences from the paper:
 - sequence features (behaviour histories) are mean-pooled bags, one more vector in
   the interaction;
 - ``interaction: dot`` uses ``kernels.interaction`` (the values of torchrec's
-  ``InteractionArch``, through a native CPU kernel that reads the dense and sparse
-  vectors in place and computes only the pairs); ``cat`` is the paper's
+  ``InteractionArch``, as the op ``recsys::dlrm_interaction``, whose native CPU
+  kernel reads the dense and sparse vectors in place and computes only the
+  pairs); ``cat`` is the paper's
   concatenation variant;
 - a schema without dense features skips the bottom MLP;
 - tables of several dims (``embedding.tables.<t>.dim``) are projected to one
@@ -38,10 +39,6 @@ from recsys.models import register_model
 from recsys.models.layers import FieldMatrix
 from recsys.schema import Schema
 from recsys.types import Batch
-
-# Leaves for torchrec's pipeline tracer: they pick their kernel at run time.
-torch.fx.wrap("dot_interaction")
-torch.fx.wrap("dlrm_interaction")
 
 
 class DLRMConfig(BaseModel):

@@ -40,8 +40,6 @@ from recsys.models.layers import DenseFields, FieldMatrix
 from recsys.schema import Schema
 from recsys.types import Batch
 
-torch.fx.wrap("dot_interaction")
-
 
 class FGCNNConfig(BaseModel):
     """The ``model:`` section for ``--model fgcnn``: one entry per convolution layer in the first four lists."""

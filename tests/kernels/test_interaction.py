@@ -1,12 +1,21 @@
-"""The dot interaction's fast paths against the spec: values and gradients, float32 and float64."""
+"""The dot interaction against its spec, as the ``recsys::`` ops (native kernel inside) and as the torch path.
+
+The native kernel is the default wherever it builds, so it is required here: a machine without a C++
+compiler or ninja fails ``test_the_native_kernel_is_built_here`` and the other tests marked with the
+``native`` fixture. ``RECSYS_NATIVE_KERNELS=0`` opts out explicitly; those tests then skip.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from kernels import interaction
 from kernels.interaction import (
@@ -15,13 +24,29 @@ from kernels.interaction import (
     native_available,
     reference_dlrm_interaction,
     reference_dot_interaction,
+    torch_dlrm_interaction,
     torch_dot_interaction,
 )
+from recsys.config import EmbeddingConfig
+from recsys.models import build_model
+from tests.conftest import REPO_ROOT
+from tests.models.schemas import small_schema, three_rows
 
 # (B, F, D): the smallest pair, a one-wide vector, a batch one row past a thread split, widths that
 # are not a multiple of the vector length, rows with fewer than four pairs, DLRM's Criteo shape.
 SHAPES = [(1, 2, 1), (5, 2, 1), (3, 3, 7), (129, 5, 16), (17, 6, 33), (64, 9, 70), (2, 27, 64), (130, 27, 64)]
-FAST_PATHS = {"dispatch": dot_interaction, "torch": torch_dot_interaction}
+FAST_PATHS = {"op": dot_interaction, "torch": torch_dot_interaction}
+DLRM_PATHS = {"op": dlrm_interaction, "torch": torch_dlrm_interaction}
+OPTED_OUT = os.environ.get("RECSYS_NATIVE_KERNELS") == "0"
+
+
+@pytest.fixture
+def native() -> None:
+    """The native kernel, built (or loaded from the cache) in this process; fails where it cannot build."""
+    if OPTED_OUT:
+        pytest.skip("RECSYS_NATIVE_KERNELS=0: the torch path was chosen explicitly")
+    assert native_available(), ("the native interaction kernel did not build (it needs a C++ compiler and "
+                                "ninja; see the warning above); set RECSYS_NATIVE_KERNELS=0 to opt out")
 
 
 def _values_and_grads(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor],
@@ -51,14 +76,15 @@ def test_dot_interaction_matches_reference(path: str, shape: tuple[int, int, int
     _assert_same(fast, _values_and_grads(reference_dot_interaction, [x], grad), dim, features)
 
 
+@pytest.mark.parametrize("path", DLRM_PATHS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_dlrm_interaction_matches_reference(shape: tuple[int, int, int]) -> None:
+def test_dlrm_interaction_matches_reference(path: str, shape: tuple[int, int, int]) -> None:
     generator = torch.Generator().manual_seed(sum(shape) + 1)
     batch, features, dim = shape
     dense = torch.randn(batch, dim, generator=generator)
     sparse = torch.randn(batch, features - 1, dim, generator=generator)
     grad = torch.randn(batch, dim + features * (features - 1) // 2, generator=generator)
-    fast = _values_and_grads(dlrm_interaction, [dense, sparse], grad)
+    fast = _values_and_grads(DLRM_PATHS[path], [dense, sparse], grad)
     _assert_same(fast, _values_and_grads(reference_dlrm_interaction, [dense, sparse], grad), dim, features)
 
 
@@ -89,12 +115,13 @@ def test_dlrm_interaction_rejects_mismatched_inputs() -> None:
         dlrm_interaction(torch.randn(4, 8), torch.randn(4, 3, 7))
 
 
-def test_the_native_kernel_is_used_on_this_machine() -> None:
-    if not native_available():
-        pytest.skip("no C compiler here: the torch path runs (tested above)")
-    x = torch.randn(4, 3, 8, requires_grad=True)
-    assert type(dot_interaction(x).grad_fn).__name__ == "_NativeDotInteractionBackward"
-    assert type(dlrm_interaction(x[:, 0], x[:, 1:]).grad_fn).__name__ == "_NativeDLRMInteractionBackward"
+def test_mixed_dtypes_promote_as_torch_cat_does() -> None:
+    dense = torch.randn(4, 8, requires_grad=True)
+    sparse = torch.randn(4, 3, 8, dtype=torch.float64, requires_grad=True)
+    out = dlrm_interaction(dense, sparse)
+    torch.testing.assert_close(out, reference_dlrm_interaction(dense.double(), sparse))
+    out.sum().backward()
+    assert (dense.grad.dtype, sparse.grad.dtype) == (torch.float32, torch.float64)
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
@@ -103,22 +130,190 @@ def test_gradcheck_float64(path: str) -> None:
     assert torch.autograd.gradcheck(FAST_PATHS[path], (x,))
 
 
-def test_dlrm_interaction_gradcheck_float64() -> None:
+@pytest.mark.parametrize("path", DLRM_PATHS)
+def test_dlrm_interaction_gradcheck_float64(path: str) -> None:
     dense = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     sparse = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(dlrm_interaction, (dense, sparse))
+    assert torch.autograd.gradcheck(DLRM_PATHS[path], (dense, sparse))
 
 
-def test_without_a_compiler_the_torch_path_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(interaction, "_library", None)
-    monkeypatch.setattr(interaction, "_unavailable", False)
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: it must build
-    with pytest.warns(UserWarning, match="native kernel unavailable"):
-        assert not interaction.native_available()
-    x = torch.randn(4, 3, 8)
-    torch.testing.assert_close(dot_interaction(x), reference_dot_interaction(x))
-    torch.testing.assert_close(dlrm_interaction(x[:, 0], x[:, 1:]), reference_dlrm_interaction(x[:, 0], x[:, 1:]))
+
+
+def test_the_native_kernel_is_built_here(native: None) -> None:
+    x = torch.randn(70, 6, 20)
+    dense, sparse = x[:, 0], x[:, 1:]
+    # the ops run it: bit for bit the kernel's own output
+    assert torch.equal(dot_interaction(x), torch.ops.recsys_kernels.dot_forward(x))
+    assert torch.equal(dlrm_interaction(dense, sparse), torch.ops.recsys_kernels.dlrm_forward(dense, sparse))
+
+
+# each op's arguments as (shape, requires_grad): 70 rows are two threads' worth; D = 20 is no multiple of the
+# vector length
+OP_ARGS = {
+    "dot_interaction": [((70, 6, 20), True)],
+    "dot_interaction_backward": [((70, 15), False), ((70, 6, 20), False)],
+    "dlrm_interaction": [((70, 20), True), ((70, 5, 20), True)],
+    "dlrm_interaction_backward": [((70, 35), False), ((70, 20), False), ((70, 5, 20), False)],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", OP_ARGS)
+def test_opcheck(name: str, dtype: torch.dtype) -> None:
+    """Schema, fake kernel, autograd registration and AOT dispatch of each op agree with its real kernel."""
+    args = tuple(torch.randn(*shape, dtype=dtype, requires_grad=grad) for shape, grad in OP_ARGS[name])
+    results = torch.library.opcheck(getattr(torch.ops.recsys, name).default, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+@pytest.mark.parametrize("dense", [3, 0])
+def test_fx_trace_of_dlrm_shows_the_op(dense: int) -> None:
+    """torchrec's pipeline tracer and torch.compile see one op node, not a Python function to wrap."""
+    schema = small_schema(dense)
+    model = build_model("dlrm", schema, {"bottom_mlp": [8, 4], "top_mlp": [8, 1]}, EmbeddingConfig())
+    traced = torch.fx.symbolic_trace(model)
+    targets = [node.target for node in traced.graph.nodes if node.op == "call_function"]
+    op = torch.ops.recsys.dlrm_interaction if dense else torch.ops.recsys.dot_interaction
+    assert targets.count(op) == 1, targets
+    batch = three_rows(schema)
+    torch.testing.assert_close(traced(batch), model(batch))
+
+
+class _Interactions(nn.Module):
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return dlrm_interaction(dense, sparse).sum(1) + dot_interaction(sparse).square().sum(1)  # (B,)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_keeps_the_ops() -> None:
+    from torch._inductor.compile_fx import compile_fx
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def inductor_recording(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., object]:
+        graphs.append(graph)
+        return compile_fx(graph, example_inputs)
+
+    module = _Interactions()
+    compiled = torch.compile(module, fullgraph=True, backend=inductor_recording)
+    dense, sparse = torch.randn(70, 16), torch.randn(70, 5, 16)
+    grad = torch.randn(70)
+    eager = _values_and_grads(module, [dense, sparse], grad)
+    _assert_same(_values_and_grads(compiled, [dense, sparse], grad), eager, 16, 6)
+    targets = {node.target for graph in graphs for node in graph.graph.nodes if node.op == "call_function"}
+    assert {torch.ops.recsys.dlrm_interaction, torch.ops.recsys.dot_interaction} <= targets, targets
+
+
+# ---- the build: fresh interpreters, as a user's processes --------------------------------------------------
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+import torch
+from kernels import interaction
+
+ready, children = Path(sys.argv[1]), int(sys.argv[2])
+ready.touch()
+deadline = time.monotonic() + 300
+while len(list(ready.parent.glob("ready-*"))) < children:  # every child started: their builds overlap
+    assert time.monotonic() < deadline, "the other child never started"
+    time.sleep(0.05)
+assert interaction.native_available()
+x = torch.randn(33, 6, 20, dtype=torch.float64)
+torch.testing.assert_close(interaction.dot_interaction(x), interaction.reference_dot_interaction(x))
+assert torch.equal(interaction.dot_interaction(x), torch.ops.recsys_kernels.dot_forward(x))
+print("native ok")
+"""
+
+
+def _children(count: int, work: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
+    """``count`` interpreters running _CHILD at once."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(work / f"ready-{i}"), str(count)], cwd=REPO_ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(count)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+def _compiles(build_dir: Path) -> int:
+    """Times ninja compiled the source in ``build_dir`` (its log keeps one line per command run)."""
+    log = build_dir / ".ninja_log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum(line.split("\t")[3] == "interaction.o" for line in lines if not line.startswith("#"))
+
+
+def _library(build_dir: Path) -> Path:
+    (library,) = build_dir.glob("*.so")
+    return library
+
+
+def test_a_second_process_reuses_the_cached_build(native: None, tmp_path: Path) -> None:
+    build_dir = interaction.native_build_dir()
+    library, compiles = _library(build_dir), _compiles(build_dir)
+    stamp = library.stat().st_mtime_ns
+    (child,) = _children(1, tmp_path, {})
+    assert child.returncode == 0 and "native ok" in child.stdout, child.stderr[-3000:]
+    assert _compiles(build_dir) == compiles and library.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_concurrent_first_builds_compile_once(native: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes meet an empty cache at once (and a baton a killed builder left): one compiles, both load."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    build_dir = interaction.native_build_dir()
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").touch()  # torch's baton file: alone, it makes cpp_extension wait forever
+    for child in _children(2, tmp_path, {"XDG_CACHE_HOME": str(cache)}):
+        assert child.returncode == 0 and "native ok" in child.stdout, child.stderr[-3000:]
+    assert _compiles(build_dir) == 1
+    stamp = _library(build_dir).stat().st_mtime_ns
+    (again,) = _children(1, tmp_path, {"XDG_CACHE_HOME": str(cache)})
+    assert again.returncode == 0 and "native ok" in again.stdout, again.stderr[-3000:]
+    assert _compiles(build_dir) == 1 and _library(build_dir).stat().st_mtime_ns == stamp
+
+
+_TORCH_PATH_CHILD = """
+import warnings
+import torch
+from kernels import interaction
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    available = interaction.native_available()
+print("available", available, "|", " ".join(str(w.message) for w in caught if "kernels.interaction" in str(w.message)))
+x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
+dense, sparse = x[:, 0].detach().requires_grad_(), x[:, 1:].detach().requires_grad_()
+assert torch.autograd.gradcheck(interaction.dot_interaction, (x,))
+assert torch.autograd.gradcheck(interaction.dlrm_interaction, (dense, sparse))
+torch.testing.assert_close(interaction.dot_interaction(x), interaction.reference_dot_interaction(x))
+torch.testing.assert_close(interaction.dlrm_interaction(dense, sparse),
+                           interaction.reference_dlrm_interaction(dense, sparse))
+print("torch path ok")
+"""
+
+
+def _torch_path_child(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _TORCH_PATH_CHILD], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env},
+                          timeout=600)
+
+
+def test_the_opt_out_selects_the_torch_path_without_a_build(tmp_path: Path) -> None:
+    child = _torch_path_child({"RECSYS_NATIVE_KERNELS": "0", "XDG_CACHE_HOME": str(tmp_path)})
+    assert child.returncode == 0 and "torch path ok" in child.stdout, child.stderr[-3000:]
+    assert "available False | \n" in child.stdout  # no warning: the choice was explicit
+    assert not (tmp_path / "recsys").exists()
+
+
+def test_without_a_compiler_the_ops_warn_and_run_the_torch_path(tmp_path: Path) -> None:
+    child = _torch_path_child({"CXX": str(tmp_path / "no-such-compiler"), "XDG_CACHE_HOME": str(tmp_path)})
+    assert child.returncode == 0 and "torch path ok" in child.stdout, child.stderr[-3000:]
+    assert "available False | kernels.interaction: native kernel unavailable" in child.stdout
 
 
 def test_under_bf16_autocast_it_runs_as_the_spec_does() -> None:
