@@ -84,7 +84,7 @@ from bench_data import cpu_pressure, machine  # noqa: E402
 import recsys.models.dlrm as dlrm_module  # noqa: E402
 from kernels.interaction import (  # noqa: E402
     dot_interaction,
-    native_available,
+    native_enabled,
     reference_dot_interaction,
     torch_dot_interaction,
 )
@@ -638,7 +638,7 @@ def main() -> None:
     shape = Shape(batch_size=args.batch_size)
     results["config"] = {**asdict(shape), "ids": args.ids, "optimizer": f"SGD lr {LEARNING_RATE} (tables and dense)",
                          "steps_per_round": args.steps, "rounds": args.rounds, "warmup": args.warmup,
-                         "native_interaction_kernel": native_available()}
+                         "native_interaction_kernel": native_enabled()}
     print("… fp32 GEMM peak", file=sys.stderr, flush=True)
     results["gemm_peak"] = gemm_peak(torch.get_num_threads(), 4096, 3 if args.quick else 7)
     results["flops"] = flops_per_sample(shape)

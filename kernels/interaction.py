@@ -177,6 +177,7 @@ def _build() -> None:
 _lock = threading.Lock()
 _built = False
 _unavailable = False  # the build failed or is switched off; never retried in this process
+_choice: bool | None = None  # use_native's; None: RECSYS_NATIVE_KERNELS, then where the kernel is faster
 
 
 def native_available() -> bool:
@@ -186,7 +187,7 @@ def native_available() -> bool:
         return _built
     with _lock:
         if not _built and not _unavailable:
-            if os.environ.get("RECSYS_NATIVE_KERNELS", "1") == "0" or platform.machine() not in ("x86_64", "aarch64"):
+            if os.environ.get("RECSYS_NATIVE_KERNELS") == "0" or platform.machine() not in ("x86_64", "aarch64"):
                 _unavailable = True
             else:
                 try:
@@ -199,9 +200,35 @@ def native_available() -> bool:
         return _built
 
 
+def native_preferred() -> bool:
+    """Whether the ops run the native kernel by default here. ``RECSYS_NATIVE_KERNELS=1`` or ``0`` decides;
+    unset, where it measured faster than the torch path (``benchmarks/bench_interaction.py``, DLRM's Criteo
+    shape, forward + backward): x86 with AVX-512, about 3× faster; not on AVX2-only x86, where its 64-byte
+    vectors run out of registers and it is about 3× slower; aarch64, as before the measurement."""
+    setting = os.environ.get("RECSYS_NATIVE_KERNELS")
+    if setting in ("0", "1"):
+        return setting == "1"
+    if platform.machine() == "x86_64":
+        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return platform.machine() == "aarch64"
+
+
+def use_native(enabled: bool | None) -> None:
+    """Choose the ops' path in this process: True the native kernel (where it builds), False the torch path,
+    None the default (``native_preferred``). For tests and benchmarks that compare the two."""
+    global _choice
+    _choice = enabled
+
+
+def native_enabled() -> bool:
+    """Whether the ops run the native kernel in this process now (building it on first use)."""
+    chosen = native_preferred() if _choice is None else _choice
+    return chosen and native_available()
+
+
 def _native(*tensors: torch.Tensor) -> bool:
     return (all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
-            and len({t.dtype for t in tensors}) == 1 and native_available())
+            and len({t.dtype for t in tensors}) == 1 and native_enabled())
 
 
 # ---- the ops --------------------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """The dot interaction against its spec, as the ``recsys::`` ops (native kernel inside) and as the torch path.
 
-The native kernel is the default wherever it builds, so it is required here: a machine without a C++
-compiler or ninja fails ``test_the_native_kernel_is_built_here`` and the other tests marked with the
-``native`` fixture. ``RECSYS_NATIVE_KERNELS=0`` opts out explicitly; those tests then skip.
+The native kernel must build wherever there is a C++ compiler and ninja: a machine without them fails
+``test_the_native_kernel_is_built_here`` and the other tests marked with the ``native`` fixture.
+``RECSYS_NATIVE_KERNELS=0`` opts out explicitly; those tests then skip. The ops run it here even where it is
+not the default (``native_preferred``: x86 without AVX-512), so every machine tests it; the torch path is
+tested on its own, through ``torch_*`` and in fresh interpreters that opt out.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,14 @@ SHAPES = [(1, 2, 1), (5, 2, 1), (3, 3, 7), (129, 5, 16), (17, 6, 33), (64, 9, 70
 FAST_PATHS = {"op": dot_interaction, "torch": torch_dot_interaction}
 DLRM_PATHS = {"op": dlrm_interaction, "torch": torch_dlrm_interaction}
 OPTED_OUT = os.environ.get("RECSYS_NATIVE_KERNELS") == "0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ops_run_the_native_kernel() -> Iterator[None]:
+    """The ops' "op" paths below test the kernel even where the torch path is the default."""
+    interaction.use_native(None if OPTED_OUT else True)
+    yield
+    interaction.use_native(None)
 
 
 @pytest.fixture
@@ -228,7 +239,7 @@ print("native ok")
 
 def _children(count: int, work: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
     """``count`` interpreters running _CHILD at once."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "RECSYS_NATIVE_KERNELS": "1", **env}
     procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(work / f"ready-{i}"), str(count)], cwd=REPO_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(count)]
@@ -337,3 +348,14 @@ def test_under_bf16_autocast_it_runs_as_the_spec_does() -> None:
     torch.testing.assert_close(fast[0], spec[0], rtol=1e-2, atol=1e-2)
     for got, expected in zip(fast[1], spec[1], strict=True):
         torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=5e-2)
+
+
+def test_the_default_is_the_kernel_where_it_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RECSYS_NATIVE_KERNELS", raising=False)
+    capability = torch.backends.cpu.get_cpu_capability()
+    expected = capability.startswith("AVX512") if platform.machine() == "x86_64" else platform.machine() == "aarch64"
+    assert interaction.native_preferred() is expected
+    monkeypatch.setenv("RECSYS_NATIVE_KERNELS", "1")
+    assert interaction.native_preferred() is True
+    monkeypatch.setenv("RECSYS_NATIVE_KERNELS", "0")
+    assert interaction.native_preferred() is False
