@@ -8,12 +8,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests import interrupt
 from tests.conftest import REPO_ROOT, run_cli, train_cli
 
 
@@ -64,20 +63,16 @@ def test_second_train_on_one_run_folder_fails_at_once(small_ctr: Path, tmp_path:
     """The first job (its elastic agent: the spawned workers take no lock) holds RUN/.lock; a second command
     on the same --out fails naming it, and the first finishes untouched."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "recsys.cli.main", "-q", "train", "--model", "dlrm", "--data", str(small_ctr),
-            "--out", str(out), "--nproc", "2"]
+    args = ["-q", "train", "--model", "dlrm", "--data", str(small_ctr), "--out", str(out), "--nproc", "2"]
     for setting in ("trainer.progress=false", "trainer.batch_size=256", "trainer.max_steps=20",
                     "trainer.log_every=1"):
         args += ["--set", setting]
-    first = subprocess.Popen(args, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    # The first job pauses itself once it holds the lock and has checked the job, before it starts its workers.
+    first = subprocess.Popen(interrupt.command("recsys.cli.train:_check", "pause", *args), cwd=REPO_ROOT,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while _lock_holder(out / ".lock") != first.pid:
-            assert first.poll() is None, first.stderr.read() if first.stderr else ""
-            assert time.monotonic() < deadline, "the first run never took the lock"
-            time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGSTOP)  # holds the lock, cannot finish while the second one runs
+        interrupt.wait_stopped(first)
+        assert _lock_holder(out / ".lock") == first.pid
         try:
             second = train_cli(small_ctr, out, "trainer.max_steps=5")
         finally:

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from recsys.data.synth import CtrConfig, write_criteo_tsv
 from recsys.system import exclusive_lock
+from tests import interrupt
 from tests.conftest import REPO_ROOT, run_cli
 
 
@@ -27,24 +26,20 @@ def _one_line_error(result: subprocess.CompletedProcess[str], *expected: str) ->
 
 
 def test_a_second_prepare_into_a_busy_output_fails_at_once_naming_the_first(tmp_path: Path) -> None:
-    rows = 300_000  # a few seconds of work: the first job is still running when it is stopped
+    rows = 5_000
     write_criteo_tsv(CtrConfig(rows=rows, seed=4), tmp_path / "raw", overwrite=False)
     out = tmp_path / "prepared"
     args = ["data", "prepare", "--format", "criteo", "--input", str(tmp_path / "raw"), "--out", str(out)]
-    first = subprocess.Popen([sys.executable, "-m", "recsys.cli.main", "-q", *args], cwd=REPO_ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    work = tmp_path / f".prepared.tmp-{first.pid}"  # exists only while the job runs
-    deadline = time.monotonic() + 120
-    while not work.exists():
-        assert first.poll() is None, f"prepare ended before it could be stopped: {first.stderr.read()}"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(first.pid, signal.SIGSTOP)  # hold it in the middle of its job while the second one runs
+    # The first job pauses itself in the middle of its work (rows spooled, lock held) until the second has run.
+    first = subprocess.Popen(interrupt.command("recsys.data.pipeline:_spool_parts", "pause", "-q", *args),
+                             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert work.exists(), "the first prepare finished before it was stopped"
+        interrupt.wait_stopped(first)
+        assert (tmp_path / f".prepared.tmp-{first.pid}").is_dir()  # its work folder, while it runs
         second = run_cli(*args)
     finally:
-        os.kill(first.pid, signal.SIGCONT)
+        if first.returncode is None:
+            os.kill(first.pid, signal.SIGCONT)
     _, errors = first.communicate(timeout=300)
     assert first.returncode == 0, errors[-3000:]
     _one_line_error(second, f"output {out} is in use by pid {first.pid}", "data prepare")

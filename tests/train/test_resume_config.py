@@ -4,19 +4,16 @@ may change, and checkpoints and artifacts refuse a config or weights changed aft
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from recsys.data.reader import ParquetReader
-from recsys.distributed.checkpoint import latest
+from tests import interrupt
 from tests.conftest import REPO_ROOT, run_cli, train_cli
 
 SHORT = ("trainer.batch_size=256", "trainer.max_steps=6", "trainer.checkpoint_every=3")
@@ -46,20 +43,14 @@ def _refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:
 def test_readme_resume_continues_with_the_saved_config(small_ctr: Path, tmp_path: Path) -> None:
     """README: train with --set trainer.epochs=2, crash, then resume with no --set: both epochs are trained."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "recsys.cli.main", "-q", "train", "--model", "dlrm", "--data", str(small_ctr),
-            "--out", str(out)]
+    args = ["-q", "train", "--model", "dlrm", "--data", str(small_ctr), "--out", str(out)]
     for setting in ("trainer.epochs=2", "trainer.batch_size=128", "trainer.checkpoint_every=10",
                     "trainer.progress=false"):
         args += ["--set", setting]
-    process = subprocess.Popen(args, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while latest(out / "checkpoints") is None:
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the crash
-    process.wait()
+    crashed = subprocess.run(interrupt.command("recsys.distributed.checkpoint:save", "killpg", *args),
+                             cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, timeout=600)  # the crash, right after the first checkpoint
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     assert not (out / "artifact").exists(), "killed too late: the run had finished"
 
     resumed = run_cli("-q", "train", "--model", "dlrm", "--data", str(small_ctr), "--out", str(out), "--resume")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from recsys.distributed.checkpoint import latest
+from tests import interrupt
 from tests.conftest import REPO_ROOT, train_cli
 
 SETTINGS = ("trainer.batch_size=64", "trainer.epochs=3", "trainer.checkpoint_every=25", "trainer.log_every=25")
@@ -23,23 +21,15 @@ def _test_metrics(run: Path) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith("test.")}
 
 
-def _start(data: Path, out: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "recsys.cli.main", "-q", "train", "--model", "dlrm", "--data", str(data),
-            "--out", str(out)]
+def _crash_after_first_checkpoint(data: Path, out: Path) -> None:
+    """Train, killed (with any helper process it started) the moment its first checkpoint is complete."""
+    args = ["-q", "train", "--model", "dlrm", "--data", str(data), "--out", str(out)]
     for setting in ("trainer.progress=false", *SETTINGS):
         args += ["--set", setting]
-    return subprocess.Popen(args, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def _kill_after_first_checkpoint(process: subprocess.Popen[bytes], out: Path) -> None:
-    deadline = time.monotonic() + 300
-    while latest(out / "checkpoints") is None:
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    job = subprocess.run(interrupt.command("recsys.distributed.checkpoint:save", "killpg", *args), cwd=REPO_ROOT,
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         timeout=600)
+    assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +44,7 @@ def uninterrupted(small_ctr: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_killed_run_resumes_to_the_same_metrics(small_ctr: Path, tmp_path: Path,
                                                 uninterrupted: dict[str, float]) -> None:
     out = tmp_path / "run"
-    _kill_after_first_checkpoint(_start(small_ctr, out), out)
+    _crash_after_first_checkpoint(small_ctr, out)
     assert not (out / "artifact").exists(), "killed too late: the run had finished"
     steps = json.loads((latest(out / "checkpoints") / "trainer.json").read_text())  # type: ignore[operator]
     assert 0 < steps["step_in_epoch"] or steps["epoch"] > 0
@@ -74,7 +64,7 @@ def test_killed_run_resumes_to_the_same_metrics(small_ctr: Path, tmp_path: Path,
 def test_resume_with_another_process_count(small_ctr: Path, tmp_path: Path,
                                            uninterrupted: dict[str, float]) -> None:
     out = tmp_path / "run"
-    _kill_after_first_checkpoint(_start(small_ctr, out), out)
+    _crash_after_first_checkpoint(small_ctr, out)
     resumed = train_cli(small_ctr, out, *SETTINGS, nproc=2, extra=("--resume",))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((out / "artifact" / "metrics.json").read_text())

@@ -17,19 +17,28 @@ def test_every_fetch_comes_from_one_version(make_store: Callable[..., RedisFeatu
     reader = make_store(prefix=writer_store.prefix)
     stop = threading.Event()
     seen: list[Fetched] = []
+    versions_read: set[str | None] = set()
     errors: list[BaseException] = []
+    read_one = threading.Condition()
 
     def read() -> None:
         try:
             n = 0
             while not stop.is_set():
-                seen.append(reader.fetch(USERS[n % len(USERS)], ITEMS))
+                fetched = reader.fetch(USERS[n % len(USERS)], ITEMS)
+                with read_one:
+                    seen.append(fetched)
+                    versions_read.add(fetched.version)
+                    read_one.notify_all()
                 n += 1
         except BaseException as exc:  # surfaced below
             errors.append(exc)
+            with read_one:
+                read_one.notify_all()
 
     thread = threading.Thread(target=read)
     thread.start()
+    committed = []
     try:
         for round_ in range(3):
             for name in ("v1", "v2", "v3"):
@@ -38,12 +47,14 @@ def test_every_fetch_comes_from_one_version(make_store: Callable[..., RedisFeatu
                 writer.put_users(USERS, [f"{version}/{u}".encode() for u in USERS])
                 writer.put_items(ITEMS, [f"{version}/{i}".encode() for i in ITEMS])
                 writer.commit()
+                committed.append(version)
+                with read_one:  # the next commit (which deletes this version) waits until the reader has read it
+                    assert read_one.wait_for(lambda: errors or version in versions_read, 60), version
     finally:
         stop.set()
         thread.join(30)
     assert not errors, errors
-    versions = {f.version for f in seen}
-    assert len(versions - {None}) >= 2, f"the reader saw only {versions}"
+    assert {f.version for f in seen} - {None} == set(committed)  # every version, each read while it was active
     for fetched in seen:
         if fetched.version is None:
             assert fetched.user is None and fetched.items == [None] * len(ITEMS)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,37 +67,62 @@ def test_one_user_many_items_repeats_the_user_and_context(served_artifact: tuple
         assert len(values) == lengths.sum() and (values == 0).all()
 
 
-class _Slow(nn.Module):
-    """Sums each row's dense features, slowly: the model stays busy while requests queue."""
+class _Gate:
+    """Holds the first forward pass of the models sharing it until ``release`` is set (``busy`` says it is held):
+    the jobs submitted meanwhile queue up, and are taken together when it ends."""
 
-    def __init__(self, offset: float) -> None:
+    def __init__(self) -> None:
+        self.busy, self.release = threading.Event(), threading.Event()
+        self.passes = 0
+
+    def enter(self) -> None:
+        self.passes += 1  # only the model thread runs passes
+        if self.passes == 1:
+            self.busy.set()
+            assert self.release.wait(60), "the test never released the first pass"
+
+
+class _Sum(nn.Module):
+    """Sums each row's dense features, plus an offset that tells models apart."""
+
+    def __init__(self, offset: float, gate: _Gate | None) -> None:
         super().__init__()
-        self.offset = offset
+        self.offset, self.gate = offset, gate
 
     def forward(self, batch: object) -> torch.Tensor:
-        time.sleep(0.05)
+        if self.gate is not None:
+            self.gate.enter()
         return batch.dense.sum(dim=1) + self.offset  # type: ignore[attr-defined]
 
 
 class _Model:
-    def __init__(self, offset: float) -> None:
-        self.model, self.keys, self.task = _Slow(offset), ["f"], task_named("ctr")
+    def __init__(self, offset: float, gate: _Gate | None = None) -> None:
+        self.model, self.keys, self.task = _Sum(offset, gate), ["f"], task_named("ctr")
 
 
 def _block(rows: int, value: float) -> RowBlock:
     return RowBlock(np.full((rows, 2), value, np.float32), np.ones((1, rows), np.int32), [np.zeros(rows, np.int64)])
 
 
+async def _queued(batcher: MicroBatcher, jobs: int) -> None:
+    """Once ``jobs`` jobs wait in the batcher's queue (the submitting tasks run at this loop's next turns)."""
+    while batcher._queue.qsize() < jobs:
+        await asyncio.sleep(0)
+
+
 def test_requests_queued_while_the_model_is_busy_share_a_pass_and_keep_their_model() -> None:
     passes: list[tuple[int, int]] = []
     batcher = MicroBatcher(max_rows=64, observe=lambda rows, requests: passes.append((rows, requests)))
     batcher.start()
-    old, new = _Model(0.0), _Model(10.0)
+    gate = _Gate()
+    old, new = _Model(0.0, gate), _Model(10.0, gate)
 
     async def run() -> list:
         first = asyncio.create_task(batcher.score(old, _block(1, 0.0)))
-        await asyncio.sleep(0.01)  # the first pass is running: the next ones queue up
-        rest = [batcher.score(old if i % 2 else new, _block(i + 1, i / 10)) for i in range(6)]
+        assert await asyncio.to_thread(gate.busy.wait, 60)  # the first pass is running: the next ones queue up
+        rest = [asyncio.create_task(batcher.score(old if i % 2 else new, _block(i + 1, i / 10))) for i in range(6)]
+        await _queued(batcher, len(rest))
+        gate.release.set()
         return [await first, *await asyncio.gather(*rest)]
 
     try:
@@ -113,15 +138,33 @@ def test_requests_queued_while_the_model_is_busy_share_a_pass_and_keep_their_mod
     assert passes[0] == (1, 1) and sorted(passes[1:]) == [(9, 3), (12, 3)]
 
 
+class _WatchedQueue(queue.SimpleQueue):
+    """The batcher's queue, noting how the model thread takes from it: (block, timeout) of every take."""
+
+    def __init__(self) -> None:
+        self.takes: list[tuple[bool, float | None]] = []
+
+    def get(self, block: bool = True, timeout: float | None = None) -> object:
+        self.takes.append((block, timeout))
+        return super().get(block, timeout)
+
+    def get_nowait(self) -> object:
+        self.takes.append((False, None))
+        return super().get_nowait()
+
+
 def test_a_lone_request_does_not_wait_and_big_takes_are_split() -> None:
     passes: list[tuple[int, int]] = []
     batcher = MicroBatcher(max_rows=4, observe=lambda rows, requests: passes.append((rows, requests)))
+    batcher._queue = watched = _WatchedQueue()
     batcher.start()
     model = _Model(0.0)
 
     async def run() -> None:
         scored = await batcher.score(model, _block(3, 0.0))
-        assert scored.queue_s < 0.02
+        assert (scored.batch_rows, scored.batch_requests) == (3, 1)
+        # It was taken, then the queue only looked at (no timed wait for companions) before its pass ran.
+        assert watched.takes[:2] == [(True, None), (False, None)] and all(t is None for _, t in watched.takes)
         await asyncio.gather(*(batcher.score(model, _block(3, 0.0)) for _ in range(3)))
 
     try:
@@ -165,8 +208,7 @@ def test_a_failing_request_fails_alone_not_its_batch() -> None:
         first = asyncio.create_task(batcher.score(model, _block(1, 0.0)))
         await asyncio.to_thread(model.model.busy.wait, 60)  # the model thread is inside the first pass
         rest = [asyncio.create_task(batcher.score(model, _block(i + 1, v))) for i, v in enumerate(values)]
-        while batcher._queue.qsize() < len(values):  # every job is queued before the first pass ends
-            await asyncio.sleep(0)
+        await _queued(batcher, len(values))  # every job is queued before the first pass ends
         model.model.release.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +28,76 @@ from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, start_s
 ADMIN = {"X-API-Key": API_KEY}
 
 
-def _hammer(server: Server, bodies: list[dict[str, Any]], while_running: Callable[[], None],
-            threads: int = 3) -> list[tuple[int, dict[str, Any], int]]:
-    """Threads send ``bodies`` round-robin over keep-alive connections until ``while_running`` returns;
-    returns (status, json or {}, body index) of every response."""
+WAIT_S = 120.0  # only how long a test waits before it reports a hang: no outcome depends on it
+
+
+@dataclass
+class _Answer:
+    status: int
+    payload: dict[str, Any]  # the JSON of a 200, else {}
+    index: int  # of the body sent
+    epoch: int  # the changes the test had made when the request was sent
+
+
+class _Traffic:
+    """What threads sending requests under load have been answered, and how a test waits for a given answer."""
+
+    def __init__(self) -> None:
+        self.answers: list[_Answer] = []
+        self.epoch = 0
+        self.changed = threading.Condition()
+
+    def next_epoch(self) -> None:
+        """A change (a swap, Redis killed or back) is made: requests sent from now on are of the next epoch."""
+        with self.changed:
+            self.epoch += 1
+
+    def send(self, client: httpx.Client, body: dict[str, Any], index: int = 0) -> None:
+        with self.changed:
+            epoch = self.epoch
+        response = client.post("/v1/rank", json=body)
+        payload = response.json() if response.status_code == 200 else {}
+        with self.changed:
+            self.answers.append(_Answer(response.status_code, payload, index, epoch))
+            self.changed.notify_all()
+
+    def wait_for(self, accept: Callable[[_Answer], bool]) -> None:
+        """Until a request sent since the last change is answered as ``accept`` wants: each change is seen served."""
+        with self.changed:
+            epoch, checked = self.epoch, 0
+
+            def answered() -> bool:
+                nonlocal checked
+                new, checked = self.answers[checked:], len(self.answers)
+                return any(a.epoch == epoch and accept(a) for a in new)
+
+            assert self.changed.wait_for(answered, WAIT_S), f"no such answer since change {epoch}"
+
+
+def _hammer(server: Server, bodies: list[dict[str, Any]], while_running: Callable[[_Traffic], None],
+            threads: int = 3) -> list[_Answer]:
+    """Threads send ``bodies`` round-robin over keep-alive connections until ``while_running(traffic)`` returns;
+    returns every answer."""
     done = threading.Event()
-    results: list[tuple[int, dict[str, Any], int]] = []
-    lock = threading.Lock()
+    traffic = _Traffic()
 
     def worker(offset: int) -> None:
         with server.client() as client:
             i = offset
             while not done.is_set():
-                index = i % len(bodies)
-                response = client.post("/v1/rank", json=bodies[index])
-                payload = response.json() if response.status_code == 200 else {}
-                with lock:
-                    results.append((response.status_code, payload, index))
+                traffic.send(client, bodies[i % len(bodies)], i % len(bodies))
                 i += 1
 
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for thread in pool:
         thread.start()
     try:
-        while_running()
+        while_running(traffic)
     finally:
         done.set()
         for thread in pool:
             thread.join(60)
-    return results
+    return traffic.answers
 
 
 def _scores(payload: dict[str, Any]) -> dict[str, float]:
@@ -86,20 +128,22 @@ def test_feature_version_switches_under_load_never_mix(server: Server, store: Re
         for a, b in zip(expected[v1], expected[v2], strict=True):
             assert max(abs(a[i] - b[i]) for i in a) > 1e-3  # the versions are told apart by their scores
 
-        def switch() -> None:
-            for n in range(40):
-                store.activate(v1 if n % 2 else v2)
-                time.sleep(0.03)
+        def switch(traffic: _Traffic) -> None:
+            for n in range(10):  # each switch is waited for: the version is served before the next one
+                version = v1 if n % 2 else v2
+                store.activate(version)
+                traffic.next_epoch()
+                traffic.wait_for(lambda a, version=version: a.payload.get("feature_version") == version)
 
         results = _hammer(server, bodies, switch)
     finally:
         store.activate(v1)
-    assert results and all(status == 200 for status, _, _ in results)
-    versions = Counter(payload["feature_version"] for _, payload, _ in results)
+    assert results and all(a.status == 200 for a in results)
+    versions = Counter(a.payload["feature_version"] for a in results)
     assert set(versions) == {v1, v2}, versions
-    for _, payload, index in results:
-        want = expected[payload["feature_version"]][index]
-        got = _scores(payload)
+    for a in results:
+        want = expected[a.payload["feature_version"]][a.index]
+        got = _scores(a.payload)
         # Within float rounding of batch composition (requests are micro-batched), never the other version's.
         assert max(abs(got[i] - want[i]) for i in want) < 1e-6
 
@@ -114,18 +158,21 @@ def test_hot_reload_and_rollback_under_load_drop_nothing(server: Server, second_
         assert first != second
         swaps: list[dict[str, Any]] = []
 
-        def swap() -> None:
+        def swap(traffic: _Traffic) -> None:
+            # Each swap is waited for until a request sent after it is answered by the model it swapped in.
             for n in range(3):
                 reloaded = client.post("/admin/reload", json={"artifact": str(second_artifact),
                                                               "precision": "int8" if n == 1 else "fp32"},
                                        headers=ADMIN)
                 assert reloaded.status_code == 200, reloaded.text
                 swaps.append(reloaded.json())
-                time.sleep(0.2)
+                traffic.next_epoch()
+                traffic.wait_for(lambda a: a.payload.get("model_version") == second)
                 rolled = client.post("/admin/rollback", headers=ADMIN)
                 assert rolled.status_code == 200, rolled.text
                 swaps.append(rolled.json())
-                time.sleep(0.2)
+                traffic.next_epoch()
+                traffic.wait_for(lambda a: a.payload.get("model_version") == first)
 
         results = _hammer(server, bodies, swap)
         assert client.get("/readyz").json()["model_version"] == first
@@ -142,9 +189,9 @@ def test_hot_reload_and_rollback_under_load_drop_nothing(server: Server, second_
         refused = client.post("/admin/reload", json={"artifact": str(odd)}, headers=ADMIN)
         assert refused.status_code == 409 and user_dense["name"] in refused.json()["detail"]
         assert client.get("/readyz").json()["model_version"] == first
-    statuses = Counter(status for status, _, _ in results)
+    statuses = Counter(a.status for a in results)
     assert set(statuses) == {200}, statuses
-    assert {payload["model_version"] for _, payload, _ in results} == {first, second}
+    assert {a.payload["model_version"] for a in results} == {first, second}
     assert swaps[0] == {"model_version": second, "previous_version": first}
     assert swaps[1] == {"model_version": first, "previous_version": second}
 
@@ -172,38 +219,39 @@ def test_redis_down_then_back_is_503_then_200_without_restart(redis_server: Embe
             assert client.get("/readyz").status_code == 200
             assert client.post("/v1/rank", json=body).status_code == 200
 
-            statuses: list[int] = []
+            # Traffic throughout: answered 200, then 503 once Redis is gone, then 200 once it is back.
+            traffic = _Traffic()
             stop = threading.Event()
 
-            def traffic() -> None:
+            def send() -> None:
                 with server.client() as own:
                     while not stop.is_set():
-                        statuses.append(own.post("/v1/rank", json=body).status_code)
-                        time.sleep(0.005)
+                        traffic.send(own, body)
 
-            thread = threading.Thread(target=traffic)
+            thread = threading.Thread(target=send)
             thread.start()
-            time.sleep(0.3)
-            redis.kill()  # SIGKILL, as a crash
-            time.sleep(0.5)
-            down = client.post("/v1/rank", json=body)
-            assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
-            assert client.get("/readyz").status_code == 503
-            assert client.get("/healthz").status_code == 200
-            redis.restart()  # the same port and data directory; nothing was saved, so materialise again
-            materialize(store, data_dir, artifact_dir)
-            deadline = time.monotonic() + 10
-            while client.post("/v1/rank", json=body).status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.3)
-            stop.set()
-            thread.join(30)
+            try:
+                traffic.wait_for(lambda a: a.status == 200)
+                redis.kill()  # SIGKILL, as a crash; returns once the process is gone
+                traffic.next_epoch()
+                traffic.wait_for(lambda a: a.status == 503)
+                down = client.post("/v1/rank", json=body)
+                assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
+                assert client.get("/readyz").status_code == 503
+                assert client.get("/healthz").status_code == 200
+                redis.restart()  # the same port and data directory; nothing was saved, so materialise again
+                materialize(store, data_dir, artifact_dir)
+                traffic.next_epoch()
+                traffic.wait_for(lambda a: a.status == 200)
+            finally:
+                stop.set()
+                thread.join(30)
             assert client.post("/v1/rank", json=body).status_code == 200
             assert client.get("/readyz").status_code == 200
             assert server.process.poll() is None  # the same process recovered by itself
             metrics = client.get("/metrics").text
-        seen = Counter(statuses)
-        assert set(seen) <= {200, 503} and seen[200] and seen[503], seen
+        statuses = [a.status for a in traffic.answers]
+        assert set(statuses) <= {200, 503}, Counter(statuses)
         assert statuses[-1] == 200
         assert "recsys_feature_store_errors_total" in metrics
     finally:
