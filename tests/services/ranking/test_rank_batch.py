@@ -99,6 +99,9 @@ class _Model:
     def __init__(self, offset: float, gate: _Gate | None = None) -> None:
         self.model, self.keys, self.task = _Sum(offset, gate), ["f"], task_named("ctr")
 
+    def probabilities(self, batch: object) -> torch.Tensor:  # as ServedModel's, at fp32
+        return self.task.link(self.model(batch))
+
 
 def _block(rows: int, value: float) -> RowBlock:
     return RowBlock(np.full((rows, 2), value, np.float32), np.ones((1, rows), np.int32), [np.zeros(rows, np.int64)])
