@@ -52,23 +52,17 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
-# libgomp spins this many iterations at a barrier before it sleeps (its default is 300,000, ~0.1-1 ms). Beside
-# another CPU-bound process, a thread spinning for a descheduled peer burns the slice that peer needs, and the
-# two processes' pools slow each other down several-fold; 10,000 (a few microseconds) keeps nearly all of the
-# idle speed and most of a fair share under contention (benchmarks/bench_contention.py measures both).
-OPENMP_SPIN_COUNT = 10_000
-
-
 def thread_policy(processes: int = 1) -> dict[str, str]:
-    """The OpenMP settings for ``processes`` torch processes on this host's available CPUs, minus those the user
-    set: a thread count that shares out the CPUs (not the machine's core count) and a short spin before sleep.
-    Applied to os.environ before torch is imported (libgomp reads them once, when it loads) and inherited by
-    the workers; returns what it set."""
+    """``OMP_NUM_THREADS`` for ``processes`` torch processes on this host: the CPUs the process may really use
+    (not the machine's core count) shared out, unless the user set it. Applied to os.environ before torch is
+    imported (libgomp reads it once, when it loads) and inherited by the workers; returns what it set.
+
+    The wait policy stays libgomp's: a shorter spin (GOMP_SPINCOUNT=10000) and OMP_WAIT_POLICY=PASSIVE were
+    measured beside a competing process (benchmarks/bench_contention.py) and lost idle speed on an AVX2 EPYC
+    without a consistent gain under contention for the short spin."""
     chosen: dict[str, str] = {}
     if "OMP_NUM_THREADS" not in os.environ:
         chosen["OMP_NUM_THREADS"] = str(max(1, available_cpus() // max(1, processes)))
-    if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-        chosen["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
     os.environ.update(chosen)
     return chosen
 
