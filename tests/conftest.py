@@ -24,6 +24,18 @@ if "RECSYS_HOME" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["RECSYS_HOME"], ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with a ``long`` test first, then files by their number of tests (xdist's own order, which it
+    keeps off in pyproject.toml): the longest work starts first and no worker ends alone on it. Each file's
+    tests stay together and in order."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = sorted(files.values(), key=lambda tests: (not any(t.get_closest_marker("long") for t in tests),
+                                                      -len(tests)))
+    items[:] = [item for tests in order for item in tests]
+
+
 def shared_dataset(relative: str) -> Path:
     """A file or folder under ../shared/datasets, or a clean skip when the checkout has none."""
     path = SHARED_DATASETS / relative

@@ -60,7 +60,7 @@ def test_unusable_out_is_one_line(where: str, small_ctr: Path, tmp_path: Path) -
 
 
 def test_second_train_on_one_run_folder_fails_at_once(small_ctr: Path, tmp_path: Path) -> None:
-    """The first job (its elastic agent: the spawned workers take no lock) holds RUN/.lock; a second command
+    """The first job (its elastic agent: the workers it forks take no lock) holds RUN/.lock; a second command
     on the same --out fails naming it, and the first finishes untouched."""
     out = tmp_path / "run"
     args = ["-q", "train", "--model", "dlrm", "--data", str(small_ctr), "--out", str(out), "--nproc", "2"]

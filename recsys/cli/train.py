@@ -76,6 +76,8 @@ def train(
             _run_worker(job())
         return
     with _run_folder(out):
+        if nproc > 1:
+            _agent_single_threaded()
         checked = job()
         _check(checked, nproc)
         if nproc == 1:
@@ -150,6 +152,24 @@ def _check(job: TrainJob, nproc: int) -> None:
     plan(model, job.config, nproc, nproc, device)
 
 
+def _agent_single_threaded() -> None:
+    """The agent computes nothing worth threads, and on CPU it forks its workers (see ``_launch``): GNU OpenMP
+    hangs a forked child whose parent ever ran a parallel region, so the agent never runs one. Each worker sets
+    its own thread count (``init_distributed``)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _start_method() -> str:
+    """``fork`` on CPU: the workers inherit the agent's imported torch, torchrec and recsys instead of importing
+    them again (about 8 s of CPU each); ``spawn`` with CUDA, which a forked child cannot use once the parent
+    has touched it."""
+    import torch
+
+    return "spawn" if torch.cuda.is_available() else "fork"
+
+
 def _run_worker(job: TrainJob) -> None:
     from recsys.cli.main import setup_logging
     from recsys.train.trainer import train as run
@@ -178,7 +198,7 @@ def _launch(job: TrainJob, nproc: int) -> None:
         launch = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"recsys-{uuid.uuid4().hex[:8]}",
             rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
-            monitor_interval=0.5, start_method="spawn",
+            monitor_interval=0.5, start_method=_start_method(),
         )
         try:
             elastic_launch(launch, _run_worker)(job)

@@ -1,6 +1,6 @@
 """Two gloo processes train exactly like one: same global batches, same gradients, same losses.
 
-Real ``recsys train`` runs (torch elastic spawns the workers). Tolerance: the first
+Real ``recsys train`` runs (torch elastic starts the workers). Tolerance: the first
 step's loss (before any update) agrees to 1e-5; later steps to 2e-3 absolute, the
 room float reordering needs once row-wise Adagrad has amplified it for 8 steps
 (the summed embedding gradients arrive from two processes in another order).

@@ -27,6 +27,7 @@ def _train(model: str, data: Path, out: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_din_beats_dlrm_where_the_history_signal_is_local(tmp_path: Path) -> None:
     data = tmp_path / "ctr"
     made = run_cli("-q", "data", "synth", "--kind", "ctr", "--rows", str(ROWS), "--out", str(data))

@@ -30,6 +30,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[st
     return root / "work", root / "out", json.loads((root / "out" / "embeddings.json").read_text())
 
 
+@pytest.mark.long
 def test_every_scheme_is_run_or_skipped_with_a_reason_and_bytes_are_measured(
         bench: tuple[Path, Path, dict[str, Any]]) -> None:
     _, out, results = bench

@@ -41,6 +41,7 @@ def uninterrupted(small_ctr: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_killed_run_resumes_to_the_same_metrics(small_ctr: Path, tmp_path: Path,
                                                 uninterrupted: dict[str, float]) -> None:
     out = tmp_path / "run"
