@@ -53,12 +53,13 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[s
 
 
 def train_cli(data: Path, out: Path, *settings: str, nproc: int = 1, extra: tuple[str, ...] = (),
-              timeout: float = 600, model: str = "dlrm") -> subprocess.CompletedProcess[str]:
+              timeout: float = 600, model: str = "dlrm", env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
     """``recsys -q train --model MODEL`` with ``--set`` for each of ``settings``."""
     args = ["-q", "train", "--model", model, "--data", str(data), "--out", str(out), "--nproc", str(nproc)]
     for setting in ("trainer.progress=false", *settings):
         args += ["--set", setting]
-    return run_cli(*args, *extra, timeout=timeout)
+    return run_cli(*args, *extra, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the trainer imports torch; keep `recsys --help` fast
     from recsys.train.trainer import TrainJob
 
 _ERROR_DIR = "RECSYS_WORKER_ERRORS"  # where failing workers leave their one-line message for the agent
+_START_ENV, _START_METHODS = "RECSYS_WORKER_START", ("fork", "spawn", "forkserver")  # how workers start
 
 
 def train(
@@ -164,10 +165,13 @@ def _agent_single_threaded() -> None:
 def _start_method() -> str:
     """``fork`` on CPU: the workers inherit the agent's imported torch, torchrec and recsys instead of importing
     them again (about 8 s of CPU each); ``spawn`` with CUDA, which a forked child cannot use once the parent
-    has touched it."""
+    has touched it. ``RECSYS_WORKER_START`` chooses (e.g. ``spawn`` for a model library that is not fork-safe)."""
     import torch
 
-    return "spawn" if torch.cuda.is_available() else "fork"
+    chosen = os.environ.get(_START_ENV, "")
+    if chosen not in ("", *_START_METHODS):
+        raise RecsysError(f"{_START_ENV}={chosen!r}: expected one of {', '.join(_START_METHODS)} (or unset)")
+    return chosen or ("spawn" if torch.cuda.is_available() else "fork")
 
 
 def _run_worker(job: TrainJob) -> None:
@@ -191,6 +195,7 @@ def _launch(job: TrainJob, nproc: int) -> None:
 
     from recsys.system import free_port
 
+    start_method = _start_method()
     for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are reported below, in one line
     with tempfile.TemporaryDirectory(prefix="recsys-train-") as errors:
@@ -198,7 +203,7 @@ def _launch(job: TrainJob, nproc: int) -> None:
         launch = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"recsys-{uuid.uuid4().hex[:8]}",
             rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
-            monitor_interval=0.5, start_method=_start_method(),
+            monitor_interval=0.5, start_method=start_method,
         )
         try:
             elastic_launch(launch, _run_worker)(job)

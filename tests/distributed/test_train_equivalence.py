@@ -24,8 +24,9 @@ def _losses(run: Path) -> list[float]:
     return [line["loss"] for line in lines if line["split"] == "train"]
 
 
-def _train(data: Path, out: Path, nproc: int, sharding_type: str, *more: str) -> list[float]:
-    result = train_cli(data, out, *STEPS, f"sharding.sharding_types=[{sharding_type}]", *more, nproc=nproc)
+def _train(data: Path, out: Path, nproc: int, sharding_type: str, *more: str,
+           env: dict[str, str] | None = None) -> list[float]:
+    result = train_cli(data, out, *STEPS, f"sharding.sharding_types=[{sharding_type}]", *more, nproc=nproc, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return _losses(out)
 
@@ -51,6 +52,20 @@ def test_two_processes_match_one(sharding_type: str, one_process: list[float], s
     assert losses[0] == pytest.approx(one_process[0], abs=1e-5)
     assert losses == pytest.approx(one_process, abs=2e-3)
     assert losses[-1] < losses[0] - 0.02  # it learned, so the comparison covers real updates
+
+
+@pytest.mark.slow
+def test_spawned_workers_train_as_forked_ones(one_process: list[float], small_ctr: Path, tmp_path: Path) -> None:
+    """On CPU the workers are forked from the agent; ``RECSYS_WORKER_START=spawn`` (the CUDA default) trains
+    the same steps, and a start method torch elastic has no name for is one line before any worker starts."""
+    losses = _train(small_ctr, tmp_path / "run", 2, "table_wise", env={"RECSYS_WORKER_START": "spawn"})
+    assert losses[0] == pytest.approx(one_process[0], abs=1e-5)
+    assert losses == pytest.approx(one_process, abs=2e-3)
+    refused = train_cli(small_ctr, tmp_path / "bad", *STEPS, nproc=2, env={"RECSYS_WORKER_START": "thread"})
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "RECSYS_WORKER_START='thread'" in lines[0] and "spawn" in lines[0], lines
+    assert not (tmp_path / "bad").exists()  # nothing written: the run folder a failed check created is removed
 
 
 @pytest.mark.slow
