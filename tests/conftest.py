@@ -10,9 +10,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
+
+from tests.zygote import FRESH_ENV, ZygoteProcess, zygote
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -44,12 +46,29 @@ def shared_dataset(relative: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    """Run ``recsys ARGS`` as a user would, in a fresh interpreter (``env``: variables to add)."""
+def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[str, str] | None = None,
+            unset: tuple[str, ...] = (), fresh: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``recsys ARGS`` as a user would, in a process of its own (``env``: variables to add, ``unset``: to
+    remove): forked from the pre-imported test zygote (tests/zygote.py), or a fresh interpreter when ``fresh``
+    or ``RECSYS_TEST_FRESH=1`` (for settings read at import)."""
     env = {**os.environ, "COLUMNS": "120", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    for name in unset:
+        env.pop(name, None)
+    if fresh or os.environ.get(FRESH_ENV) == "1":
+        return subprocess.run([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    return zygote().run(list(args), cwd=cwd, env=env, timeout=timeout)
+
+
+def cli_process(args: list[str], *, env: dict[str, str], stdout: IO[bytes], cwd: Path = REPO_ROOT
+                ) -> subprocess.Popen[bytes] | ZygoteProcess:
+    """A long-running ``recsys ARGS`` (a server) writing stdout and stderr to ``stdout``; ``env`` is the whole
+    environment. From the zygote, or a fresh interpreter under ``RECSYS_TEST_FRESH=1``."""
+    if os.environ.get(FRESH_ENV) == "1":
+        return subprocess.Popen([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
+                                stdout=stdout, stderr=subprocess.STDOUT)
+    with open(os.devnull, "rb") as nothing:
+        return zygote().popen(args, cwd=cwd, env=env, stdin=nothing, stdout=stdout, stderr=subprocess.STDOUT)
 
 
 def train_cli(data: Path, out: Path, *settings: str, nproc: int = 1, extra: tuple[str, ...] = (),

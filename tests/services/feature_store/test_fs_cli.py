@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +13,12 @@ from recsys.data.layout import split_files
 from recsys.schema import Entity, Schema
 from services.feature_store.codec import RecordCodec
 from services.feature_store.embedded import open_store
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_cli
 
 
 def _features(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RECSYS_HOME": str(home), "COLUMNS": "200"}
-    env.pop("REDIS_URL", None)
-    return subprocess.run([sys.executable, "-m", "recsys.cli.main", "features", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("features", *args, env={"RECSYS_HOME": str(home), "COLUMNS": "200"}, unset=("REDIS_URL",),
+                   timeout=120)
 
 
 def test_materialize_then_upsert_in_separate_processes(served_artifact: tuple[Path, Path], tmp_path: Path,

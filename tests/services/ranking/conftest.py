@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.encode import RawEncoder
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
-from tests.conftest import REPO_ROOT, train_cli
+from tests.conftest import cli_process, train_cli
+from tests.zygote import ZygoteProcess
 
 API_KEY = "test-admin-key"
 
@@ -39,7 +39,7 @@ API_KEY = "test-admin-key"
 class Server:
     """A `recsys serve` subprocess."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ZygoteProcess
     port: int
     log: Path
 
@@ -77,10 +77,9 @@ def start_server(artifact: Path, redis_url: str | None, log: Path, *flags: str, 
         env["RECSYS_HOME"] = str(home)
     if api_key is not None:
         env["RECSYS_API_KEY"] = api_key
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "recsys.cli.main", "serve", "--artifact", str(artifact), "--port", str(port),
-         *flags], cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    args = ["serve", "--artifact", str(artifact), "--port", str(port), *flags]
+    with log.open("wb") as handle:
+        process = cli_process(args, env=env, stdout=handle)
     server = Server(process, port, log)
     deadline = time.monotonic() + 180
     path = "/readyz" if wait_ready else "/healthz"
