@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import pytest
 
+from recsys.system import available_cpus
 from tests.zygote import FRESH_ENV, ZygoteProcess, zygote
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,13 @@ SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 if "RECSYS_HOME" not in os.environ:
     os.environ["RECSYS_HOME"] = tempfile.mkdtemp(prefix="recsys-tests-")
     atexit.register(shutil.rmtree, os.environ["RECSYS_HOME"], ignore_errors=True)
+
+
+# Each xdist worker's share of the CPUs for OpenMP, in this process and every command it runs (before torch
+# loads: libgomp reads it once): two workers of two threads each on two cores spin on each other's
+# descheduled threads and run several times slower. Tests of the default thread policy unset it themselves.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -36,8 +36,9 @@ from typing import IO, Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRESH_ENV = "RECSYS_TEST_FRESH"
-# Read by rich's consoles when they are built (at import, in the zygote): left out so they read them per command.
-_PER_COMMAND = ("COLUMNS", "LINES")
+# Read when a module loads: rich's consoles (COLUMNS, LINES) and libgomp (OMP_NUM_THREADS: the zygote keeps
+# torch's own default, and each child sets the count its environment asks for). Left out of the zygote's.
+_PER_COMMAND = ("COLUMNS", "LINES", "OMP_NUM_THREADS")
 
 
 class ZygoteProcess:

@@ -14,6 +14,7 @@ naming the holder. A resume starts from the run's saved ``config.yaml``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import tempfile
@@ -77,14 +78,15 @@ def train(
             _run_worker(job())
         return
     with _run_folder(out):
-        if nproc > 1:
+        start_method = _start_method() if nproc > 1 else ""  # a bad RECSYS_WORKER_START: before any work
+        if start_method == "fork":
             _agent_single_threaded()
         checked = job()
         _check(checked, nproc)
         if nproc == 1:
             _run_worker(checked)
         else:
-            _launch(checked, nproc)
+            _launch(checked, nproc, start_method)
 
 
 def _settings(model: str, out: Path, path: Path | None, overrides: list[str], seed: int | None,
@@ -155,7 +157,7 @@ def _check(job: TrainJob, nproc: int) -> None:
 
 def _agent_single_threaded() -> None:
     """The agent computes nothing worth threads, and on CPU it forks its workers (see ``_launch``): GNU OpenMP
-    hangs a forked child whose parent ever ran a parallel region, so the agent never runs one. Each worker sets
+    hangs a forked child whose parent ever ran a parallel region, so an agent that forks never runs one. Each worker sets
     its own thread count (``init_distributed``)."""
     import torch
 
@@ -188,14 +190,16 @@ def _run_worker(job: TrainJob) -> None:
         raise
 
 
-def _launch(job: TrainJob, nproc: int) -> None:
+def _launch(job: TrainJob, nproc: int, start_method: str) -> None:
     """Run ``nproc`` local workers through torch elastic (what torchrun runs), and wait for them."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from recsys.system import free_port
 
-    start_method = _start_method()
+    if start_method == "fork":
+        gc.collect()
+        gc.freeze()  # the workers' collections and exit skip the inherited heap instead of copying its pages
     for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # failures are reported below, in one line
     with tempfile.TemporaryDirectory(prefix="recsys-train-") as errors:

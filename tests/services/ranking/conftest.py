@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from recsys import artifact as artifacts
 from recsys.data.layout import split_files
@@ -96,6 +97,18 @@ def start_server(artifact: Path, redis_url: str | None, log: Path, *flags: str, 
                 server.stop()
                 raise AssertionError(f"recsys serve did not answer {path} in time:\n{server.log_tail()}")
             time.sleep(0.2)
+
+
+def metric_value(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    """The sample ``name{labels}`` (exactly those labels) of a /metrics page; ``default`` when absent (a counter
+    never incremented), else an AssertionError naming it."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    if default is None:
+        raise AssertionError(f"no sample {name}{labels} in /metrics")
+    return default
 
 
 @pytest.fixture(scope="session")

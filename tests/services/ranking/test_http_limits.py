@@ -17,7 +17,7 @@ import pytest
 
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.redis_store import RedisFeatureStore
-from tests.services.ranking.conftest import Server, start_server
+from tests.services.ranking.conftest import Server, metric_value, start_server
 
 # Generous: the server closes after the flags' timeouts (seconds); this only bounds a test that fails.
 WAIT_S = 90.0
@@ -171,12 +171,8 @@ def test_a_client_leaving_mid_body_is_a_quiet_499(server: Server) -> None:
 def _rank_counts(client: httpx.Client) -> dict[str, float]:
     """{"499": n, "500": n}: POST /v1/rank requests ended with that status so far, from /metrics."""
     text = client.get("/metrics").text
-    counts = {}
-    for status in ("499", "500"):
-        found = re.search(rf'^recsys_http_requests_total{{method="POST",route="/v1/rank",status="{status}"}} (\S+)$',
-                          text, re.MULTILINE)
-        counts[status] = float(found[1]) if found else 0.0
-    return counts
+    return {status: metric_value(text, "recsys_http_requests_total", 0.0, method="POST", route="/v1/rank",
+                                 status=status) for status in ("499", "500")}
 
 
 def _poll_counts(client: httpx.Client, before: dict[str, float]) -> dict[str, float]:

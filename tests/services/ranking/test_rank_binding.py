@@ -26,7 +26,7 @@ from services.ranking.service import RankingService
 from services.ranking.settings import ServeSettings
 from tests.artifacts import edit_weights
 from tests.conftest import train_cli
-from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, start_server
+from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, metric_value, start_server
 
 ADMIN = {"X-API-Key": API_KEY}
 
@@ -47,10 +47,6 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _scores(payload: dict[str, Any]) -> dict[str, float]:
     return {item["item_id"]: item["score"] for item in payload["items"]}
-
-
-def _metric(text: str, line_start: str) -> float:
-    return float(next(line for line in text.splitlines() if line.startswith(line_start)).split()[-1])
 
 
 def _version(artifact: Path) -> str:
@@ -90,9 +86,9 @@ def test_a_version_materialised_for_another_model_is_not_served(
                     state["incompatible_feature_version"]) == (v1, v2, v2)
             assert v2 in state["status"] and str(other_artifact.resolve()) in state["status"]
             text = client.get("/metrics").text
-            assert _metric(text, "recsys_incompatible_feature_version ") == 1
-            assert _metric(text, f'recsys_feature_version_info{{compatible="false",version="{v2}"}}') == 1
-            assert _metric(text, f'recsys_feature_version_served_info{{version="{v1}"}}') == 1
+            assert metric_value(text, "recsys_incompatible_feature_version") == 1
+            assert metric_value(text, "recsys_feature_version_info", compatible="false", version=v2) == 1
+            assert metric_value(text, "recsys_feature_version_served_info", version=v1) == 1
 
             # Deploying the model the new version was made for: it reads the active version.
             swapped = client.post("/admin/reload", json={"artifact": str(other_artifact)}, headers=ADMIN)
@@ -101,13 +97,13 @@ def test_a_version_materialised_for_another_model_is_not_served(
             assert (now["model_version"], now["feature_version"]) == (_version(other_artifact), v2)
             state = client.get("/readyz").json()
             assert state["status"] == "ready" and "incompatible_feature_version" not in state
-            assert _metric(client.get("/metrics").text, "recsys_incompatible_feature_version ") == 0
+            assert metric_value(client.get("/metrics").text, "recsys_incompatible_feature_version") == 0
 
             # Rolling back reads the old model's version again, while the store keeps it (its grace period).
             assert client.post("/admin/rollback", headers=ADMIN).status_code == 200
             again = client.post("/v1/rank", json=bodies[0]).json()
             assert again["feature_version"] == v1 and _scores(again) == pytest.approx(_scores(before[0]), abs=1e-6)
-            assert _metric(client.get("/metrics").text, "recsys_incompatible_feature_version ") == 1
+            assert metric_value(client.get("/metrics").text, "recsys_incompatible_feature_version") == 1
 
             # Once it is collected, this model has nothing to read: 503 naming the active version, not ready.
             store.delete_version(v1)
@@ -214,7 +210,7 @@ def test_non_finite_scores_answer_500_never_null(server: Server, store: RedisFea
         assert "non-finite scores" in answered.json()["detail"] and "nan-user" in answered.json()["detail"]
         assert client.post("/v1/rank", json={"user_id": offline[0].user_id, "item_ids": items}).status_code == 200
         text = client.get("/metrics").text
-    assert _metric(text, "recsys_nonfinite_scores_total ") >= 1
+    assert metric_value(text, "recsys_nonfinite_scores_total") >= 1
 
 
 def _overflowing(state: dict[str, torch.Tensor]) -> None:

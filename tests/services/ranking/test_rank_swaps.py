@@ -23,7 +23,7 @@ from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
 from tests.artifacts import reseal
-from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, start_server
+from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, metric_value, start_server
 
 ADMIN = {"X-API-Key": API_KEY}
 
@@ -296,8 +296,7 @@ def test_workers_follow_one_swap_and_share_metrics(store: RedisFeatureStore, red
                 time.sleep(0.02)
             assert streak == 20, "the other worker did not follow the swap"
             text = client.get("/metrics").text
-        line = next(li for li in text.splitlines()
-                    if li.startswith('recsys_http_requests_total{method="POST",route="/v1/rank",status="200"}'))
-        assert float(line.split()[-1]) >= 30  # every worker's requests, aggregated
+        served = metric_value(text, "recsys_http_requests_total", method="POST", route="/v1/rank", status="200")
+        assert served >= 30  # every worker's requests, aggregated
     finally:
         server.stop()
