@@ -68,6 +68,18 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[s
     return zygote().run(list(args), cwd=cwd, env=env, timeout=timeout)
 
 
+def run_python(code: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300,
+               env: dict[str, str] | None = None, fresh: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE ARGS`` in a process that shares nothing with this one but imported modules (forked
+    from the zygote; a fresh interpreter under ``RECSYS_TEST_FRESH=1``): what "a fresh process" means for a
+    reloaded artifact."""
+    env = {**os.environ, **(env or {})}
+    if fresh or os.environ.get(FRESH_ENV) == "1":
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    return zygote().run(list(args), cwd=cwd, env=env, timeout=timeout, code=code)
+
+
 def cli_process(args: list[str], *, env: dict[str, str], stdout: IO[bytes], cwd: Path = REPO_ROOT
                 ) -> subprocess.Popen[bytes] | ZygoteProcess:
     """A long-running ``recsys ARGS`` (a server) writing stdout and stderr to ``stdout``; ``env`` is the whole

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_python
 
 
 @pytest.mark.parametrize("args", [
@@ -23,6 +23,29 @@ def test_commands_answer_as_in_a_fresh_interpreter(args: tuple[str, ...], tmp_pa
     fresh = run_cli(*args, fresh=True)
     forked = run_cli(*args)
     assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+
+
+_STATE = """
+import os, sys, numpy, torch
+print(__name__, sys.argv, sys.path[0], os.getcwd(), torch.get_num_threads(), os.environ.get("RECSYS_PROBE"))
+print(torch.initial_seed(), float(torch.rand(1)), float(numpy.random.rand()))
+"""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_code_starts_from_the_state_of_a_fresh_interpreter(threads: str, tmp_path: Path) -> None:
+    """Name, arguments, path, directory and thread count as ``python -c`` has them; torch's and numpy's seeds
+    drawn afresh in each child, as each fresh interpreter draws them, not the zygote's shared ones."""
+    env = {"OMP_NUM_THREADS": threads, "RECSYS_PROBE": "probe"}
+    fresh = run_python(_STATE, "a", "b c", cwd=tmp_path, env=env, fresh=True)
+    forked = [run_python(_STATE, "a", "b c", cwd=tmp_path, env=env) for _ in range(2)]
+    assert fresh.returncode == 0, fresh.stderr
+    for child in forked:
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.splitlines()[0] == fresh.stdout.splitlines()[0]
+        assert child.stdout.splitlines()[0].endswith(f" {threads} probe")
+    seeds = [child.stdout.splitlines()[1].split() for child in forked]
+    assert all(first != second for first, second in zip(*seeds, strict=True)), seeds
 
 
 def test_a_command_runs_in_its_directory_with_its_environment(tmp_path: Path) -> None:

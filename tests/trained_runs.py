@@ -6,8 +6,6 @@ from a real Redis (``contract_redis`` in tests/conftest.py), gives the offline s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from recsys.tasks import task_spec
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_python
 from tests.services.ranking.conftest import Server, offline_rows, start_server
 
 
@@ -72,8 +70,7 @@ np.save(sys.argv[3], np.stack([np.concatenate(scores), np.concatenate(labels)]))
 
 def assert_reloads_with_the_same_predictions(run: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "scores.npy"
-    result = subprocess.run([sys.executable, "-c", _SCORE, str(run / "artifact"), str(data), str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_python(_SCORE, str(run / "artifact"), str(data), str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     scores, labels = np.load(out)
     metrics = json.loads((run / "artifact" / "metrics.json").read_text())

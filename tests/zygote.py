@@ -5,8 +5,8 @@ of commands.
 Each pytest process starts one zygote: ``python -m tests.zygote``, which imports what the CLI imports, never
 runs an OpenMP region (a forked child of a process that did hangs in GNU libgomp) and then forks one child
 per request. A child takes the request's standard streams, working directory, environment and arguments, resets
-what a fresh interpreter would have fresh (torch's generator, numpy's seed, the thread count the environment
-asks for), and runs ``recsys.cli.main`` as ``python -m recsys.cli.main`` would; the zygote reports its exit
+what a fresh interpreter would have fresh (torch's and numpy's seeds, the thread count the environment asks
+for), and runs ``recsys.cli.main`` as ``python -m recsys.cli.main`` would; the zygote reports its exit
 status. What differs from a fresh interpreter: modules are imported once, before the request's environment
 (libgomp reads ``OMP_NUM_THREADS`` when it loads, so tests of import-time settings start a fresh interpreter:
 ``run_cli(..., fresh=True)`` or ``RECSYS_TEST_FRESH=1`` for the whole suite), and import-time warnings go to
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,7 +73,7 @@ class ZygoteProcess:
         return code
 
     def send_signal(self, signum: int) -> None:
-        if self.returncode is None:
+        if self.poll() is None:  # not reaped yet, so the pid is still this child's
             try:
                 os.kill(self.pid, signum)
             except ProcessLookupError:
@@ -110,23 +111,25 @@ class Zygote:
             return self._socket_path
 
     def popen(self, args: list[str], *, cwd: Path | str, env: dict[str, str], stdin: int | IO[Any] | None = None,
-              stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None) -> ZygoteProcess:
-        """``python -m recsys.cli.main ARGS`` in a child of the zygote; streams are files (None: this one's)."""
+              stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None, code: str | None = None
+              ) -> ZygoteProcess:
+        """``python -m recsys.cli.main ARGS`` (with ``code``: ``python -c CODE ARGS``) in a child of the zygote;
+        streams are files (None: this one's)."""
         streams = [_fileno(stdin, 0), _fileno(stdout, 1), _fileno(stderr, 2)]
         if stderr == subprocess.STDOUT:
             streams[2] = streams[1]
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(self._started())
-        request = {"args": args, "cwd": str(cwd), "env": env}
+        request = {"args": args, "cwd": str(cwd), "env": env, "code": code}
         socket.send_fds(conn, [json.dumps(request).encode()], streams)
         return ZygoteProcess(conn, args)
 
-    def run(self, args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float
+    def run(self, args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float, code: str | None = None
             ) -> subprocess.CompletedProcess[str]:
         """``subprocess.run(..., capture_output=True, text=True, timeout=timeout)`` through the zygote."""
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
                 open(os.devnull, "rb") as nothing:
-            process = self.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=out, stderr=err)
+            process = self.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=out, stderr=err, code=code)
             try:
                 code = process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -168,8 +171,8 @@ def zygote() -> Zygote:
 # --- the zygote process ---------------------------------------------------------------------------------------
 
 
-def _preload() -> tuple[int, int]:
-    """Imports what the CLI imports; returns torch's default thread count and its generator's initial seed."""
+def _preload() -> int:
+    """Imports what the CLI imports; returns torch's default thread count."""
     import numpy  # noqa: F401
     import torch
 
@@ -187,7 +190,7 @@ def _preload() -> tuple[int, int]:
     import recsys.train.trainer  # noqa: F401
     import services.ranking.app  # noqa: F401
 
-    return default_threads, torch.initial_seed()
+    return default_threads
 
 
 def _serve(socket_path: str) -> dict[str, Any]:
@@ -256,8 +259,9 @@ def _serve(socket_path: str) -> dict[str, Any]:
                 os._exit(0)
 
 
-def _run_command(request: dict[str, Any], default_threads: int, initial_seed: int) -> None:
-    """In the child: become ``python -m recsys.cli.main ARGS`` in the request's directory and environment."""
+def _run_command(request: dict[str, Any], default_threads: int) -> None:
+    """In the child: become ``python -m recsys.cli.main ARGS`` (or ``python -c CODE ARGS``) in the request's
+    directory and environment."""
     import numpy as np
     import torch
 
@@ -266,19 +270,26 @@ def _run_command(request: dict[str, Any], default_threads: int, initial_seed: in
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else default_threads)
+    torch.seed()  # a fresh interpreter seeds both from the OS, differently each time
+    np.random.seed()
+    if request["code"] is not None:
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        sys.argv = ["-c", *request["args"]]
+        sys.path[0] = ""
+        exec(compile(request["code"], "<string>", "exec"), main.__dict__)
+        return
     sys.argv = [cli.__file__, *request["args"]]
     sys.path[0] = request["cwd"]
     sys.modules["__main__"] = cli  # multiprocessing's spawn re-imports the command's module, not this one
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else default_threads)
-    torch.manual_seed(initial_seed)
-    np.random.seed()
     cli.main()
 
 
 if __name__ == "__main__":
-    threads, seed = _preload()
+    threads = _preload()
     gc.collect()
     gc.freeze()  # the children's collections and exit skip the preloaded heap: 0.5 s per command instead of 2
     command = _serve(sys.argv[1])
-    _run_command(command, threads, seed)
+    _run_command(command, threads)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from recsys.embeddings import scheme_names
 from recsys.models import build_model, model_names, model_spec
 from recsys.models.retriever import PairScores, RetrievalLoss, Retriever, RetrieverConfig
 from recsys.tasks import task_spec
-from tests.conftest import REPO_ROOT, train_cli
+from tests.conftest import REPO_ROOT, run_python, train_cli
 from tests.trained_runs import assert_two_process_run_learned
 
 RETRIEVERS = [name for name in model_names() if issubclass(model_spec(name).config_class, RetrieverConfig)]
@@ -159,8 +158,7 @@ def test_exported_vectors_reload_in_a_fresh_process_with_the_same_scores(trained
                                                                           small_implicit: Path, tmp_path: Path) -> None:
     name, run = trained
     out = tmp_path / "reloaded.npz"
-    result = subprocess.run([sys.executable, "-c", _RELOAD, str(run / "artifact"), str(small_implicit), str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_python(_RELOAD, str(run / "artifact"), str(small_implicit), str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = np.load(out)
     keys, exported, similarity = artifact.load_item_vectors(run / "artifact")

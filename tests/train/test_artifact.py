@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from recsys import artifact
 from recsys.errors import RecsysError
-from tests.conftest import REPO_ROOT, train_cli
+from tests.conftest import run_python, train_cli
 
 # Runs in a fresh interpreter: forbid every unpickling path, load, score the test split.
 SCORE = """
@@ -51,8 +50,7 @@ def trained(small_ctr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_artifact_scores_in_a_fresh_process_as_the_trained_model(trained: Path, small_ctr: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", SCORE, str(trained), str(small_ctr)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = run_python(SCORE, str(trained), str(small_ctr))
     assert result.returncode == 0, result.stderr[-3000:]
     scored = json.loads(result.stdout.strip().splitlines()[-1])
     metrics = json.loads((trained / "metrics.json").read_text())
