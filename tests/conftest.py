@@ -30,8 +30,9 @@ if "RECSYS_HOME" not in os.environ:
 # Each xdist worker's share of the CPUs for OpenMP, in this process and every command it runs (before torch
 # loads: libgomp reads it once): two workers of two threads each on two cores spin on each other's
 # descheduled threads and run several times slower. Tests of the default thread policy unset it themselves.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // _WORKERS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,6 +55,11 @@ def shared_dataset(relative: str) -> Path:
     return path
 
 
+def _fresh(requested: bool = False) -> bool:
+    """Whether to start a fresh interpreter instead of forking from the zygote."""
+    return requested or os.environ.get(FRESH_ENV) == "1"
+
+
 def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[str, str] | None = None,
             unset: tuple[str, ...] = (), fresh: bool = False) -> subprocess.CompletedProcess[str]:
     """Run ``recsys ARGS`` as a user would, in a process of its own (``env``: variables to add, ``unset``: to
@@ -62,7 +68,7 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[s
     env = {**os.environ, "COLUMNS": "120", **(env or {})}
     for name in unset:
         env.pop(name, None)
-    if fresh or os.environ.get(FRESH_ENV) == "1":
+    if _fresh(fresh):
         return subprocess.run([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     return zygote().run(list(args), cwd=cwd, env=env, timeout=timeout)
@@ -74,7 +80,7 @@ def run_python(code: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 30
     from the zygote; a fresh interpreter under ``RECSYS_TEST_FRESH=1``): what "a fresh process" means for a
     reloaded artifact."""
     env = {**os.environ, **(env or {})}
-    if fresh or os.environ.get(FRESH_ENV) == "1":
+    if _fresh(fresh):
         return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
     return zygote().run(list(args), cwd=cwd, env=env, timeout=timeout, code=code)
@@ -84,7 +90,7 @@ def cli_process(args: list[str], *, env: dict[str, str], stdout: IO[bytes], cwd:
                 ) -> subprocess.Popen[bytes] | ZygoteProcess:
     """A long-running ``recsys ARGS`` (a server) writing stdout and stderr to ``stdout``; ``env`` is the whole
     environment. From the zygote, or a fresh interpreter under ``RECSYS_TEST_FRESH=1``."""
-    if os.environ.get(FRESH_ENV) == "1":
+    if _fresh():
         return subprocess.Popen([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
                                 stdout=stdout, stderr=subprocess.STDOUT)
     with open(os.devnull, "rb") as nothing:

@@ -131,14 +131,14 @@ class Zygote:
                 open(os.devnull, "rb") as nothing:
             process = self.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=out, stderr=err, code=code)
             try:
-                code = process.wait(timeout)
+                returncode = process.wait(timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
                 raise
             out.seek(0)
             err.seek(0)
-            return subprocess.CompletedProcess(args, code, out.read().decode(errors="replace"),
+            return subprocess.CompletedProcess(args, returncode, out.read().decode(errors="replace"),
                                                err.read().decode(errors="replace"))
 
 

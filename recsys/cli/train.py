@@ -157,8 +157,8 @@ def _check(job: TrainJob, nproc: int) -> None:
 
 def _agent_single_threaded() -> None:
     """The agent computes nothing worth threads, and on CPU it forks its workers (see ``_launch``): GNU OpenMP
-    hangs a forked child whose parent ever ran a parallel region, so an agent that forks never runs one. Each worker sets
-    its own thread count (``init_distributed``)."""
+    hangs a forked child whose parent ever ran a parallel region, so an agent that forks never runs one. Each
+    worker sets its own thread count (``init_distributed``)."""
     import torch
 
     torch.set_num_threads(1)
