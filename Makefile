@@ -15,7 +15,15 @@ DEMO_DIN_STEPS ?=
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
 STAMP := $(VENV)/.installed-$(ACCEL)
-PIP := $(PY) -m pip install --disable-pip-version-check --quiet
+UV_VERSION := 0.13.9
+# INSTALLER=pip installs with pip alone (slower: ~2 min against ~15 s for uv here).
+INSTALLER ?= uv
+PIP_ONLY := $(PY) -m pip install --disable-pip-version-check --quiet
+ifeq ($(INSTALLER),uv)
+PIP := $(PY) tools/uv_install.py --quiet
+else
+PIP := $(PIP_ONLY)
+endif
 ifeq ($(ACCEL),cuda)
 PIP_INDEX := --extra-index-url $(TORCH_INDEX)
 endif
@@ -25,8 +33,9 @@ endif
 install: $(STAMP)
 
 # Re-runs only when the pins or the package metadata change; otherwise a no-op.
-$(STAMP): pyproject.toml requirements/common.txt requirements/$(ACCEL).txt
+$(STAMP): pyproject.toml requirements/common.txt requirements/$(ACCEL).txt tools/uv_install.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(filter uv,$(INSTALLER)),$(PIP_ONLY) uv==$(UV_VERSION))
 	$(PIP) $(PIP_INDEX) -r requirements/$(ACCEL).txt
 	$(PIP) --no-deps torchrec==$(TORCHREC_VERSION)
 	$(PIP) --no-deps --no-build-isolation -e .

@@ -63,6 +63,14 @@ class LoadResult:
     statuses: dict[int, int]
     bodies: list[bytes] = field(default_factory=list)
 
+    def merge(self, other: LoadResult) -> LoadResult:
+        """Both runs as one: their latencies pooled, their times added."""
+        statuses = dict(self.statuses)
+        for status, count in other.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+        return LoadResult(self.latencies_ms + other.latencies_ms, self.seconds + other.seconds, statuses,
+                          self.bodies + other.bodies)
+
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies_ms)
 
