@@ -1,4 +1,4 @@
-"""Serving latency and throughput of ``/v1/rank`` on loopback, against an in-process floor and a naive baseline.
+"""Serving latency and throughput of ``/v1/rank`` on loopback, against the floor and a naive baseline.
 
 Issue #5. One run, one machine, one Redis (the embedded server, as a user gets it):
 
@@ -7,9 +7,10 @@ Issue #5. One run, one machine, one Redis (the embedded server, as a user gets i
   prebuilt requests) with 100 and 500 candidates per request at concurrency 1 and 8,
   bounded in count and time. Each answer carries the service's own per-stage times
   (header ``X-Debug-Timing: 1``): feature fetch, tensor building, model, serialisation.
-- the floor: what no service can beat, called in-process with the same threads: one
-  round trip for the same features (``RedisFeatureStore.fetch``: one MGET) plus one
-  forward pass of the same, prebuilt batch. Floor p50 = p50(fetch) + p50(forward).
+- the floor: what no service can beat, measured in a process of its own set up as the
+  server is (``serve_floor.py``: the same thread policy, only the model and the store
+  loaded): one round trip for the same features (``RedisFeatureStore.fetch``: one MGET)
+  plus one forward pass of the same, prebuilt batch. Floor p50 = p50(fetch) + p50(forward).
 - the naive baseline (``naive_service.py``): one Redis GET per item, one forward per
   request in FastAPI's thread pool, responses through pydantic.
 
@@ -17,8 +18,8 @@ Goals: p50 at concurrency 1 within 1.3× the floor; throughput at concurrency 8 
 least 5× the naive baseline. The floor and the service at concurrency 1 are measured in
 interleaved rounds (``--rounds``, default 5), each round's service p50 over the floor
 measured just before it; the ratio is the median over the rounds, since the machine's
-speed drifts between minutes by more than the gap measured. The load generator shares the 2 cores with the server
-(and Redis), so concurrency-8 figures include its cost.
+speed drifts between minutes by more than the gap measured. The load generator shares
+the 2 cores with the server (and Redis), so concurrency-8 figures include its cost.
 
     .venv/bin/python benchmarks/bench_serve.py           # ~4 min; the demo artifact if `make demo` ran
     .venv/bin/python benchmarks/bench_serve.py --quick   # ~1 min smoke check
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -52,8 +52,6 @@ from recsys.system import free_port  # noqa: E402
 from services.feature_store.embedded import EmbeddedRedis  # noqa: E402
 from services.feature_store.materialize import materialize  # noqa: E402
 from services.feature_store.redis_store import RedisFeatureStore  # noqa: E402
-from services.ranking.features import merge  # noqa: E402
-from services.ranking.served import ServedModel  # noqa: E402
 
 WORK = HERE / "work" / "serve"
 PREFIX = "bench"
@@ -159,27 +157,39 @@ def _raw(port: int, pool: list[dict[str, Any]], headers: dict[str, str]) -> list
     return [build_request("127.0.0.1", port, "/v1/rank", json.dumps(b).encode(), headers) for b in pool]
 
 
-def _floor(served: ServedModel, store: RedisFeatureStore, pool: list[dict[str, Any]], repeats: int) -> dict[str, float]:
-    """In-process: p50 of one fetch round trip plus p50 of one forward of the same, prebuilt batch."""
-    features = served.features
-    fetch_ms, tensors_ms, model_ms = [], [], []
-    for i in range(repeats):
-        body = pool[i % len(pool)]
-        start = time.perf_counter()
-        fetched = store.fetch(body["user_id"], body["item_ids"])
-        fetch_ms.append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        batch = merge([features.block(fetched.user, fetched.items, features.encode_context(body["context"]))],
-                      features.keys)
-        tensors_ms.append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            served.model(batch)
-        model_ms.append((time.perf_counter() - start) * 1e3)
-    skip = min(20, repeats // 5)  # warm-up
-    fetch, tensors, model = (statistics.median(x[skip:]) for x in (fetch_ms, tensors_ms, model_ms))
-    return {"fetch_p50_ms": round(fetch, 3), "forward_p50_ms": round(model, 3), "tensors_p50_ms": round(tensors, 3),
-            "floor_p50_ms": round(fetch + model, 3)}
+class Floor:
+    """The floor's own process (serve_floor.py): a fresh interpreter with only the model and the store loaded."""
+
+    def __init__(self, artifact: Path, precision: str, redis_url: str, bodies: dict[int, list[dict[str, Any]]]
+                 ) -> None:
+        pools = WORK / "floor-pools.json"
+        pools.write_text(json.dumps({str(n): pool for n, pool in bodies.items()}))
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "serve_floor.py"), "--artifact", str(artifact), "--precision", precision,
+             "--redis-url", redis_url, "--prefix", PREFIX, "--pools", str(pools)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        self.threads = self._answer()["torch_threads"]
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the floor process exited ({self.process.wait()}); its error is above")
+        return json.loads(line)
+
+    def round(self, candidates: int, repeats: int) -> dict[str, float]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"candidates": candidates, "repeats": repeats}) + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def _measure_service(port: int, precision: str, artifact: Path, redis_url: str,
@@ -189,19 +199,18 @@ def _measure_service(port: int, precision: str, artifact: Path, redis_url: str,
     the service at concurrency 8. The machine's speed drifts by more than the gap measured (a floor of 9 ms in one
     run, 16 ms in the next), so each round's service p50 is divided by the floor measured just before it, and the
     ratio reported is the median over the rounds."""
-    served = ServedModel.load(artifact, precision)
-    store = RedisFeatureStore.from_url(redis_url, prefix=PREFIX)
-    runs, floors = [], {}
+    floor_process = Floor(artifact, precision, redis_url, bodies)
+    runs, floors = [], {"torch_threads": floor_process.threads}
     per_round_requests = max(50, args.requests // args.rounds)
     per_round_floor = max(60, args.floor_repeats // args.rounds)
     try:
         for candidates, pool in bodies.items():
             raw = _raw(port, pool, {"X-Debug-Timing": "1"})
             run_load("127.0.0.1", port, raw, concurrency=2, max_requests=args.warmup, seconds=30)
-            _floor(served, store, pool, per_round_floor)  # warm the in-process side too
+            floor_process.round(candidates, per_round_floor)  # warm the floor's process too
             rounds, latencies = [], LoadResult([], 0.0, {}, [])
             for _ in range(args.rounds):
-                floor = _floor(served, store, pool, per_round_floor)
+                floor = floor_process.round(candidates, per_round_floor)
                 result = _load(port, raw, 1, per_round_requests, args.seconds / args.rounds)
                 p50 = result.summary()["p50_ms"]
                 rounds.append({**floor, "service_p50_ms": p50, "ratio": round(p50 / floor["floor_p50_ms"], 3)})
@@ -217,7 +226,7 @@ def _measure_service(port: int, precision: str, artifact: Path, redis_url: str,
             runs.append(_summarise(latencies, "recsys", precision, candidates, 1))
             runs.append(_cell(port, raw, candidates, 8, args, "recsys", precision))
     finally:
-        store.close()
+        floor_process.stop()
     return runs, floors
 
 
@@ -239,15 +248,13 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     WORK.mkdir(parents=True, exist_ok=True)
-    threads = len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
     artifact, data = _artifact(args)
     schema = Schema.load(artifact)
     before = machine()
 
     shutil.rmtree(WORK / "redis", ignore_errors=True)
     redis = EmbeddedRedis.start(WORK / "redis")
-    results: dict[str, Any] = {"artifact": str(artifact), "data": str(data), "torch_threads": threads}
+    results: dict[str, Any] = {"artifact": str(artifact), "data": str(data)}
     try:
         store = RedisFeatureStore.from_url(redis.url, prefix=PREFIX)
         results["materialize"] = materialize(store, data, artifact)

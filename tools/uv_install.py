@@ -32,10 +32,11 @@ _SINGLE_OPTIONS = {"index-url": "--index-url"}
 _PRECEDENCE = ("global.", "install.", ":env:.")  # later wins, as in pip
 
 
-def pip_config(python: str) -> dict[str, str]:
-    """pip's effective settings for `pip install`, from `pip config list`."""
+def pip_config(python: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """pip's effective settings for `pip install` (files, sections and PIP_* variables), from `pip config list`."""
     listing = subprocess.run(
-        [python, "-m", "pip", "config", "list"], check=True, capture_output=True, text=True
+        [python, "-m", "pip", "config", "list"], check=True, capture_output=True, text=True,
+        env=None if env is None else dict(env),
     ).stdout
     by_section: dict[str, dict[str, str]] = {prefix: {} for prefix in _PRECEDENCE}
     for line in listing.splitlines():
