@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import expit
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAUROC
 
 from recsys.tasks import Metric, MetricState, TaskSpec, register_task
 
@@ -33,6 +31,11 @@ def normalized_entropy(logloss: float, positive_rate: float) -> float:
 
 class BinaryMetricState(MetricState):
     def __init__(self, device: torch.device) -> None:
+        # Imported here: `import torchmetrics` loads every domain it covers (scipy.signal, matplotlib: 2.3 s of a
+        # process's start). Training and evaluation need it; the ranking service, which imports the tasks, does not.
+        from torchmetrics import MeanMetric
+        from torchmetrics.classification import BinaryAUROC
+
         self.auc = BinaryAUROC(thresholds=None).to(device)
         self.logloss, self.predicted, self.observed = (MeanMetric().to(device) for _ in range(3))
 
