@@ -140,10 +140,10 @@ def _load(port: int, raw: list[bytes], concurrency: int, requests: int, seconds:
                     keep_body=lambda i: True)
 
 
-def _summarise(result: LoadResult, service: str, precision: str, candidates: int, concurrency: int,
-               **extra: Any) -> dict[str, Any]:
+def _summarise(result: LoadResult, service: str, precision: str, candidates: int, concurrency: int
+               ) -> dict[str, Any]:
     cell = {"service": service, "precision": precision, "candidates": candidates, "concurrency": concurrency,
-            **result.summary(), **extra}
+            **result.summary()}
     timings = [t for t in (json.loads(b).get("timings_ms") for b in result.bodies) if t]
     if timings:
         cell["stages_ms"] = {s: round(statistics.median(t[s] for t in timings), 3) for s in timings[0]}
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500, help="requests per cell at concurrency 1 (2× at 8)")
     parser.add_argument("--seconds", type=float, default=15.0, help="time bound per cell")
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--floor-repeats", type=int, default=300, help="in-process floor calls, over all rounds")
+    parser.add_argument("--floor-repeats", type=int, default=300, help="floor calls per cell, over all rounds")
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved (floor, service at concurrency 1) rounds per cell; the ratio is their median")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve.json")
