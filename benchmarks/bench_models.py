@@ -2,7 +2,8 @@
 
 Issue #12. For each (dataset, model, seed) the real trainer runs in its own process
 (``python -m recsys.cli.main train``, so runs are isolated and the command is the one a
-user types), then this process loads the exported artifact and measures:
+user types; forked from a pre-imported interpreter, ``recsys/zygote.py``, so that each run
+does not import torch again), then this process loads the exported artifact and measures:
 
 - test AUC and log loss: the test split scored with the artifact (``recsys.artifact.load``,
   ``ParquetReader.iter_with_row_ids``, the task's link), the task's own offline metrics
@@ -17,7 +18,8 @@ user types), then this process loads the exported artifact and measures:
 - parameters: all of the model's, and those of its embedding module (``model.sparse_arch``).
 - training samples/s: ``train.samples_per_s`` of the artifact's metrics.json (reading and
   stepping; evaluation and checkpoints excluded); and the training process's CPU seconds
-  (``cpu_s``, start-up and evaluation included), which a shared machine's load does not inflate.
+  (``cpu_s``, evaluation included, the imports that the zygote did once not), which a shared
+  machine's load does not inflate.
 - inference ms per 1,000 candidates: the forward of the test split's first 1,000 rows under
   ``torch.inference_mode``, after ``--warmup`` forwards, median over ``--rounds`` × ``--repeats``
   timed forwards; the artifacts of one dataset are timed in interleaved rounds (rotating order),
@@ -59,7 +61,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shlex
 import shutil
 import statistics
@@ -83,9 +84,11 @@ from bench_data import cpu_pressure, machine  # noqa: E402
 from recsys import artifact as artifacts  # noqa: E402
 from recsys.data.layout import load_schema, read_stats, split_files  # noqa: E402
 from recsys.data.reader import ParquetReader  # noqa: E402
-from recsys.models import model_names  # noqa: E402
+from recsys.models import model_names, model_spec  # noqa: E402
+from recsys.models.retriever import RetrieverConfig  # noqa: E402
 from recsys.tasks import task_spec  # noqa: E402
 from recsys.types import Batch  # noqa: E402
+from recsys.zygote import Zygote  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -155,6 +158,21 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "recsys.cli.main", *args]
 
 
+# Training runs and data preparation fork from one pre-imported interpreter (recsys/zygote.py) instead of
+# each paying ~8 s of CPU for torch's, torchrec's and torchmetrics' imports: the figures are the job's own.
+_ZYGOTE = Zygote(REPO)
+
+
+def run_cli(command: list[str], log: Path | None) -> tuple[int, float]:
+    """Run a ``cli(...)`` command with its output in ``log`` (None: discarded); (exit status, CPU seconds
+    of the command and the processes it waited for)."""
+    with open(log or os.devnull, "w") as handle, open(os.devnull, "rb") as nothing:
+        process = _ZYGOTE.popen(command[3:], cwd=REPO, env=dict(os.environ), stdin=nothing, stdout=handle,
+                                stderr=subprocess.STDOUT)
+        returncode = process.wait()
+    return returncode, process.cpu_s or 0.0
+
+
 def prepare_data(name: str, settings: Settings) -> Path:
     """The prepared data folder of one dataset, made once in ``--work`` (again when its command changed)."""
     if name == "synthetic":
@@ -170,8 +188,10 @@ def prepare_data(name: str, settings: Settings) -> Path:
     if record.is_file() and json.loads(record.read_text()) == wanted:
         return out
     log(f"preparing {name}: {shlex.join(command[1:])}")
-    if subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:
-        raise SystemExit(f"preparing {name} failed (the error is above)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_file = out.with_name(out.name + ".log")
+    if run_cli(command, log_file)[0] != 0:
+        raise SystemExit(f"preparing {name} failed:\n{log_file.read_text()[-3000:]}")
     record.write_text(json.dumps(wanted) + "\n")
     return out
 
@@ -225,11 +245,6 @@ def run_digest(command: list[str], data: Path, model: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def train_run(model: str, dataset: str, data: Path, seed: int, settings: Settings, overrides: list[str] | None = None,
               variant: str | None = None, reuse_only: bool = False) -> tuple[Path | None, dict]:
     """Train (or reuse) one run; (artifact path or None, what to record about the run).
@@ -254,14 +269,13 @@ def train_run(model: str, dataset: str, data: Path, seed: int, settings: Setting
         return None, {**info, "error": "not trained (reuse only, and not in the work folder)"}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    start, cpu = time.perf_counter(), _children_cpu_s()
-    with (out / "bench-train.log").open("w") as handle:
-        result = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+    start = time.perf_counter()
+    returncode, cpu_s = run_cli(command, out / "bench-train.log")
     # CPU seconds say what the run costs on a shared machine, where wall time depends on the other load.
-    info |= {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(_children_cpu_s() - cpu, 1)}
-    if result.returncode != 0:
+    info |= {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu_s, 1)}
+    if returncode != 0:
         lines = [line for line in (out / "bench-train.log").read_text().splitlines() if line.strip()]
-        info["error"] = lines[-1] if lines else f"exit status {result.returncode}"
+        info["error"] = lines[-1] if lines else f"exit status {returncode}"
         return None, info
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the artifact is all that is read; saves disk
     record.write_text(json.dumps({"digest": digest, "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -554,12 +568,17 @@ def log(message: str) -> None:
 
 # ---- main ------------------------------------------------------------------------------------------
 
+def ranking_models() -> list[str]:
+    """The registered models that score CTR rows; retrievers train on implicit data (bench_retrieval.py)."""
+    return [name for name in model_names() if not issubclass(model_spec(name).config_class, RetrieverConfig)]
+
+
 def parse_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, known: tuple[str, ...]
                ) -> tuple[list[str], list[str], dict[str, int]]:
-    """--models (default: every registered one), --datasets (of ``known``) and --epochs (NAME=N,…; 1 each with
+    """--models (default: every registered ranking model), --datasets (of ``known``) and --epochs (NAME=N,…; 1 each with
     --quick), checked: a bad value is the parser's error naming the flag. Shared with bench_embeddings."""
     registered = model_names()
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else registered
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else ranking_models()
     unknown = [m for m in models if m not in registered]
     if unknown:
         parser.error(f"--models: not registered: {', '.join(unknown)}; registered: {', '.join(registered)}")
@@ -580,8 +599,8 @@ def parse_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, known:
 
 def parse(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", help="comma-separated registered models (default: all registered: "
-                        f"{', '.join(model_names())})")
+    parser.add_argument("--models", help="comma-separated registered models (default: every ranking model: "
+                        f"{', '.join(ranking_models())})")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N-1 per (model, dataset)")
     parser.add_argument("--synthetic-rows", type=int, help="rows of the synthetic set (default 3,000,000; "
                         "--quick: 20,000)")

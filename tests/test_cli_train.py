@@ -40,6 +40,19 @@ def test_missing_data_and_unknown_model(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("model", "data", "message"), [
+    ("mf", "small_ctr", "a retriever, which trains on implicit data"),
+    ("dlrm", "small_implicit", "a ranking model; --data"),
+])
+def test_a_model_on_data_of_another_task_is_one_line(model: str, data: str, message: str,
+                                                     request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A retriever on CTR data used to fail inside the first step's loss with a traceback."""
+    result = train_cli(request.getfixturevalue(data), tmp_path / "run", model=model)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
 def test_help_explains_the_options() -> None:
     result = run_cli("train", "--help")
     assert result.returncode == 0

@@ -1,4 +1,4 @@
-"""The test zygote (tests/zygote.py) answers as a fresh interpreter does: same output, same exit status, the
+"""The zygote (recsys/zygote.py) answers as a fresh interpreter does: same output, same exit status, the
 command's own environment and directory, and a timeout that kills the command."""
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ from recsys.data.layout import split_files
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:  # the trainer imports torch; keep `recsys --help` fast
+    import torch
+
+    from recsys.schema import Schema
     from recsys.train.trainer import TrainJob
 
 _ERROR_DIR = "RECSYS_WORKER_ERRORS"  # where failing workers leave their one-line message for the agent
@@ -150,9 +153,25 @@ def _check(job: TrainJob, nproc: int) -> None:
         check_resume(job, last, schema)
     local_batch_size(job.config, nproc)
     model = build_model(job.model, schema, job.config.model, job.config.embedding, embedding_device="meta")
+    _check_task(job, model, schema)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     check_sparse_optimizer(job.config, device)
     plan(model, job.config, nproc, nproc, device)
+
+
+def _check_task(job: TrainJob, model: torch.nn.Module, schema: Schema) -> None:
+    """A retriever (its forward gives PairScores) trains on implicit data and a ranking model on anything else;
+    a mismatch fails here, in one line, rather than in the first step's loss."""
+    from recsys.models.retriever import is_retriever
+    from recsys.tasks import task_spec
+
+    task = task_spec(schema).name
+    if is_retriever(model) and task != "implicit":
+        raise RecsysError(f"--model {job.model}: a retriever, which trains on implicit data (recsys data synth "
+                          f"--kind implicit, or prepare --task implicit); --data {job.data} holds a {task} task")
+    if not is_retriever(model) and task == "implicit":
+        raise RecsysError(f"--model {job.model}: a ranking model; --data {job.data} holds implicit data, which "
+                          "trains retrievers (two_tower, mf, ...)")
 
 
 def _agent_single_threaded() -> None:

@@ -26,12 +26,12 @@ from recsys.data.reader import ParquetReader
 from recsys.schema import Encoding, Entity
 from recsys.system import free_port
 from recsys.tasks import task_spec
+from recsys.zygote import ZygoteProcess
 from services.feature_store.embedded import EmbeddedRedis
 from services.feature_store.encode import RawEncoder
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
 from tests.conftest import cli_process, train_cli
-from tests.zygote import ZygoteProcess
 
 API_KEY = "test-admin-key"
 

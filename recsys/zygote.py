@@ -1,26 +1,29 @@
-"""A pre-imported interpreter that forks the tests' ``recsys`` commands: the real CLI, in a process of its own,
-without paying torch's, torchrec's and torchmetrics' imports (~8 s of CPU) for each of the suite's hundreds
-of commands.
+"""A pre-imported interpreter that forks ``recsys`` commands: the real CLI, in a process of its own, without
+paying torch's, torchrec's and torchmetrics' imports (~8 s of CPU on a 2-core AMD EPYC) for each command. The
+test suite runs its hundreds of commands through one (tests/conftest.py), the benchmarks their short training
+runs (benchmarks/bench_models.py), where start-up would otherwise be most of what they time.
 
-Each pytest process starts one zygote: ``python -m tests.zygote``, which imports what the CLI imports, never
-runs an OpenMP region (a forked child of a process that did hangs in GNU libgomp) and then forks one child
-per request. A child takes the request's standard streams, working directory, environment and arguments, resets
-what a fresh interpreter would have fresh (torch's and numpy's seeds, the thread count the environment asks
-for), and runs ``recsys.cli.main`` as ``python -m recsys.cli.main`` would; the zygote reports its exit
-status. What differs from a fresh interpreter: modules are imported once, before the request's environment
-(libgomp reads ``OMP_NUM_THREADS`` when it loads, so tests of import-time settings start a fresh interpreter:
-``run_cli(..., fresh=True)`` or ``RECSYS_TEST_FRESH=1`` for the whole suite), and import-time warnings go to
-the zygote's log rather than the command's stderr.
+A client starts one zygote, ``python -m recsys.zygote SOCKET [MODULE ...]``, which imports what the CLI imports
+(and the extra modules named), never runs an OpenMP region (a forked child of a process that did hangs in GNU
+libgomp) and then forks one child per request. A child takes the request's standard streams, working
+directory, environment and arguments, resets what a fresh interpreter would have fresh (torch's and numpy's
+seeds, the thread count the environment asks for), and runs ``recsys.cli.main`` as ``python -m
+recsys.cli.main`` would; the zygote reports its exit status and the CPU it used. What differs from a fresh
+interpreter: modules are imported once, before the request's environment (libgomp reads ``OMP_NUM_THREADS``
+when it loads, so settings read at import need a fresh interpreter), and import-time warnings go to the
+zygote's log rather than the command's stderr.
 
 Protocol: one SOCK_SEQPACKET connection per command; the client sends a JSON request with the three standard
-streams as file descriptors, the zygote answers ``{"pid": N}`` and, when the child ends, ``{"returncode": N}``
-(negative: the signal that killed it, as ``subprocess`` reports it).
+streams as file descriptors, the zygote answers ``{"pid": N}`` and, when the child ends, ``{"returncode": N,
+"cpu_s": S}`` (returncode negative: the signal that killed it, as ``subprocess`` reports it; cpu_s: user +
+system seconds of the child and the processes it waited for, from ``wait4``).
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 import json
 import os
 import selectors
@@ -35,8 +38,6 @@ import types
 from pathlib import Path
 from typing import IO, Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FRESH_ENV = "RECSYS_TEST_FRESH"
 # Read when a module loads: rich's consoles (COLUMNS, LINES) and libgomp (OMP_NUM_THREADS: the zygote keeps
 # torch's own default, and each child sets the count its environment asks for). Left out of the zygote's.
 _PER_COMMAND = ("COLUMNS", "LINES", "OMP_NUM_THREADS")
@@ -49,6 +50,7 @@ class ZygoteProcess:
         self._conn, self.args = conn, args
         self.pid: int = json.loads(conn.recv(4096))["pid"]
         self.returncode: int | None = None
+        self.cpu_s: float | None = None  # once it has ended
 
     def _collect(self, timeout: float | None) -> int | None:
         if self.returncode is None:
@@ -58,8 +60,9 @@ class ZygoteProcess:
             except (TimeoutError, BlockingIOError):
                 return None
             if not reply:
-                raise RuntimeError(f"the test zygote died while running {self.args}")
-            self.returncode = json.loads(reply)["returncode"]
+                raise RuntimeError(f"the zygote died while running {self.args}")
+            ended = json.loads(reply)
+            self.returncode, self.cpu_s = ended["returncode"], ended["cpu_s"]
             self._conn.close()
         return self.returncode
 
@@ -87,9 +90,11 @@ class ZygoteProcess:
 
 
 class Zygote:
-    """The client side: starts ``python -m tests.zygote`` on first use, one per pytest process."""
+    """The client side: starts ``python -m recsys.zygote`` in ``cwd`` on first use, preloading ``preload``
+    (modules beyond the CLI's) too. One per process that runs many commands."""
 
-    def __init__(self) -> None:
+    def __init__(self, cwd: Path, preload: tuple[str, ...] = ()) -> None:
+        self._cwd, self._preload = cwd, preload
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_path = ""
@@ -102,8 +107,8 @@ class Zygote:
                 env = {name: value for name, value in os.environ.items() if name not in _PER_COMMAND}
                 log = open(os.path.join(folder, "log"), "wb")  # noqa: SIM115 - the zygote's, for its life
                 # stdin: a pipe that closes when this process ends, so the zygote never outlives it
-                self._process = subprocess.Popen([sys.executable, "-m", "tests.zygote", self._socket_path],
-                                                 cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=log,
+                self._process = subprocess.Popen([sys.executable, "-m", "recsys.zygote", self._socket_path,
+                                                  *self._preload], cwd=self._cwd, env=env, stdin=subprocess.PIPE, stdout=log,
                                                  stderr=subprocess.STDOUT)
                 log.close()
                 atexit.register(self._process.kill)
@@ -157,22 +162,15 @@ def _wait_for_socket(path: str, process: subprocess.Popen[bytes]) -> None:
     while not os.path.exists(path):
         if process.poll() is not None:
             log = Path(path).with_name("log").read_text(errors="replace")
-            raise RuntimeError(f"the test zygote exited with {process.returncode}:\n{log[-3000:]}")
+            raise RuntimeError(f"the zygote exited with {process.returncode}:\n{log[-3000:]}")
         time.sleep(0.05)
-
-
-_zygote = Zygote()
-
-
-def zygote() -> Zygote:
-    return _zygote
 
 
 # --- the zygote process ---------------------------------------------------------------------------------------
 
 
-def _preload() -> int:
-    """Imports what the CLI imports; returns torch's default thread count."""
+def _preload(extra: list[str]) -> int:
+    """Imports what the CLI imports, then ``extra``; returns torch's default thread count."""
     import numpy  # noqa: F401
     import torch
 
@@ -188,8 +186,9 @@ def _preload() -> int:
     import recsys.cli.main  # noqa: F401
     import recsys.models  # noqa: F401
     import recsys.train.trainer  # noqa: F401
-    import services.ranking.app  # noqa: F401
 
+    for module in extra:
+        importlib.import_module(module)
     return default_threads
 
 
@@ -238,7 +237,7 @@ def _serve(socket_path: str) -> dict[str, Any]:
                     pass
                 while running:
                     try:
-                        pid, status = os.waitpid(-1, os.WNOHANG)
+                        pid, status, usage = os.wait4(-1, os.WNOHANG)
                     except ChildProcessError:
                         break
                     if pid == 0:
@@ -246,7 +245,8 @@ def _serve(socket_path: str) -> dict[str, Any]:
                     conn = running.pop(pid, None)
                     if conn is not None:
                         try:
-                            conn.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode())
+                            conn.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status),
+                                                  "cpu_s": usage.ru_utime + usage.ru_stime}).encode())
                         except OSError:
                             pass  # the client went away
                         conn.close()
@@ -288,7 +288,7 @@ def _run_command(request: dict[str, Any], default_threads: int) -> None:
 
 
 if __name__ == "__main__":
-    threads = _preload()
+    threads = _preload(sys.argv[2:])
     gc.collect()
     gc.freeze()  # the children's collections and exit skip the preloaded heap: 0.5 s per command instead of 2
     command = _serve(sys.argv[1])
