@@ -19,7 +19,7 @@ from recsys.zygote import Zygote, ZygoteProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRESH_ENV = "RECSYS_TEST_FRESH"  # =1: every command in a fresh interpreter, none forked from the zygote
-_ZYGOTE = Zygote(REPO_ROOT, preload=("services.ranking.app",))  # one per pytest process, started at first use
+ZYGOTE = Zygote(REPO_ROOT, preload=("services.ranking.app",))  # one per pytest process, started at first use
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 # Local state (the embedded Redis, the feature store's activation records) of this test run, never the
@@ -73,7 +73,7 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[s
     if _fresh(fresh):
         return subprocess.run([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
-    return _ZYGOTE.run(list(args), cwd=cwd, env=env, timeout=timeout)
+    return ZYGOTE.run(list(args), cwd=cwd, env=env, timeout=timeout)
 
 
 def run_python(code: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300,
@@ -85,7 +85,7 @@ def run_python(code: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 30
     if _fresh(fresh):
         return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
-    return _ZYGOTE.run(list(args), cwd=cwd, env=env, timeout=timeout, code=code)
+    return ZYGOTE.run(list(args), cwd=cwd, env=env, timeout=timeout, code=code)
 
 
 def cli_process(args: list[str], *, env: dict[str, str], stdout: IO[bytes], cwd: Path = REPO_ROOT
@@ -96,7 +96,7 @@ def cli_process(args: list[str], *, env: dict[str, str], stdout: IO[bytes], cwd:
         return subprocess.Popen([sys.executable, "-m", "recsys.cli.main", *args], cwd=cwd, env=env,
                                 stdout=stdout, stderr=subprocess.STDOUT)
     with open(os.devnull, "rb") as nothing:
-        return _ZYGOTE.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=stdout, stderr=subprocess.STDOUT)
+        return ZYGOTE.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=stdout, stderr=subprocess.STDOUT)
 
 
 def train_cli(data: Path, out: Path, *settings: str, nproc: int = 1, extra: tuple[str, ...] = (),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, run_python
+from tests.conftest import REPO_ROOT, ZYGOTE, run_cli, run_python
 
 
 @pytest.mark.parametrize("args", [
@@ -63,3 +63,27 @@ def test_a_command_past_its_timeout_is_killed(tmp_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         run_cli("data", "synth", "--kind", "ctr", "--rows", "100000000", "--out", str(tmp_path / "big"), timeout=3)
     assert not (tmp_path / "big").exists()
+
+
+_BURN = """
+import os, time
+child = os.fork()  # the CPU of a process the command waits for counts too
+deadline = time.process_time() + 0.3
+while time.process_time() < deadline:
+    pass
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+print(time.process_time())
+"""
+
+
+def test_the_zygote_reports_the_cpu_of_the_command_and_of_what_it_waited_for(tmp_path: Path) -> None:
+    """cpu_s (wait4's user + system time) is what bench_models records for a run: at least the command's own
+    CPU plus its child's 0.3 s."""
+    with (tmp_path / "out").open("w+") as out:
+        process = ZYGOTE.popen([], cwd=REPO_ROOT, env={}, stdout=out, stderr=out, code=_BURN)
+        assert process.wait(120) == 0
+        out.seek(0)
+        own = float(out.read().split()[-1])
+    assert process.cpu_s is not None and process.cpu_s >= own + 0.3 - 0.02, (process.cpu_s, own)
