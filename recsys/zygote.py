@@ -116,25 +116,26 @@ class Zygote:
             return self._socket_path
 
     def popen(self, args: list[str], *, cwd: Path | str, env: dict[str, str], stdin: int | IO[Any] | None = None,
-              stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None, code: str | None = None
-              ) -> ZygoteProcess:
+              stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None, code: str | None = None,
+              new_session: bool = False) -> ZygoteProcess:
         """``python -m recsys.cli.main ARGS`` (with ``code``: ``python -c CODE ARGS``) in a child of the zygote;
-        streams are files (None: this one's)."""
+        streams are files (None: this one's); ``new_session``: as ``subprocess``'s ``start_new_session``."""
         streams = [_fileno(stdin, 0), _fileno(stdout, 1), _fileno(stderr, 2)]
         if stderr == subprocess.STDOUT:
             streams[2] = streams[1]
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(self._started())
-        request = {"args": args, "cwd": str(cwd), "env": env, "code": code}
+        request = {"args": args, "cwd": str(cwd), "env": env, "code": code, "new_session": new_session}
         socket.send_fds(conn, [json.dumps(request).encode()], streams)
         return ZygoteProcess(conn, args)
 
-    def run(self, args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float, code: str | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def run(self, args: list[str], *, cwd: Path | str, env: dict[str, str], timeout: float, code: str | None = None,
+            new_session: bool = False) -> subprocess.CompletedProcess[str]:
         """``subprocess.run(..., capture_output=True, text=True, timeout=timeout)`` through the zygote."""
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
                 open(os.devnull, "rb") as nothing:
-            process = self.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=out, stderr=err, code=code)
+            process = self.popen(args, cwd=cwd, env=env, stdin=nothing, stdout=out, stderr=err, code=code,
+                                 new_session=new_session)
             try:
                 returncode = process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -267,6 +268,8 @@ def _run_command(request: dict[str, Any], default_threads: int) -> None:
 
     import recsys.cli.main as cli
 
+    if request["new_session"]:
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -17,13 +17,9 @@ def test_sigkill_mid_run_leaves_no_output(tmp_path: Path) -> None:
     write_criteo_tsv(CtrConfig(rows=5_000, seed=2), tmp_path / "raw", overwrite=False)
     out = tmp_path / "prepared"
     # Killed once it has spooled the parsed rows into its work folder, before it has written any split.
-    job = subprocess.Popen(
-        interrupt.command("recsys.data.pipeline:_spool_parts", "kill", "data", "prepare", "--format", "criteo",
-                          "--input", str(tmp_path / "raw"), "--out", str(out)),
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    _, errors = job.communicate(timeout=300)
-    assert job.returncode == -signal.SIGKILL, errors[-3000:]
+    job = interrupt.run("recsys.data.pipeline:_spool_parts", "kill", "data", "prepare", "--format", "criteo",
+                        "--input", str(tmp_path / "raw"), "--out", str(out), timeout=300)
+    assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]
     assert list(tmp_path.glob(".prepared.tmp-*/_spool/part-*.parquet")), "killed before it had spooled anything"
     assert not out.exists()
     leftovers = list(tmp_path.glob(".prepared.tmp-*"))

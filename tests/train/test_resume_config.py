@@ -14,7 +14,7 @@ import yaml
 
 from recsys.data.reader import ParquetReader
 from tests import interrupt
-from tests.conftest import REPO_ROOT, run_cli, train_cli
+from tests.conftest import run_cli, train_cli
 
 SHORT = ("trainer.batch_size=256", "trainer.max_steps=6", "trainer.checkpoint_every=3")
 
@@ -47,9 +47,7 @@ def test_readme_resume_continues_with_the_saved_config(small_ctr: Path, tmp_path
     for setting in ("trainer.epochs=2", "trainer.batch_size=128", "trainer.checkpoint_every=10",
                     "trainer.progress=false"):
         args += ["--set", setting]
-    crashed = subprocess.run(interrupt.command("recsys.distributed.checkpoint:save", "killpg", *args),
-                             cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, timeout=600)  # the crash, right after the first checkpoint
+    crashed = interrupt.run("recsys.distributed.checkpoint:save", "killpg", *args)  # right after the first checkpoint
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     assert not (out / "artifact").exists(), "killed too late: the run had finished"
 

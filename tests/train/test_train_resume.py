@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from recsys.distributed.checkpoint import latest
 from tests import interrupt
-from tests.conftest import REPO_ROOT, train_cli
+from tests.conftest import train_cli
 
 SETTINGS = ("trainer.batch_size=64", "trainer.epochs=3", "trainer.checkpoint_every=25", "trainer.log_every=25")
 
@@ -26,9 +25,7 @@ def _crash_after_first_checkpoint(data: Path, out: Path) -> None:
     args = ["-q", "train", "--model", "dlrm", "--data", str(data), "--out", str(out)]
     for setting in ("trainer.progress=false", *SETTINGS):
         args += ["--set", setting]
-    job = subprocess.run(interrupt.command("recsys.distributed.checkpoint:save", "killpg", *args), cwd=REPO_ROOT,
-                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         timeout=600)
+    job = interrupt.run("recsys.distributed.checkpoint:save", "killpg", *args)
     assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]
 
 
