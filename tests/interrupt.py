@@ -8,6 +8,8 @@ The function is wrapped in its module (and in every loaded module that imported 
 
 - ``kill``: SIGKILL (a crash: no cleanup, no ``finally``); ``killpg``: SIGKILL to its whole process group (with
   ``start_new_session=True``: the job and the helpers it spawned, as a machine losing power would);
+- ``killhost``: SIGKILL to its parent (a torchrun agent, which starts each worker in a session of its own) and
+  then to its own process group: one host of a multi-host job losing power;
 - ``exit``: ``os._exit(86)`` (no cleanup either, but an exit status rather than a signal);
 - ``sigint`` / ``sigterm``: the signal, handled as the job handles a Ctrl-C or a ``kill``;
 - ``pause``: SIGSTOP; the job stays stopped (holding its locks and temporary files) until the test sends
@@ -31,6 +33,7 @@ SCRIPT = Path(__file__).resolve()
 ACTIONS: dict[str, Callable[[], None]] = {
     "kill": lambda: os.kill(os.getpid(), signal.SIGKILL),
     "killpg": lambda: os.killpg(os.getpgid(0), signal.SIGKILL),
+    "killhost": lambda: (os.kill(os.getppid(), signal.SIGKILL), os.killpg(os.getpgid(0), signal.SIGKILL)),
     "exit": lambda: os._exit(86),
     "sigint": lambda: os.kill(os.getpid(), signal.SIGINT),
     "sigterm": lambda: os.kill(os.getpid(), signal.SIGTERM),
