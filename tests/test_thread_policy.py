@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys.distributed.env import worker_threads
 from recsys.system import available_cpus, thread_policy
 from tests.conftest import REPO_ROOT, train_cli
 
@@ -73,3 +74,23 @@ def test_training_uses_every_available_cpu_by_default(small_ctr: Path, tmp_path:
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "run" / "artifact" / "metrics.json").read_text())
     assert metrics["train.threads"] == available_cpus()
+
+
+def test_training_keeps_the_users_thread_count(small_ctr: Path, tmp_path: Path,
+                                               clean_env: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS=1 (say, two jobs sharing two cores) is what the job runs with; it used to be replaced by
+    the core count, and two jobs of two OpenMP threads on two cores spun on each other."""
+    done = train_cli(small_ctr, tmp_path / "run", "trainer.max_steps=2", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "artifact" / "metrics.json").read_text())["train.threads"] == 1
+
+
+@pytest.mark.parametrize(("value", "local", "expected"), [
+    ("3", 1, 3), ("1", 1, 1), ("3", 2, 3),  # the user's, or thread_policy's share
+    ("1", 2, None),  # torchrun's own default for several processes per host: replaced by the share
+    (None, 1, None), ("", 1, None), ("0", 1, None), ("two", 1, None),
+])
+def test_worker_threads(value: str | None, local: int, expected: int | None, clean_env: pytest.MonkeyPatch) -> None:
+    if value is not None:
+        clean_env.setenv("OMP_NUM_THREADS", value)
+    assert worker_threads(local) == (expected or max(1, available_cpus() // local))

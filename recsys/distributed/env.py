@@ -35,6 +35,17 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def worker_threads(local_world_size: int) -> int:
+    """torch threads of one of ``local_world_size`` CPU processes on this host: ``OMP_NUM_THREADS`` when set (the
+    user's, or ``recsys.system.thread_policy``'s share), except the 1 that torchrun sets by itself when it starts
+    several processes per host; else the available CPUs shared out (more threads than cores only thrash)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    share = max(1, available_cpus() // local_world_size)
+    if not value.isdigit() or int(value) < 1 or (value == "1" and local_world_size > 1):
+        return share
+    return int(value)
+
+
 def init_distributed() -> DistEnv:
     """Join (or create) the default process group: nccl with one GPU per process, else gloo."""
     if not launched_by_torchrun():
@@ -48,8 +59,7 @@ def init_distributed() -> DistEnv:
         torch.cuda.set_device(device)
     else:
         device, backend = torch.device("cpu"), "gloo"
-        # The processes of one host share its cores; more threads than that only thrash.
-        torch.set_num_threads(max(1, available_cpus() // local_world_size))
+        torch.set_num_threads(worker_threads(local_world_size))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
     return DistEnv(rank, world_size, local_rank, local_world_size, device, backend)
