@@ -60,11 +60,85 @@ def thread_policy(processes: int = 1) -> dict[str, str]:
     The wait policy stays libgomp's: a shorter spin (GOMP_SPINCOUNT=10000) and OMP_WAIT_POLICY=PASSIVE were
     measured beside a competing process (benchmarks/bench_contention.py) and lost idle speed on an AVX2 EPYC
     without a consistent gain under contention for the short spin."""
+    global _threads_chosen
     chosen: dict[str, str] = {}
     if "OMP_NUM_THREADS" not in os.environ:
         chosen["OMP_NUM_THREADS"] = str(max(1, available_cpus() // max(1, processes)))
+        _threads_chosen = True
     os.environ.update(chosen)
     return chosen
+
+
+_threads_chosen = False  # thread_policy chose this process's thread count (the user did not)
+
+
+def threads_chosen() -> bool:
+    """Whether ``thread_policy`` chose the thread count here, so that it may be changed (``ThreadGovernor``)."""
+    return _threads_chosen
+
+
+class ThreadGovernor:
+    """torch's thread count for a process whose count recsys chose: its ``share`` of the CPUs it may use while
+    the others leave them free, fewer while other processes keep some busy. On 2 cores, an OpenMP pool of 2 threads beside one
+    CPU-bound process spin-waits for its descheduled peer: training kept 17-24% of its idle speed, where one
+    thread kept 69% (benchmarks/bench_contention.py).
+
+    ``update`` (cheap; call it every step) samples at most every ``interval_s``: the busy time of this
+    process's CPUs (/proc/stat, steal included) less this process's and its children's CPU time
+    (/proc/self/stat and the children's), i.e. the cores other processes took. Threads = available CPUs less
+    those cores (rounded), at most ``share``, at least 1. Call ``update`` on the thread that runs the torch
+    work: the count is that thread's OpenMP setting. Off where /proc is not Linux's."""
+
+    def __init__(self, share: int, interval_s: float = 2.0) -> None:
+        self.share, self.interval_s = share, interval_s
+        self.cpus = available_cpus()
+        try:
+            self._mask = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+            self._tick = os.sysconf("SC_CLK_TCK")
+            self._last: tuple[float, float, float] | None = self._sample()
+        except (AttributeError, OSError, ValueError):
+            self._last = None
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(monotonic seconds, busy CPU-seconds of our CPUs, CPU-seconds of this process and its children)."""
+        busy = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] in self._mask:  # user nice system idle iowait irq softirq steal ...
+                values = [int(v) for v in fields[1:9]]
+                busy += sum(values) - values[3] - values[4]
+        ours = _process_ticks("self")
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                for child in (task / "children").read_text().split():
+                    ours += _process_ticks(child)
+        return time.monotonic(), busy / self._tick, ours / self._tick
+
+    def update(self) -> int | None:
+        """The new thread count when it changed (torch's is set), else None."""
+        if self._last is None or time.monotonic() - self._last[0] < self.interval_s:
+            return None
+        try:
+            now = self._sample()
+        except (OSError, ValueError):
+            return None
+        elapsed = now[0] - self._last[0]
+        others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / elapsed  # cores
+        self._last = now
+        import torch
+
+        threads = max(1, min(self.share, self.cpus - math.floor(others + 0.5)))
+        if threads == torch.get_num_threads():
+            return None
+        torch.set_num_threads(threads)
+        return threads
+
+
+def _process_ticks(pid: str) -> int:
+    """utime + stime of a process (all its threads; reaped children's in cutime/cstime for ``self``), in ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # fields 14, 15 of proc(5), counted after the ")" of the name
+    return ticks + (int(fields[13]) + int(fields[14]) if pid == "self" else 0)
 
 
 def pid_alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from recsys.distributed.env import worker_threads
 from recsys.system import available_cpus, thread_policy
-from tests.conftest import REPO_ROOT, train_cli
+from tests.conftest import REPO_ROOT, run_python, train_cli
 
 POLICY_VARS = ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
@@ -94,3 +94,30 @@ def test_worker_threads(value: str | None, local: int, expected: int | None, cle
     if value is not None:
         clean_env.setenv("OMP_NUM_THREADS", value)
     assert worker_threads(local) == (expected or max(1, available_cpus() // local))
+
+
+_GOVERNED = """
+import os, signal, subprocess, sys, time, torch
+from recsys.system import ThreadGovernor
+torch.set_num_threads(2)
+governor = ThreadGovernor(2, interval_s=0.5)
+# Another process, not a child (the governor counts its children's CPU as its own): the shell's background
+# job outlives the shell and is reparented.
+loop = sys.executable + ' -c "import os; print(os.getpid(), flush=True)\\nwhile True: pass"'
+shell = subprocess.Popen(["sh", "-c", loop + " &"], stdout=subprocess.PIPE, text=True)
+busy = int(shell.stdout.readline())
+shell.wait()
+try:
+    time.sleep(1.0)  # idle here, so what the busy loop took shows as other processes' CPU time
+    print(governor.update(), torch.get_num_threads())
+finally:
+    os.kill(busy, signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(available_cpus() != 2, reason="written for 2 CPUs: one busy process leaves one")
+def test_the_governor_gives_a_thread_up_to_a_busy_process() -> None:
+    """Beside a CPU-bound process (and whatever else loads the machine), 2 threads become 1."""
+    done = run_python(_GOVERNED, env={"OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]

@@ -54,7 +54,7 @@ from recsys.models import build_model, embedded_schema, model_config
 from recsys.models.retriever import Retriever, is_retriever
 from recsys.precision import resolve as resolve_precision
 from recsys.schema import Schema
-from recsys.system import write_atomic
+from recsys.system import ThreadGovernor, threads_chosen, write_atomic
 from recsys.tasks import EvalSplit, TaskSpec, task_spec
 from recsys.train.evaluate import evaluate_split
 from recsys.train.retrieval import catalogue_vectors, training_interactions
@@ -317,6 +317,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     valid_metrics: dict[str, float] = {}
     stopping = config.trainer.early_stopping
     stopped_early = False
+    # One CPU process whose thread count recsys chose gives threads up while other processes take cores.
+    governor = (ThreadGovernor(torch.get_num_threads()) if env.world_size == 1 and env.device.type == "cpu"
+                and threads_chosen() else None)
     dmp.train()
     with _progress(console, main and config.trainer.progress) as progress:
         bar = progress.add_task("train", total=total_steps, completed=position.step, rate=0.0, loss=float("nan"))
@@ -348,6 +351,9 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
                 position.step_in_epoch += 1
                 position.samples += config.trainer.batch_size
                 window_steps += 1
+                threads = governor.update() if governor is not None else None
+                if threads is not None:
+                    log.info("other processes keep CPUs busy: torch threads now %d of %d", threads, governor.share)
                 for part in moving:  # schemes whose structure moves with training (dsl's prune-and-grow)
                     part.update(position.step, total_steps, table_value)
                 if position.step % config.trainer.log_every == 0 or position.step == total_steps:

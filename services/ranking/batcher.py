@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from recsys.system import ThreadGovernor
 from recsys.tasks import TaskSpec
 from services.ranking.features import RowBlock, merge
 
@@ -88,8 +89,11 @@ class MicroBatcher:
     """Scores RowBlocks on one thread, batching the requests that queue up while it is busy."""
 
     def __init__(self, max_rows: int = 4096, wait_s: float = 0.0,
-                 observe: Callable[[int, int], None] | None = None, threads: int | None = None) -> None:
-        self.max_rows, self.wait_s, self.threads = max_rows, wait_s, threads
+                 observe: Callable[[int, int], None] | None = None, threads: int | None = None,
+                 governed: bool = False) -> None:
+        """``threads``: torch's on the model thread (None: leave it); ``governed``: give some up while other
+        processes keep CPUs busy (``recsys.system.ThreadGovernor``; for a count recsys chose, not the user)."""
+        self.max_rows, self.wait_s, self.threads, self.governed = max_rows, wait_s, threads, governed
         self._observe = observe  # (rows, requests) of every forward pass, for metrics
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -127,12 +131,15 @@ class MicroBatcher:
     def _run(self) -> None:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
+        governor = ThreadGovernor(torch.get_num_threads()) if self.governed else None
         carry: _Job | None = None
         while True:
             first = carry if carry is not None else self._queue.get()
             carry = None
             if first is _STOP:
                 return
+            if governor is not None and (threads := governor.update()) is not None:
+                log.info("other processes keep CPUs busy: torch threads now %d of %d", threads, governor.share)
             if isinstance(first, _Call):
                 self._call(first)
                 continue

@@ -115,7 +115,8 @@ class RankingService:
         self.slot = ModelSlot(model)
         self.versions = FeatureVersions(store, self.metrics, model.fingerprint)
         self.batcher = MicroBatcher(settings.max_batch_rows, settings.batch_wait_ms / 1000,
-                                    observe=self.metrics.observe_batch, threads=settings.torch_threads)
+                                    observe=self.metrics.observe_batch, threads=settings.torch_threads,
+                                    governed=settings.threads is None)
         self.io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="recsys-io")
         self.api_key = settings.api_key()
         self._owns_store = owns_store
