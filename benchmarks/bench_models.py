@@ -575,8 +575,8 @@ def ranking_models() -> list[str]:
 
 def parse_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, known: tuple[str, ...]
                ) -> tuple[list[str], list[str], dict[str, int]]:
-    """--models (default: every registered ranking model), --datasets (of ``known``) and --epochs (NAME=N,…; 1 each with
-    --quick), checked: a bad value is the parser's error naming the flag. Shared with bench_embeddings."""
+    """--models (default: every registered ranking model), --datasets (of ``known``) and --epochs (NAME=N,…; 1
+    each with --quick), checked: a bad value is the parser's error naming the flag. Shared with bench_embeddings."""
     registered = model_names()
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else ranking_models()
     unknown = [m for m in models if m not in registered]

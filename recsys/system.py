@@ -79,9 +79,9 @@ def threads_chosen() -> bool:
 
 class ThreadGovernor:
     """torch's thread count for a process whose count recsys chose: its ``share`` of the CPUs it may use while
-    the others leave them free, fewer while other processes keep some busy. On 2 cores, an OpenMP pool of 2 threads beside one
-    CPU-bound process spin-waits for its descheduled peer: training kept 17-24% of its idle speed, where one
-    thread kept 69% (benchmarks/bench_contention.py).
+    other processes leave them free, fewer while they keep some busy. On 2 cores, an OpenMP pool of 2 threads
+    beside one CPU-bound process spin-waits for its descheduled peer: training kept 17-24% of its idle speed
+    where one thread kept 69% (benchmarks/bench_contention.py).
 
     ``update`` (cheap; call it every step) samples at most every ``interval_s``: the busy time of this
     process's CPUs (/proc/stat, steal included) less this process's and its children's CPU time

@@ -107,9 +107,9 @@ class Zygote:
                 env = {name: value for name, value in os.environ.items() if name not in _PER_COMMAND}
                 log = open(os.path.join(folder, "log"), "wb")  # noqa: SIM115 - the zygote's, for its life
                 # stdin: a pipe that closes when this process ends, so the zygote never outlives it
-                self._process = subprocess.Popen([sys.executable, "-m", "recsys.zygote", self._socket_path,
-                                                  *self._preload], cwd=self._cwd, env=env, stdin=subprocess.PIPE, stdout=log,
-                                                 stderr=subprocess.STDOUT)
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "recsys.zygote", self._socket_path, *self._preload], cwd=self._cwd,
+                    env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
                 log.close()
                 atexit.register(self._process.kill)
                 _wait_for_socket(self._socket_path, self._process)
