@@ -416,6 +416,8 @@ def _train(job: TrainJob, env: DistEnv) -> dict[str, Any]:
     test_metrics = evaluate_split(dmp, split("test"), task)
     metrics_log.write({"step": position.step, "epoch": position.epoch, "split": "test", **test_metrics})
     metrics = _final_metrics(job, env, position, valid_metrics, test_metrics) | sizes
+    if governor is not None:  # the count recsys chose, not the governor's latest
+        metrics["train.threads"] = governor.share
     metrics["train.precision"] = precision  # of this process's last steps (a resume may have changed it)
     if best is not None:
         metrics |= {"train.best_epoch": best["epoch"], "train.best_step": best["step"],
