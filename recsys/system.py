@@ -86,7 +86,7 @@ class ThreadGovernor:
     ``update`` (cheap; call it every step) samples at most every ``interval_s``: the busy time of this
     process's CPUs (/proc/stat, steal included) less this process's and its children's CPU time
     (/proc/self/stat and the children's), i.e. the cores other processes took. Threads = available CPUs less
-    those cores (rounded), at most ``share``, at least 1. Call ``update`` on the thread that runs the torch
+    those cores, at most ``share``, at least 1, with a band against flapping. Call ``update`` on the thread that runs the torch
     work: the count is that thread's OpenMP setting. Off where /proc is not Linux's."""
 
     def __init__(self, share: int, interval_s: float = 2.0) -> None:
@@ -127,11 +127,21 @@ class ThreadGovernor:
         self._last = now
         import torch
 
-        threads = max(1, min(self.share, self.cpus - math.floor(others + 0.5)))
-        if threads == torch.get_num_threads():
+        current = torch.get_num_threads()
+        threads = governed_threads(current, others, self.cpus, self.share)
+        if threads == current:
             return None
         torch.set_num_threads(threads)
         return threads
+
+
+def governed_threads(current: int, others: float, cpus: int, share: int) -> int:
+    """``ThreadGovernor``'s choice, with a band against flapping: a core is given up once other processes take
+    3/4 of it and taken back once they leave 3/4 of it free (a VM's steal time alone reached 0.5 core here while
+    nothing else ran, and a plain rounding flipped between 1 and 2 threads every 2 s)."""
+    lower = max(1, min(share, cpus - math.floor(others + 0.25)))
+    upper = max(1, min(share, cpus - math.floor(others + 0.75)))
+    return lower if lower < current else upper if upper > current else current
 
 
 def _process_ticks(pid: str) -> int:

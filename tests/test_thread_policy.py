@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsys.distributed.env import worker_threads
-from recsys.system import available_cpus, thread_policy
+from recsys.system import available_cpus, governed_threads, thread_policy
 from tests.conftest import REPO_ROOT, run_python, train_cli
 
 POLICY_VARS = ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
@@ -51,7 +51,7 @@ def test_the_users_settings_win(clean_env: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one of them")
 def test_a_pinned_process_counts_only_its_cpus() -> None:
     one = min(os.sched_getaffinity(0))
-    code = ("from recsys.system import available_cpus, thread_policy; "
+    code = ("from recsys.system import available_cpus, governed_threads, thread_policy; "
             "print(available_cpus(), thread_policy(1)['OMP_NUM_THREADS'])")
     assert _in_fresh_process(code, {one}).split() == ["1", "1"]
 
@@ -121,3 +121,15 @@ def test_the_governor_gives_a_thread_up_to_a_busy_process() -> None:
     done = run_python(_GOVERNED, env={"OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize(("current", "others", "cpus", "share", "expected"), [
+    (2, 0.1, 2, 2, 2), (2, 0.5, 2, 2, 2),  # idle, or steal time alone: all threads kept
+    (2, 0.8, 2, 2, 1), (2, 1.9, 2, 2, 1),  # a busy process: one given up, never the last
+    (1, 0.5, 2, 2, 1), (1, 1.0, 2, 2, 1),  # still busy (or in the band): no flapping back
+    (1, 0.2, 2, 2, 2),  # free again: taken back
+    (4, 1.8, 8, 4, 4),  # other processes left this process its share
+    (4, 5.0, 8, 4, 3), (3, 0.0, 8, 4, 4),
+])
+def test_governed_threads(current: int, others: float, cpus: int, share: int, expected: int) -> None:
+    assert governed_threads(current, others, cpus, share) == expected
