@@ -85,7 +85,6 @@ from recsys import artifact as artifacts  # noqa: E402
 from recsys.data.layout import load_schema, read_stats, split_files  # noqa: E402
 from recsys.data.reader import ParquetReader  # noqa: E402
 from recsys.models import model_names, model_spec  # noqa: E402
-from recsys.models.retriever import RetrieverConfig  # noqa: E402
 from recsys.tasks import task_spec  # noqa: E402
 from recsys.types import Batch  # noqa: E402
 from recsys.zygote import Zygote  # noqa: E402
@@ -570,7 +569,7 @@ def log(message: str) -> None:
 
 def ranking_models() -> list[str]:
     """The registered models that score CTR rows; retrievers train on implicit data (bench_retrieval.py)."""
-    return [name for name in model_names() if not issubclass(model_spec(name).config_class, RetrieverConfig)]
+    return [name for name in model_names() if not model_spec(name).retriever]
 
 
 def parse_runs(parser: argparse.ArgumentParser, args: argparse.Namespace, known: tuple[str, ...]

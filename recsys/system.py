@@ -52,6 +52,11 @@ def _cgroup_cpu_quota() -> float | None:
         return None
 
 
+def cpu_share(processes: int) -> int:
+    """Threads for one of ``processes`` processes that share the CPUs this one may use (at least 1)."""
+    return max(1, available_cpus() // max(1, processes))
+
+
 def thread_policy(processes: int = 1) -> dict[str, str]:
     """``OMP_NUM_THREADS`` for ``processes`` torch processes on this host: the CPUs the process may really use
     (not the machine's core count) shared out, unless the user set it. Applied to os.environ before torch is
@@ -63,7 +68,7 @@ def thread_policy(processes: int = 1) -> dict[str, str]:
     global _threads_chosen
     chosen: dict[str, str] = {}
     if "OMP_NUM_THREADS" not in os.environ:
-        chosen["OMP_NUM_THREADS"] = str(max(1, available_cpus() // max(1, processes)))
+        chosen["OMP_NUM_THREADS"] = str(cpu_share(processes))
         _threads_chosen = True
     os.environ.update(chosen)
     return chosen
@@ -86,8 +91,8 @@ class ThreadGovernor:
     ``update`` (cheap; call it every step) samples at most every ``interval_s``: the busy time of this
     process's CPUs (/proc/stat, steal included) less this process's and its children's CPU time
     (/proc/self/stat and the children's), i.e. the cores other processes took. Threads = available CPUs less
-    those cores, at most ``share``, at least 1, with a band against flapping. Call ``update`` on the thread that runs the torch
-    work: the count is that thread's OpenMP setting. Off where /proc is not Linux's."""
+    those cores, at most ``share``, at least 1, with a band against flapping. Call ``update`` on the thread
+    that runs the torch work: the count is that thread's OpenMP setting. Off where /proc is not Linux's."""
 
     def __init__(self, share: int, interval_s: float = 2.0) -> None:
         self.share, self.interval_s = share, interval_s

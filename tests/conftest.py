@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import pytest
 
-from recsys.system import available_cpus
+from recsys.system import cpu_share
 from recsys.zygote import Zygote, ZygoteProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ if "RECSYS_HOME" not in os.environ:
 # descheduled threads and run several times slower. Tests of the default thread policy unset it themselves.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = str(cpu_share(_WORKERS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -77,15 +77,16 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 300, env: dict[s
 
 
 def run_python(code: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 300,
-               env: dict[str, str] | None = None, fresh: bool = False) -> subprocess.CompletedProcess[str]:
+               env: dict[str, str] | None = None, fresh: bool = False, new_session: bool = False
+               ) -> subprocess.CompletedProcess[str]:
     """``python -c CODE ARGS`` in a process that shares nothing with this one but imported modules (forked
     from the zygote; a fresh interpreter under ``RECSYS_TEST_FRESH=1``): what "a fresh process" means for a
-    reloaded artifact."""
+    reloaded artifact. ``new_session``: as ``subprocess``'s ``start_new_session``."""
     env = {**os.environ, **(env or {})}
     if _fresh(fresh):
         return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=timeout)
-    return ZYGOTE.run(list(args), cwd=cwd, env=env, timeout=timeout, code=code)
+                              text=True, timeout=timeout, start_new_session=new_session)
+    return ZYGOTE.run(list(args), cwd=cwd, env=env, timeout=timeout, code=code, new_session=new_session)
 
 
 def cli_process(args: list[str], *, env: dict[str, str], stdout: IO[bytes], cwd: Path = REPO_ROOT

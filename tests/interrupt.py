@@ -53,14 +53,10 @@ def run(after: str, action: str, *cli_args: str, count: int = 1, timeout: float 
     """``command(...)`` run to its end in a session of its own (``killpg`` takes it and its helpers, nothing
     else), forked from the test zygote (a fresh interpreter under ``RECSYS_TEST_FRESH=1``); output captured.
     A job that pauses needs ``command`` and a Popen: only its parent can wait for it to stop."""
-    from tests.conftest import FRESH_ENV, REPO_ROOT, ZYGOTE
+    from tests.conftest import run_python
 
-    argv = command(after, action, *cli_args, count=count)
-    if os.environ.get(FRESH_ENV) == "1":
-        return subprocess.run(argv, cwd=REPO_ROOT, start_new_session=True, capture_output=True, text=True,
-                              timeout=timeout)
-    return ZYGOTE.run(argv[2:], cwd=REPO_ROOT, env=dict(os.environ), timeout=timeout, new_session=True,
-                      code="from tests.interrupt import main; main()")
+    return run_python("from tests.interrupt import main; main()", *command(after, action, *cli_args, count=count)[2:],
+                      timeout=timeout, new_session=True)
 
 
 def wait_stopped(process: subprocess.Popen[Any]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsys.distributed.env import worker_threads
-from recsys.system import available_cpus, governed_threads, thread_policy
+from recsys.system import available_cpus, cpu_share, governed_threads, thread_policy
 from tests.conftest import REPO_ROOT, run_python, train_cli
 
 POLICY_VARS = ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
@@ -51,7 +51,7 @@ def test_the_users_settings_win(clean_env: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one of them")
 def test_a_pinned_process_counts_only_its_cpus() -> None:
     one = min(os.sched_getaffinity(0))
-    code = ("from recsys.system import available_cpus, governed_threads, thread_policy; "
+    code = ("from recsys.system import available_cpus, cpu_share, governed_threads, thread_policy; "
             "print(available_cpus(), thread_policy(1)['OMP_NUM_THREADS'])")
     assert _in_fresh_process(code, {one}).split() == ["1", "1"]
 
@@ -93,7 +93,7 @@ def test_training_keeps_the_users_thread_count(small_ctr: Path, tmp_path: Path,
 def test_worker_threads(value: str | None, local: int, expected: int | None, clean_env: pytest.MonkeyPatch) -> None:
     if value is not None:
         clean_env.setenv("OMP_NUM_THREADS", value)
-    assert worker_threads(local) == (expected or max(1, available_cpus() // local))
+    assert worker_threads(local) == (expected or cpu_share(local))
 
 
 _GOVERNED = """

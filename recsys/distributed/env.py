@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from recsys.system import available_cpus, free_port
+from recsys.system import cpu_share, free_port
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def worker_threads(local_world_size: int) -> int:
     user's, or ``recsys.system.thread_policy``'s share), except the 1 that torchrun sets by itself when it starts
     several processes per host; else the available CPUs shared out (more threads than cores only thrash)."""
     value = os.environ.get("OMP_NUM_THREADS", "")
-    share = max(1, available_cpus() // local_world_size)
+    share = cpu_share(local_world_size)
     if not value.isdigit() or int(value) < 1 or (value == "1" and local_world_size > 1):
         return share
     return int(value)

@@ -54,6 +54,13 @@ class ModelSpec:
     inputs: InputsOf | None = None  # (schema, validated config) → the sparse features it embeds; None: all
     interaction_mask: bool = False  # honours ``Schema.interactions`` (keeps only those feature pairs)
 
+    @property
+    def retriever(self) -> bool:
+        """A retriever (trains on implicit data, its forward gives PairScores), not a ranking model."""
+        from recsys.models.retriever import RetrieverConfig  # the module imports this one
+
+        return issubclass(self.config_class, RetrieverConfig)
+
 
 @dataclass(frozen=True)
 class Contribution:

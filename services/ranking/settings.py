@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from recsys.config import ServingPrecision as Precision  # fp32, bf16, int8, int4: one enum for config and service
 from recsys.errors import RecsysError
 from recsys.schema import describe_validation_error
-from recsys.system import available_cpus
+from recsys.system import cpu_share
 
 if TYPE_CHECKING:
     from services.ranking.http import HttpLimits
@@ -68,7 +68,7 @@ class ServeSettings(BaseModel):
 
     @property
     def torch_threads(self) -> int:
-        return self.threads or max(1, available_cpus() // self.workers)
+        return self.threads or cpu_share(self.workers)
 
     def http_limits(self) -> HttpLimits:
         from services.ranking.http import HttpLimits  # uvicorn: not needed by `recsys --help`

@@ -21,14 +21,13 @@ from recsys.config import TrainConfig
 from recsys.data.layout import load_schema
 from recsys.embeddings import scheme_names
 from recsys.models import build_model, model_names, model_spec
-from recsys.models.retriever import RetrieverConfig
 from services.feature_store.embedded import EmbeddedRedis
 from tests.conftest import REPO_ROOT, train_cli
 from tests.trained_runs import (assert_learns_from_a_batch, assert_reloads_with_the_same_predictions,
                                 assert_served_with_the_offline_scores, assert_two_process_run_learned)
 
 # Retrievers need an implicit schema: tests/models/test_retriever_contract.py runs them through the schemes.
-RANKERS = [n for n in model_names() if not issubclass(model_spec(n).config_class, RetrieverConfig)]
+RANKERS = [n for n in model_names() if not model_spec(n).retriever]
 SCHEMES = scheme_names()
 COMPRESSING = [s for s in SCHEMES if s != "standard"]
 STEPS = 20

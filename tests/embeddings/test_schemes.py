@@ -21,13 +21,12 @@ from recsys.embeddings.hash import PRIME, hash_coefficients
 from recsys.embeddings.qr import QROptions, QRPart, radices
 from recsys.errors import RecsysError
 from recsys.models import build_model, model_names, model_spec
-from recsys.models.retriever import RetrieverConfig
 from recsys.schema import Schema
 from tests.conftest import REPO_ROOT, train_cli
 from tests.trained_runs import assert_learns_from_a_batch
 
 # Retrievers need an implicit schema: tests/models/test_retriever_contract.py runs them through the schemes.
-RANKERS = [n for n in model_names() if not issubclass(model_spec(n).config_class, RetrieverConfig)]
+RANKERS = [n for n in model_names() if not model_spec(n).retriever]
 
 
 def _schema(rows: dict[str, int], dim: int = 4, multi: str | None = None) -> Schema:

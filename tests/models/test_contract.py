@@ -21,14 +21,13 @@ import torch
 from recsys.config import TrainConfig
 from recsys.data.layout import load_schema
 from recsys.models import build_model, model_names, model_spec
-from recsys.models.retriever import RetrieverConfig
 from services.feature_store.embedded import EmbeddedRedis
 from tests.conftest import REPO_ROOT, train_cli
 from tests.trained_runs import (assert_learns_from_a_batch, assert_reloads_with_the_same_predictions,
                                 assert_served_with_the_offline_scores, assert_two_process_run_learned)
 
 # Retrievers need an implicit schema: tests/models/test_retriever_contract.py holds their contract.
-MODELS = [name for name in model_names() if not issubclass(model_spec(name).config_class, RetrieverConfig)]
+MODELS = [name for name in model_names() if not model_spec(name).retriever]
 STEPS = 20
 
 

@@ -26,12 +26,12 @@ from recsys.data.reader import ParquetReader
 from recsys.errors import RecsysError
 from recsys.embeddings import scheme_names
 from recsys.models import build_model, model_names, model_spec
-from recsys.models.retriever import PairScores, RetrievalLoss, Retriever, RetrieverConfig
+from recsys.models.retriever import PairScores, RetrievalLoss, Retriever
 from recsys.tasks import task_spec
 from tests.conftest import REPO_ROOT, run_python, train_cli
 from tests.trained_runs import assert_two_process_run_learned
 
-RETRIEVERS = [name for name in model_names() if issubclass(model_spec(name).config_class, RetrieverConfig)]
+RETRIEVERS = [name for name in model_names() if model_spec(name).retriever]
 STEPS = 30
 
 

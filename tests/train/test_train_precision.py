@@ -21,7 +21,6 @@ from recsys.data.layout import load_schema
 from recsys.data.reader import ParquetReader
 from recsys.errors import RecsysError
 from recsys.models import build_model, model_names, model_spec
-from recsys.models.retriever import RetrieverConfig
 from recsys.tasks import task_spec
 from recsys.train.step import scaled_loss
 from tests.conftest import REPO_ROOT, train_cli
@@ -123,7 +122,7 @@ def test_dense_forward_runs_in_bf16_with_fp32_tables_and_loss(small_ctr: Path) -
 def test_every_model_steps_at_bf16_as_at_fp32(name: str, small_ctr: Path, small_implicit: Path) -> None:
     """Every registered model (its configs/NAME.yaml) takes a bf16 step: an fp32 loss near the fp32 step's and
     fp32 gradients for the same parameters."""
-    retriever = issubclass(model_spec(name).config_class, RetrieverConfig)
+    retriever = model_spec(name).retriever
     data = small_implicit if retriever else small_ctr
     config = TrainConfig.load(REPO_ROOT / "configs" / f"{name}.yaml")
     schema = load_schema(data)
