@@ -23,7 +23,8 @@ version's keys in one atomic step. The plain MGET costs the server ~40 µs for 5
 items against ~250 µs for the script. A read of a version named (``version=``) is the
 same MGET while that version is the active one, else the script, which first checks
 the version is committed and not collected. Scripts build key names from the version, so
-this works on one Redis server (or a replica), not on Redis Cluster.
+this works on one Redis server (or a replica); ``redis_cluster_store`` is the same store
+on Redis Cluster (``redis+cluster://`` URLs, which ``from_url`` hands to it).
 
 A writer fills ``P:V:*`` with non-transactional pipelines: readers never see it until
 ``commit`` sets ``P:active`` and retires the previous version in one script. Retired
@@ -53,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -69,6 +71,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from recsys.errors import RecsysError
@@ -278,32 +281,46 @@ class RedisFeatureStore(FeatureStore):
         records nothing (``from_url`` picks one under the state directory)."""
         if not _PREFIX.match(prefix):
             raise RecsysError(f"feature store prefix '{prefix}': use letters, digits, '_', '.', '-', ':'")
-        self.client, self.prefix, self.grace_seconds, self.seen_cap = client, prefix, grace_seconds, seen_cap
+        self._client, self.prefix, self.grace_seconds, self.seen_cap = client, prefix, grace_seconds, seen_cap
         self.url = redact_url(url) if url else self._describe(client)
         self.activation_file = activation_file
-        self._active_key, self._versions_key = f"{prefix}:active", f"{prefix}:versions"
-        self._read_script = client.register_script(_READ)
-        self._lrange = client.register_script(_LRANGE)
-        self._set = client.register_script(_SET)
-        self._add_seen = client.register_script(_ADD_SEEN)
-        self._activate = client.register_script(_ACTIVATE)
-        self._mark = client.register_script(_MARK)
+        self._active_key, self._versions_key = self._control_keys(prefix)
+        # Unbound (run with ``client=``): a store may connect lazily (Redis Cluster); the SHA is the script's.
+        self._read_script, self._lrange, self._set, self._add_seen, self._activate, self._mark = (
+            Script(None, text.encode()) for text in (_READ, _LRANGE, _SET, _ADD_SEEN, _ACTIVATE, _MARK))
         # The version the last read found active. Reads first try one plain MGET of P:active and
         # that version's keys (atomic, and 5x cheaper on the server than the Lua script); when P:active
         # has moved on, they run the script, which reads the new version and updates the hint.
         self._version_hint: str | None = None
         self._emb_meta: dict[tuple[str | None, str], bytes] = {}
 
+    @staticmethod
+    def _control_keys(prefix: str) -> tuple[str, str]:
+        """The keys of the active version's name and of the versions' metadata."""
+        return f"{prefix}:active", f"{prefix}:versions"
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (``redis.Redis`` here, ``RedisCluster`` in the cluster store)."""
+        return self._client
+
     @classmethod
     def from_url(cls, url: str, prefix: str = "recsys", grace_seconds: float = 3600.0, *,
                  connect_timeout: float = 1.0, timeout: float = 2.0, **kwargs: Any) -> RedisFeatureStore:
         """``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or ``unix://``; bytes in and out.
+        ``redis+cluster://`` and ``rediss+cluster://`` name any node of a Redis Cluster: the store is then a
+        ``RedisClusterFeatureStore`` (``redis_cluster_store``).
 
         ``kwargs`` go to the constructor; ``activation_file`` defaults to ``activation_file_for(url, prefix)``
         (pass None to record no activations).
         """
         from services.feature_store.embedded import CLIENT_USER, client_name
 
+        if urlsplit(url).scheme.endswith("+cluster"):
+            from services.feature_store.redis_cluster_store import RedisClusterFeatureStore
+
+            return RedisClusterFeatureStore.from_url(url, prefix, grace_seconds, connect_timeout=connect_timeout,
+                                                     timeout=timeout, **kwargs)
         try:
             parts = urlsplit(url)
             # Named connections let the embedded server's starter see who else uses it; only on loopback as
@@ -341,6 +358,9 @@ class RedisFeatureStore(FeatureStore):
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError is a ConnectionError
             raise FeatureStoreUnavailable(f"feature store at {self.url}: {self._reason(exc)}") from exc
+        except (redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError) as exc:  # MOVED is an AskError
+            raise RecsysError(f"feature store at {self.url}: the server is a Redis Cluster node "
+                              f"({type(exc).__name__}: {exc}); name it as redis+cluster://host:port") from None
         except redis.ResponseError as exc:
             message = str(exc)
             if message.startswith(("NOACTIVE", "NOVERSION", "ACTIVE")):
@@ -392,7 +412,7 @@ class RedisFeatureStore(FeatureStore):
             if reply[0] is not None and _text(reply[0]) == wanted:
                 return wanted, wanted, meta, reply[1:]
         with self._guard():
-            reply = self._read_script(keys=[self._active_key, self._versions_key],
+            reply = self._read_script(client=self.client, keys=[self._active_key, self._versions_key],
                                       args=[self.prefix, meta_field, version or "", *suffixes])
         if not reply:
             self._version_hint = None
@@ -435,7 +455,7 @@ class RedisFeatureStore(FeatureStore):
 
     def _list(self, suffix: str, stop: int, version: str | None) -> list[bytes]:
         with self._guard():
-            return self._lrange(keys=[self._active_key, self._versions_key],
+            return self._lrange(client=self.client, keys=[self._active_key, self._versions_key],
                                 args=[self.prefix, suffix, stop, version or ""])
 
     def versions(self) -> dict[str, dict[str, str]]:
@@ -453,15 +473,39 @@ class RedisFeatureStore(FeatureStore):
     # ---- online updates ------------------------------------------------------------------
     def put_user(self, user_id: str, record: bytes) -> None:
         with self._guard():
-            self._set(keys=[self._active_key], args=[self.prefix, "u", user_id, record])
+            self._set(client=self.client, keys=[self._active_key], args=[self.prefix, "u", user_id, record])
 
     def put_item(self, item_id: str, record: bytes) -> None:
         with self._guard():
-            self._set(keys=[self._active_key], args=[self.prefix, "i", item_id, record])
+            self._set(client=self.client, keys=[self._active_key], args=[self.prefix, "i", item_id, record])
 
     def add_seen(self, user_id: str, item_id: str) -> None:
         with self._guard():
-            self._add_seen(keys=[self._active_key], args=[self.prefix, user_id, item_id, self.seen_cap])
+            self._add_seen(client=self.client, keys=[self._active_key],
+                           args=[self.prefix, user_id, item_id, self.seen_cap])
+
+    # ---- batched writes ------------------------------------------------------------------
+    def _run_keyed(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """Run ``(NAME, key, *args)`` commands, in order for each key, in pipelines of about ``_PIPELINE_KEYS``
+        arguments; raises the first error."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            queued = 0
+            for command in commands:
+                pipe.execute_command(*command)
+                queued += len(command) - 1
+                if queued >= _PIPELINE_KEYS:
+                    pipe.execute()
+                    queued = 0
+            if queued:
+                pipe.execute()
+
+    def _mset_many(self, keys: Sequence[str], values: Sequence[bytes]) -> None:
+        """SET every key to its value (MSETs of ``_WRITE_BATCH`` keys)."""
+        self._run_keyed([("MSET", *itertools.chain.from_iterable(zip(keys[start : start + _WRITE_BATCH],
+                                                                     values[start : start + _WRITE_BATCH],
+                                                                     strict=True)))
+                         for start in range(0, len(keys), _WRITE_BATCH)])
 
     # ---- versions ------------------------------------------------------------------------
     def begin_version(self, name: str | None = None) -> RedisVersionWriter:
@@ -481,7 +525,8 @@ class RedisFeatureStore(FeatureStore):
         patch = json.dumps({str(k): str(v) for k, v in (meta or {}).items()})
         committed_at = _stamp()
         with self._guard():
-            old = self._activate(keys=[self._active_key, self._versions_key], args=[version, patch, committed_at])
+            old = self._activate(client=self.client, keys=[self._active_key, self._versions_key],
+                                 args=[version, patch, committed_at])
         log.info("feature store: version %s is active (was %s)", version, _text(old) if old else "none")
         self._record_activation(version, float(committed_at))
         return None if old is None else _text(old)
@@ -524,7 +569,8 @@ class RedisFeatureStore(FeatureStore):
     def delete_version(self, version: str) -> int:
         """Delete every key of a version that is not active; returns the number of keys removed (SCAN + UNLINK)."""
         with self._guard():
-            self._mark(keys=[self._active_key, self._versions_key], args=[version, "deleting", _stamp()])
+            self._mark(client=self.client, keys=[self._active_key, self._versions_key],
+                       args=[version, "deleting", _stamp()])
             pattern = f"{_glob_escape(self.prefix)}:{_glob_escape(version)}:*"
             removed, batch = 0, []
             for key in self.client.scan_iter(match=pattern, count=5000):
@@ -580,7 +626,8 @@ class RedisVersionWriter(VersionWriter):
         self._last_beat = time.monotonic()
         store = self.store
         with store._guard():
-            store._mark(keys=[store._active_key, store._versions_key], args=[self.version, "writing", _stamp()])
+            store._mark(client=store.client, keys=[store._active_key, store._versions_key],
+                        args=[self.version, "writing", _stamp()])
 
     def _check_open(self) -> None:
         if self._done:
@@ -592,19 +639,7 @@ class RedisVersionWriter(VersionWriter):
             raise RecsysError(f"{infix}: {len(ids)} ids but {len(values)} values")
         self._heartbeat()
         prefix = f"{self._base}:{infix}:"
-        with self.store._guard():
-            pipe = self.store.client.pipeline(transaction=False)
-            queued = 0
-            for start in range(0, len(ids), _WRITE_BATCH):
-                chunk = {prefix + str(i): v for i, v in zip(ids[start : start + _WRITE_BATCH],
-                                                            values[start : start + _WRITE_BATCH], strict=True)}
-                pipe.mset(chunk)
-                queued += len(chunk)
-                if queued >= _PIPELINE_KEYS:
-                    pipe.execute()
-                    queued = 0
-            if queued:
-                pipe.execute()
+        self.store._mset_many([prefix + str(i) for i in ids], values)
 
     def put_users(self, ids: Sequence[str], records: Sequence[bytes]) -> None:
         self._mset("u", ids, records)
@@ -617,12 +652,8 @@ class RedisVersionWriter(VersionWriter):
     def put_popular(self, item_ids: Sequence[str]) -> None:
         self._check_open()
         key = f"{self._base}:pop"
-        with self.store._guard():
-            pipe = self.store.client.pipeline(transaction=False)
-            pipe.delete(key)
-            for start in range(0, len(item_ids), _WRITE_BATCH):
-                pipe.rpush(key, *item_ids[start : start + _WRITE_BATCH])
-            pipe.execute()
+        self.store._run_keyed([("DEL", key), *(("RPUSH", key, *item_ids[start : start + _WRITE_BATCH])
+                                               for start in range(0, len(item_ids), _WRITE_BATCH))])
         self.counts["popular"] = len(item_ids)
 
     def put_seen(self, user_ids: Sequence[str], item_ids: Sequence[Sequence[str]]) -> None:
@@ -630,19 +661,13 @@ class RedisVersionWriter(VersionWriter):
         if len(user_ids) != len(item_ids):
             raise RecsysError(f"seen: {len(user_ids)} users but {len(item_ids)} item lists")
         self._heartbeat()
-        with self.store._guard():
-            pipe = self.store.client.pipeline(transaction=False)
-            queued = 0
-            for user, items in zip(user_ids, item_ids, strict=True):
-                key = f"{self._base}:seen:{user}"
-                pipe.delete(key)
-                if len(items):
-                    pipe.rpush(key, *items)
-                queued += 1 + len(items)
-                if queued >= _PIPELINE_KEYS:
-                    pipe.execute()
-                    queued = 0
-            pipe.execute()
+        commands: list[tuple[Any, ...]] = []
+        for user, items in zip(user_ids, item_ids, strict=True):
+            key = f"{self._base}:seen:{user}"
+            commands.append(("DEL", key))
+            if len(items):
+                commands.append(("RPUSH", key, *items))
+        self.store._run_keyed(commands)
         self.counts["seen"] += len(user_ids)
 
     def put_embeddings(self, entity: str, ids: Sequence[str], vectors: np.ndarray, dtype: str = "float32") -> None:

@@ -9,8 +9,9 @@ A reader can also ask for one version by name (``version=``): a retired version 
 readable until it is collected (``grace_seconds`` after it was retired, in Redis). The
 ranking service reads that way when the active version was materialised for another
 model (its ``layout`` meta, ``codec.layout_fingerprint``, differs from the model's).
-Redis (``redis_store.RedisFeatureStore``) is one implementation; any other must pass
-``tests/services/feature_store/test_fs_contract.py`` (add its factory to ``IMPLEMENTATIONS`` there). The
+Redis (``redis_store.RedisFeatureStore``) and Redis Cluster (``redis_cluster_store``) implement it; any other
+must pass ``tests/services/feature_store/test_fs_contract.py`` (add its factory to ``IMPLEMENTATIONS`` in that
+folder's ``conftest.py``). The
 interface holds everything the services, materialisation and the CLI call, so none of them needs to know
 which implementation it has.
 """

@@ -1,4 +1,5 @@
-"""`recsys features materialize` then `recsys features upsert`, as separate processes on the embedded Redis."""
+"""`recsys features materialize` then `recsys features upsert`, as separate processes on the embedded Redis and on
+a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from recsys.data.layout import split_files
 from recsys.schema import Entity, Schema
 from services.feature_store.codec import RecordCodec
 from services.feature_store.embedded import open_store
+from services.feature_store.local_cluster import LocalRedisCluster
+from services.feature_store.redis_store import RedisFeatureStore
 from tests.conftest import run_cli
 
 
@@ -91,3 +94,36 @@ def test_upsert_refuses_blank_ids_and_non_finite_numbers(served_artifact: tuple[
         dense, _ = codec.decode(store.get_items([item])[0])
         position = [f.name for f in codec.dense_features].index("I5")
         assert dense[position] == np.float32(i5)  # as materialised
+
+
+def test_materialize_upsert_and_versions_on_a_redis_cluster(served_artifact: tuple[Path, Path], tmp_path: Path,
+                                                           fs_cluster: LocalRedisCluster) -> None:
+    """The same commands with REDIS_URL naming a 3-master Redis Cluster (redis+cluster://); the password never
+    shows."""
+    data_dir, artifact_dir = served_artifact
+    env = {"RECSYS_HOME": str(tmp_path / "home"), "COLUMNS": "200", "REDIS_URL": fs_cluster.url}
+
+    def features(*args: str) -> subprocess.CompletedProcess[str]:
+        done = run_cli("features", *args, env=env, timeout=120)
+        assert fs_cluster.password not in done.stdout + done.stderr
+        return done
+
+    for version in ("clu1", "clu2"):
+        done = features("materialize", "--data", str(data_dir), "--artifact", str(artifact_dir), "--version",
+                        version, "--popular-k", "20")
+        assert done.returncode == 0, done.stderr
+        assert f"Materialised version {version}" in done.stdout and "is now active" in done.stdout
+    train = pl.read_parquet(split_files(data_dir, "train")[0], columns=["user_key", "item_key"])
+    user, item = train.row(0)
+    upserted = features("upsert", "--artifact", str(artifact_dir), "--user", user, "--event", item)
+    assert upserted.returncode == 0, upserted.stderr
+    assert f"user '{user}': appended item '{item}' in version clu2" in upserted.stdout
+    listed = features("versions")
+    assert listed.returncode == 0, listed.stderr
+    assert "clu2 *" in listed.stdout and "retired" in listed.stdout
+    store = RedisFeatureStore.from_url(fs_cluster.url, activation_file=None)
+    try:
+        assert store.active_version() == "clu2" and store.seen(user)[0] == item
+        assert len(store.popular(100)[1]) == 20
+    finally:
+        store.close()

@@ -1,62 +1,23 @@
 """The FeatureStore contract: what any implementation must do, through the interface only.
 
-Every test runs once per entry of ``IMPLEMENTATIONS``: a factory that, given the test's request, returns
-``open_store(grace_seconds=..., seen_cap=..., same_as=None)``, which opens a store on fresh, empty data (or,
-with ``same_as``, a second handle on that store's data, as another process would open it). Adding an
-implementation (Redis Cluster) is one more factory here. Checks of one implementation's own layout (keys,
-scripts) live in its own file (``test_fs_redis.py``).
+Every test runs once per entry of ``IMPLEMENTATIONS`` (``conftest.py``): a factory that, given the test's request,
+returns ``open_store(grace_seconds=..., seen_cap=..., same_as=None)``, which opens a store on fresh, empty data
+(or, with ``same_as``, a second handle on that store's data, as another process would open it). Adding an
+implementation is one more factory there. Checks of one implementation's own layout (keys, scripts) live in its
+own file (``test_fs_redis.py``, ``test_fs_cluster.py``).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from recsys.errors import RecsysError
-from services.feature_store.embedded import EmbeddedRedis
-from services.feature_store.redis_store import RedisFeatureStore
 from services.feature_store.store import ABANDONED_SECONDS, FeatureStore
-
-
-class OpenStore(Protocol):
-    def __call__(self, *, grace_seconds: float = ..., seen_cap: int = ...,
-                 same_as: FeatureStore | None = ...) -> FeatureStore: ...
-
-
-def redis_tcp(request: pytest.FixtureRequest) -> OpenStore:
-    """``RedisFeatureStore`` on the session's real redis-server over TCP; a fresh prefix is fresh data."""
-    server: EmbeddedRedis = request.getfixturevalue("fs_redis")
-    assert server.url.startswith("redis://"), server.url
-
-    def open_store(*, grace_seconds: float = 3600.0, seen_cap: int = 200,
-                   same_as: FeatureStore | None = None) -> FeatureStore:
-        prefix = same_as.prefix if isinstance(same_as, RedisFeatureStore) else f"c{uuid.uuid4().hex[:10]}"
-        return RedisFeatureStore.from_url(server.url, prefix=prefix, grace_seconds=grace_seconds, seen_cap=seen_cap)
-
-    return open_store
-
-
-IMPLEMENTATIONS: list[Callable[[pytest.FixtureRequest], OpenStore]] = [redis_tcp]
-
-
-@pytest.fixture(params=IMPLEMENTATIONS, ids=lambda factory: factory.__name__)
-def open_store(request: pytest.FixtureRequest) -> Iterator[OpenStore]:
-    made: list[FeatureStore] = []
-    factory = request.param(request)
-
-    def open_tracked(**kwargs: object) -> FeatureStore:
-        made.append(factory(**kwargs))  # type: ignore[arg-type]
-        return made[-1]
-
-    yield open_tracked
-    for store in made:
-        store.close()
+from tests.services.feature_store.conftest import OpenStore
 
 
 @pytest.fixture

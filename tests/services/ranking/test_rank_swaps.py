@@ -20,6 +20,7 @@ import pytest
 from recsys.schema import Entity, Schema
 from services.feature_store.codec import RecordCodec
 from services.feature_store.embedded import EmbeddedRedis
+from services.feature_store.local_cluster import LocalRedisCluster
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
 from tests.artifacts import reseal
@@ -257,6 +258,53 @@ def test_redis_down_then_back_is_503_then_200_without_restart(redis_server: Embe
     finally:
         store.close()
         server.stop()
+
+
+def test_a_cluster_master_killed_under_load_is_503_then_200_without_restart(
+        served_artifact: tuple[Path, Path], offline: list[OfflineRow], tmp_path: Path) -> None:
+    """REDIS_URL names a 3-master Redis Cluster; one master is killed (SIGKILL) under traffic and started again:
+    the service answers 503 while its slots are down, then the same scores, without being restarted."""
+    data_dir, artifact_dir = served_artifact
+    cluster = LocalRedisCluster.start(tmp_path / "cluster")
+    store = RedisFeatureStore.from_url(cluster.url)
+    server: Server | None = None
+    try:
+        version = materialize(store, data_dir, artifact_dir)["version"]
+        server = start_server(artifact_dir, cluster.url, tmp_path / "serve.log", api_key=None)
+        body = {"user_id": offline[0].user_id, "item_ids": [r.item_id for r in offline[:30]], "k": 30,
+                "context": offline[0].context}
+        with server.client() as client:
+            healthy = client.post("/v1/rank", json=body)
+            assert healthy.status_code == 200 and healthy.json()["feature_version"] == version
+            expected = _scores(healthy.json())
+            killed = cluster.node_of(f"recsys:{version}:u:{offline[0].user_id}")
+
+            def kill_and_restart(traffic: _Traffic) -> None:
+                traffic.wait_for(lambda a: a.status == 200)
+                cluster.kill(killed)
+                traffic.next_epoch()
+                traffic.wait_for(lambda a: a.status == 503)
+                down = client.post("/v1/rank", json=body)
+                assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
+                assert client.get("/readyz").status_code == 503
+                assert client.get("/healthz").status_code == 200
+                cluster.restart(killed)  # its port, AOF and nodes.conf: the slots come back with their data
+                traffic.next_epoch()
+                traffic.wait_for(lambda a: a.status == 200)
+
+            answers = _hammer(server, [body], kill_and_restart, threads=2)
+            assert client.get("/readyz").status_code == 200
+            after = client.post("/v1/rank", json=body)
+            assert server.process.poll() is None  # the same process recovered by itself
+        assert after.status_code == 200 and _scores(after.json()) == expected
+        statuses = Counter(a.status for a in answers)
+        assert set(statuses) <= {200, 503} and statuses[503] > 0, statuses
+        assert all(_scores(a.payload) == expected for a in answers if a.status == 200)
+    finally:
+        if server is not None:
+            server.stop()
+        store.close()
+        cluster.stop()
 
 
 def test_serve_starts_and_stops_the_embedded_redis(served_artifact: tuple[Path, Path], tmp_path: Path) -> None:
