@@ -33,6 +33,11 @@ class InputFormat(StrEnum):
     INTERACTIONS = "interactions"
 
 
+class Engine(StrEnum):
+    POLARS = "polars"
+    RAY = "ray"
+
+
 class SplitMode(StrEnum):
     RANDOM = "random"
     TIME = "time"
@@ -116,8 +121,13 @@ def prepare(
     history_length: int = typer.Option(50, "--history-length", min=1, help="movielens: max length of the per-user history sequence."),
     max_field_bytes: int = typer.Option(MAX_FIELD_BYTES, "--max-field-bytes", min=1, help="A row with a field (cell) longer than this many bytes is quarantined as malformed: one huge value would otherwise become a vocabulary entry copied into every artifact."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    engine: Engine = typer.Option(Engine.POLARS, "--engine", help="polars: in this process; ray: parsing, counting and writing as Ray tasks over a Ray cluster (the same output), OUT on storage every node sees."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="--engine ray: the cluster to join ('auto': the one running on this machine, or host:port); default: start a local one for the job."),
 ) -> None:
-    """Turn raw data into train/valid/test Parquet + schema.json + stats.json, quarantining malformed rows."""
+    """Turn raw data into train/valid/test Parquet + schema.json + stats.json, quarantining malformed rows.
+
+    Example: recsys data prepare --format criteo --input day_0.gz --out data/criteo --engine ray --ray-address auto
+    """
     from recsys.data.pipeline import run
     from recsys.data.summary import print_summary
     from recsys.schema import Schema
@@ -146,7 +156,18 @@ def prepare(
         if schema is None:
             raise RecsysError(f"--format {input_format.value} needs --schema (a YAML file describing the columns)")
         source = TabularSource(input_path, schema, file_format=input_format.value, max_field_bytes=max_field_bytes)
-    result = run(source, out, options)
+    if ray_address is not None and engine is not Engine.RAY:
+        raise RecsysError("--ray-address needs --engine ray")
+    if engine is Engine.RAY:
+        from recsys.data.ray_engine import RayExecutor
+
+        executor = RayExecutor(ray_address)
+        try:
+            result = run(source, out, options, executor=executor)
+        finally:
+            executor.close()
+    else:
+        result = run(source, out, options)
     print_summary(result.out, brief=True)
 
 

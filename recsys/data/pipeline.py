@@ -86,6 +86,24 @@ class Source(Protocol):
     def parts(self) -> Iterator[RawPart]: ...
 
 
+class Executor(Protocol):
+    """Runs one function over many inputs (spool parts, input files) and returns the results in input order:
+    in this process (``LocalExecutor``, the polars engine) or on a Ray cluster (``recsys.data.ray_engine``)."""
+
+    name: str
+
+    def map(self, fn: Callable[..., Any], args: list[tuple[Any, ...]], label: str) -> list[Any]: ...
+
+
+class LocalExecutor:
+    """One after the other, in this process."""
+
+    name = "polars"
+
+    def map(self, fn: Callable[..., Any], args: list[tuple[Any, ...]], label: str) -> list[Any]:
+        return [fn(*arg) for arg in args]
+
+
 @dataclass
 class PrepareOptions:
     split: Literal["random", "time", "loo", "given"] = "random"
@@ -159,8 +177,12 @@ class _Quarantine:
 
 
 def run(source: Source, out: str | Path, options: PrepareOptions,
-        extra_stats: Callable[[Path, Schema], dict[str, Any]] | None = None) -> PrepareResult:
-    """Prepare ``source`` into ``out`` (atomically); returns the resolved schema and stats."""
+        extra_stats: Callable[[Path, Schema], dict[str, Any]] | None = None,
+        executor: Executor | None = None) -> PrepareResult:
+    """Prepare ``source`` into ``out`` (atomically); returns the resolved schema and stats.
+
+    ``executor``: where the per-file and per-part work runs (default: this process, the polars engine; a
+    ``recsys.data.ray_engine.RayExecutor`` runs it on a Ray cluster with the same answers)."""
     started = time.perf_counter()
     schema = source.schema
     with layout.atomic_output_dir(out, overwrite=options.overwrite) as tmp:
@@ -168,14 +190,19 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
         spool.mkdir()
         quarantine = _Quarantine(tmp / layout.QUARANTINE_FILE)
         try:
-            good, filtered = _spool_parts(source, spool, quarantine, options)
+            if executor is None:
+                good, filtered = _spool_parts(source, spool, quarantine, options)
+            else:
+                from recsys.data.ray_engine import spool_distributed
+
+                good, filtered = spool_distributed(source, spool, quarantine, options, executor)
         finally:
             quarantine.close()
         rows_read = good + quarantine.count + filtered
         _check_bad_fraction(rows_read, good, filtered, quarantine, options, Path(out))
         split_of, protocol = _split_expr(schema, spool, options)
-        vocabs, schema = _fit(schema, spool, split_of)
-        split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options)
+        vocabs, schema = _fit(schema, spool, split_of, executor)
+        split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options, executor or LocalExecutor())
         shutil.rmtree(spool)
         (tmp / layout.VOCAB_DIR).mkdir()
         for table_name, vocab in vocabs.items():
@@ -190,6 +217,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
             "bad_fraction": quarantine.count / rows_read if rows_read else 0.0,
             "split": options.split,
             "protocol": protocol,
+            "engine": (executor or LocalExecutor()).name,
             "seed": options.seed,
             "splits": split_counts,
             "cardinalities": {t.name: t.cardinality for t in schema.tables},
@@ -319,8 +347,12 @@ def _leave_one_out(schema: Schema, spool: Path, protocol: dict[str, Any]) -> tup
     return expr, protocol
 
 
-def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.DataFrame], Schema]:
-    """Vocabularies and dense statistics from the train rows; returns the resolved schema."""
+def _fit(schema: Schema, spool: Path, split_of: pl.Expr,
+         executor: Executor | None = None) -> tuple[dict[str, pl.DataFrame], Schema]:
+    """Vocabularies and dense statistics from the train rows; returns the resolved schema.
+
+    In this process, one streaming polars query counts each table's values; with an ``executor``, each spool
+    part's counts are computed where the executor runs them and summed here (the same integers)."""
     train = pl.scan_parquet(spool / "*.parquet").filter(split_of == 0)
     spooled = pl.read_parquet_schema(next(spool.glob("*.parquet")))
     features_by_table: dict[str, list[str]] = {}
@@ -328,16 +360,16 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.D
         features_by_table.setdefault(feature.table_name, []).append(feature.name)
 
     vocab_tables = [t for t in schema.tables if t.encoding is Encoding.VOCAB]
-    queries = []
-    for table in vocab_tables:
-        per_feature = []
-        for name in features_by_table[table.name]:
-            column = pl.col(name).explode() if isinstance(spooled[name], pl.List) else pl.col(name)
-            per_feature.append(
-                train.select(column.cast(pl.String).alias("value")).drop_nulls().group_by("value").agg(pl.len().alias("count"))
-            )
-        queries.append(pl.concat(per_feature).group_by("value").agg(pl.col("count").sum()))
-    results = pl.collect_all(queries, engine="streaming") if queries else []
+    columns = {table.name: [(name, isinstance(spooled[name], pl.List)) for name in features_by_table[table.name]]
+               for table in vocab_tables}
+    if executor is not None and vocab_tables:
+        per_part = executor.map(part_value_counts, [(part, split_of, columns) for part in _parts(spool)],
+                                "counting values")
+        results = [pl.concat([counts[table.name] for counts in per_part]).group_by("value")
+                   .agg(pl.col("count").sum()) for table in vocab_tables]
+    else:
+        queries = [_value_counts(train, columns[table.name]) for table in vocab_tables]
+        results = pl.collect_all(queries, engine="streaming") if queries else []
 
     vocabs = {table.name: build_vocab(counts, table.min_count) for table, counts in zip(vocab_tables, results)}
     tables = [
@@ -347,7 +379,7 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.D
     ]
     dense = list(schema.dense)
     if dense:
-        count, mean, std = _dense_moments(schema, spool, split_of)
+        count, mean, std = _dense_moments(schema, spool, split_of, executor or LocalExecutor())
         if count == 0:
             raise BadDataError("no rows fall in the train split; lower --valid-fraction/--test-fraction")
         dense = [
@@ -359,7 +391,35 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[dict[str, pl.D
     return vocabs, Schema.model_validate(resolved.model_dump())
 
 
-def _dense_moments(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+def _value_counts(frame: pl.LazyFrame, columns: list[tuple[str, bool]]) -> pl.LazyFrame:
+    """(value, count) of every non-null value of ``columns`` ((name, is a list) pairs) in ``frame``."""
+    per_feature = []
+    for name, is_list in columns:
+        column = pl.col(name).explode() if is_list else pl.col(name)
+        per_feature.append(frame.select(column.cast(pl.String).alias("value")).drop_nulls()
+                           .group_by("value").agg(pl.len().alias("count")))
+    return pl.concat(per_feature).group_by("value").agg(pl.col("count").sum())
+
+
+def part_value_counts(part: Path, split_of: pl.Expr,
+                      columns: dict[str, list[tuple[str, bool]]]) -> dict[str, pl.DataFrame]:
+    """Per vocabulary table, the (value, count) of one spool part's train rows."""
+    train = pl.scan_parquet(part).filter(split_of == 0)
+    return dict(zip(columns, pl.collect_all([_value_counts(train, c) for c in columns.values()]), strict=True))
+
+
+def part_moments(part: Path, pre: list[pl.Expr], split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) of each dense value over one spool part's train rows."""
+    # Lazy, so only the dense and split-key columns are read, not the sparse and list ones.
+    values = pl.scan_parquet(part).filter(split_of == 0).select(pre).collect().to_numpy()  # (rows, D)
+    if len(values) == 0:
+        return 0, np.zeros(len(pre)), np.zeros(len(pre))
+    mean = values.mean(axis=0)
+    return len(values), mean, ((values - mean) ** 2).sum(axis=0)
+
+
+def _dense_moments(schema: Schema, spool: Path, split_of: pl.Expr,
+                   executor: Executor) -> tuple[int, np.ndarray, np.ndarray]:
     """Count, mean and sample std of each dense feature (before standardising) over the train rows.
 
     Merged part by part in file order (Chan et al.'s pairwise update), so the same data
@@ -367,24 +427,25 @@ def _dense_moments(schema: Schema, spool: Path, split_of: pl.Expr) -> tuple[int,
     """
     pre = [dense_expr(f, standardize=False).cast(pl.Float64) for f in schema.dense]
     count, mean, m2 = 0, np.zeros(len(pre)), np.zeros(len(pre))
-    for part in sorted(spool.glob("*.parquet")):
-        # Lazy, so only the dense and split-key columns are read, not the sparse and list ones.
-        values = pl.scan_parquet(part).filter(split_of == 0).select(pre).collect().to_numpy()  # (rows, D)
-        if len(values) == 0:
+    for part_count, part_mean, part_m2 in executor.map(part_moments, [(p, pre, split_of) for p in _parts(spool)],
+                                                       "dense statistics"):
+        if part_count == 0:
             continue
-        part_mean = values.mean(axis=0)
-        part_m2 = ((values - part_mean) ** 2).sum(axis=0)
-        total = count + len(values)
+        total = count + part_count
         delta = part_mean - mean
-        mean = mean + delta * (len(values) / total)
-        m2 = m2 + part_m2 + delta**2 * (count * len(values) / total)
+        mean = mean + delta * (part_count / total)
+        m2 = m2 + part_m2 + delta**2 * (count * part_count / total)
         count = total
     std = np.sqrt(m2 / (count - 1)) if count > 1 else np.ones(len(pre))
     return count, mean, std
 
 
+def _parts(spool: Path) -> list[Path]:
+    return sorted(spool.glob("part-*.parquet"))
+
+
 def _write_splits(schema: Schema, spool: Path, out: Path, vocabs: dict[str, pl.DataFrame], split_of: pl.Expr,
-                  options: PrepareOptions) -> dict[str, dict[str, Any]]:
+                  options: PrepareOptions, executor: Executor) -> dict[str, dict[str, Any]]:
     spooled = pl.read_parquet_schema(next(spool.glob("*.parquet")))
     exprs = [dense_expr(f) for f in schema.dense]
     for feature in schema.sparse:
@@ -405,25 +466,39 @@ def _write_splits(schema: Schema, spool: Path, out: Path, vocabs: dict[str, pl.D
         (out / split).mkdir()
     counts = {split: {"rows": 0, "positives": 0.0} for split in layout.SPLITS}
     first_label = schema.labels[0].name if schema.labels else None
-    parts = sorted(spool.glob("*.parquet"))
-    with row_progress("writing splits") as advance:
-        for part in parts:
-            frame = pl.read_parquet(part).with_columns(*truncate, split_of.alias(_SPLIT))
-            encoded = frame.select(*exprs, pl.col(_SPLIT))
-            for code, split in enumerate(layout.SPLITS):
-                rows = encoded.filter(pl.col(_SPLIT) == code).drop(_SPLIT)
-                if rows.height == 0:
-                    continue
-                # Page checksums let the reader tell a corrupted page from data: without them most flipped
-                # bytes decode to wrong values silently.
-                pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=options.row_group_size,
-                               write_page_checksum=True)
-                counts[split]["rows"] += rows.height
-                if first_label is not None:
-                    counts[split]["positives"] += float(rows[first_label].sum())
-            advance(frame.height)
+    parts = _parts(spool)
+    if isinstance(executor, LocalExecutor):
+        with row_progress("writing splits") as advance:
+            written = []
+            for part in parts:
+                written.append(write_part(part, out, exprs, truncate, split_of, options.row_group_size, first_label))
+                advance(sum(rows for rows, _ in written[-1].values()))
+    else:
+        written = executor.map(write_part, [(part, out, exprs, truncate, split_of, options.row_group_size,
+                                             first_label) for part in parts], "writing splits")
+    for part_counts in written:
+        for split, (rows, positives) in part_counts.items():
+            counts[split]["rows"] += rows
+            counts[split]["positives"] += positives
     return {
         split: {"rows": c["rows"], "positive_rate": (c["positives"] / c["rows"]) if c["rows"] and first_label else None}
         for split, c in counts.items()
     }
 
+
+def write_part(part: Path, out: Path, exprs: list[pl.Expr], truncate: list[pl.Expr], split_of: pl.Expr,
+               row_group_size: int, first_label: str | None) -> dict[str, tuple[int, float]]:
+    """Encode one spool part and write its rows to ``out/<split>/<part name>``; per split, (rows, positives)."""
+    frame = pl.read_parquet(part).with_columns(*truncate, split_of.alias(_SPLIT))
+    encoded = frame.select(*exprs, pl.col(_SPLIT))
+    counts: dict[str, tuple[int, float]] = {}
+    for code, split in enumerate(layout.SPLITS):
+        rows = encoded.filter(pl.col(_SPLIT) == code).drop(_SPLIT)
+        if rows.height == 0:
+            continue
+        # Page checksums let the reader tell a corrupted page from data: without them most flipped
+        # bytes decode to wrong values silently.
+        pq.write_table(rows.to_arrow(), out / split / part.name, row_group_size=row_group_size,
+                       write_page_checksum=True)
+        counts[split] = (rows.height, float(rows[first_label].sum()) if first_label is not None else 0.0)
+    return counts

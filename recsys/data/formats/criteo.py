@@ -8,7 +8,8 @@ means every data file in it, in natural name order (day_0, day_1, ..., day_23 is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -65,15 +66,22 @@ class CriteoSource:
 
     def parts(self) -> Iterator[RawPart]:
         for path in self.files:
-            separator: str | None = None
-            for chunk in iter_line_chunks(path):
-                lines = chunk.frame
-                if separator is None:
-                    separator = _detect_separator(lines["text"].head(1000))
-                    first = lines["text"][0] if lines.height else ""
-                    if first.split(separator, 1)[0].strip().lower() == "label":
-                        lines = lines.slice(1)  # a header line, not a row
-                yield _parse(lines, separator, chunk.source, self.max_field_bytes)
+            yield from self.file_parts(path)
+
+    def tasks(self) -> list[Callable[[], Iterator[RawPart]]]:
+        """One independent piece of parsing per input file (``--engine ray`` runs them in parallel)."""
+        return [functools.partial(self.file_parts, path) for path in self.files]
+
+    def file_parts(self, path: Path) -> Iterator[RawPart]:
+        separator: str | None = None
+        for chunk in iter_line_chunks(path):
+            lines = chunk.frame
+            if separator is None:
+                separator = _detect_separator(lines["text"].head(1000))
+                first = lines["text"][0] if lines.height else ""
+                if first.split(separator, 1)[0].strip().lower() == "label":
+                    lines = lines.slice(1)  # a header line, not a row
+            yield _parse(lines, separator, chunk.source, self.max_field_bytes)
 
 
 def _detect_separator(sample: pl.Series) -> str:

@@ -24,7 +24,8 @@ line has no interaction there and is not an error.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -75,9 +76,16 @@ class InteractionsSource:
                               f"(available: {', '.join(COLUMNS)})")
 
     def parts(self) -> Iterator[RawPart]:
-        for name, split in FILES.items():
-            for chunk in iter_line_chunks(self.path / name):
-                yield parse_lines(chunk.frame, chunk.source, split, self.max_field_bytes)
+        for name in FILES:
+            yield from self.file_parts(name)
+
+    def tasks(self) -> list[Callable[[], Iterator[RawPart]]]:
+        """One independent piece of parsing per file (``--engine ray`` runs them in parallel)."""
+        return [functools.partial(self.file_parts, name) for name in FILES]
+
+    def file_parts(self, name: str) -> Iterator[RawPart]:
+        for chunk in iter_line_chunks(self.path / name):
+            yield parse_lines(chunk.frame, chunk.source, FILES[name], self.max_field_bytes)
 
 
 def parse_lines(lines: pl.DataFrame, source: str, split: int, max_field_bytes: int = MAX_FIELD_BYTES) -> RawPart:

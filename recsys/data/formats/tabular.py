@@ -49,6 +49,7 @@ skipped. Input columns the schema does not read are ignored (logged at INFO).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -189,10 +190,16 @@ class TabularSource:
 
     def parts(self) -> Iterator[RawPart]:
         for plan in self._plans:
-            if self.file_format == "csv":
-                yield from _csv_parts(plan, self.chunk_bytes)
-            else:
-                yield from _parquet_parts(plan, self.batch_rows)
+            yield from self._plan_parts(plan)
+
+    def tasks(self) -> list[Callable[[], Iterator[RawPart]]]:
+        """One independent piece of parsing per input file (``--engine ray`` runs them in parallel)."""
+        return [functools.partial(self._plan_parts, plan) for plan in self._plans]
+
+    def _plan_parts(self, plan: _Plan) -> Iterator[RawPart]:
+        if self.file_format == "csv":
+            return _csv_parts(plan, self.chunk_bytes)
+        return _parquet_parts(plan, self.batch_rows)
 
 
 # ---- schema → fields ----------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""`recsys data prepare --engine ray` on a real local Ray cluster (a head and a second node process, as
+`ray start` makes them): the polars engine's answers, bad input quarantined or refused with nothing written,
+a worker killed mid-job retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recsys.data.ray_engine import LocalRayCluster
+from recsys.data.synth import CtrConfig, write_criteo_tsv
+from tests.conftest import cli_process, run_cli, shared_dataset
+
+pytestmark = pytest.mark.slow
+TIMINGS = {"seconds", "rows_per_s", "engine"}  # what may differ between the engines' stats.json
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """``ray start --head`` (1 CPU) and a second node joining it (1 CPU), on loopback; yields the address."""
+    cluster = LocalRayCluster.start(nodes=2, cpus_per_node=1)
+    yield cluster.address
+    cluster.stop()
+
+
+def _prepare(*args: str, engine: str, address: str | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--engine", engine] + (["--ray-address", address] if address else [])
+    return run_cli("data", "prepare", *args, *extra, "--overwrite", timeout=900)
+
+
+def _assert_same_output(polars_out: Path, ray_out: Path) -> None:
+    """Every file the same (Parquet by content), stats.json the same but for timings and the engine's name."""
+    files = sorted(p.relative_to(polars_out) for p in polars_out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(ray_out) for p in ray_out.rglob("*") if p.is_file())
+    for relative in files:
+        a, b = polars_out / relative, ray_out / relative
+        if relative.suffix == ".parquet":
+            assert pl.read_parquet(a).equals(pl.read_parquet(b)), relative
+        elif relative.name == "stats.json":
+            x, y = json.loads(a.read_text()), json.loads(b.read_text())
+            assert (x["engine"], y["engine"]) == ("polars", "ray")
+            for key in ("dense",):  # merged in the same order: equal, but only float tolerance is promised
+                for name, moments in x.pop(key).items():
+                    assert y[key][name] == pytest.approx(moments, rel=1e-12), name
+                y.pop(key)
+            assert {k: v for k, v in x.items() if k not in TIMINGS} == {k: v for k, v in y.items() if k not in TIMINGS}
+        else:
+            assert a.read_bytes() == b.read_bytes(), relative
+
+
+def _raw_criteo(folder: Path, files: int, rows: int) -> Path:
+    """``files`` Criteo TSV day files of synthetic rows, the second with malformed lines."""
+    folder.mkdir(parents=True)
+    for day in range(files):
+        written = write_criteo_tsv(CtrConfig(rows=rows, seed=day), folder.with_name(f"{folder.name}-{day}"), False)
+        written.rename(folder / f"day_{day}.tsv")
+        written.parent.rmdir()
+    with (folder / "day_1.tsv").open("a") as handle:
+        handle.write("not a criteo line\n1\t2\t3\n" + "x\t" * 39 + "\n")
+    return folder
+
+
+def test_synthetic_criteo_files_give_the_polars_answers(ray_cluster: str, tmp_path: Path) -> None:
+    raw = _raw_criteo(tmp_path / "raw", files=3, rows=4000)
+    for engine, address in (("polars", None), ("ray", ray_cluster)):
+        done = _prepare("--format", "criteo", "--input", str(raw), "--out", str(tmp_path / engine), engine=engine,
+                        address=address)
+        assert done.returncode == 0, done.stderr
+    _assert_same_output(tmp_path / "polars", tmp_path / "ray")
+    bad = [json.loads(line) for line in (tmp_path / "ray" / "quarantine" / "bad_rows.jsonl").read_text().splitlines()]
+    assert [(Path(b["source"]).name, b["line"]) for b in bad] == [("day_1.tsv", 4001), ("day_1.tsv", 4002),
+                                                                  ("day_1.tsv", 4003)]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset", ["criteo", "movielens"])
+def test_real_data_gives_the_polars_answers(ray_cluster: str, tmp_path: Path, dataset: str) -> None:
+    if dataset == "criteo":
+        args = ["--format", "criteo", "--input", str(shared_dataset("criteo-sample/criteo_sample.txt"))]
+    else:
+        args = ["--format", "movielens", "--input", str(shared_dataset("movielens/ml-latest-small")),
+                "--split", "time"]
+    for engine, address in (("polars", None), ("ray", ray_cluster)):
+        done = _prepare(*args, "--out", str(tmp_path / engine), engine=engine, address=address)
+        assert done.returncode == 0, done.stderr
+    _assert_same_output(tmp_path / "polars", tmp_path / "ray")
+
+
+def test_too_many_bad_rows_write_nothing(ray_cluster: str, tmp_path: Path) -> None:
+    raw = _raw_criteo(tmp_path / "raw", files=2, rows=200)
+    out = tmp_path / "out"
+    done = _prepare("--format", "criteo", "--input", str(raw), "--out", str(out), "--max-bad-fraction", "0",
+                    engine="ray", address=ray_cluster)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "3 of 403 rows are malformed" in done.stderr.replace("\n", " ")
+    kept = tmp_path / "out.bad_rows.jsonl"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
+    assert left == ["out.bad_rows.jsonl", "raw"]  # no OUT, no temporary folder
+    assert len(kept.read_text().splitlines()) == 3
+    usage = run_cli("data", "prepare", "--format", "criteo", "--input", str(raw), "--out", str(out),
+                    "--ray-address", ray_cluster)
+    assert usage.returncode == 2 and "--ray-address needs --engine ray" in usage.stderr
+
+
+def _task_processes() -> list[int]:
+    """Pids of Ray workers running one of the engine's tasks now (Ray titles them ``ray::<task>``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if title.startswith((b"ray::parse_task", b"ray::number_part", b"ray::write_part")):
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_killed_mid_job_is_retried(ray_cluster: str, tmp_path: Path) -> None:
+    raw = _raw_criteo(tmp_path / "raw", files=4, rows=30_000)
+    reference = _prepare("--format", "criteo", "--input", str(raw), "--out", str(tmp_path / "polars"),
+                         engine="polars")
+    assert reference.returncode == 0, reference.stderr
+    log = tmp_path / "ray.log"
+    with log.open("wb") as handle:
+        job = cli_process(["data", "prepare", "--format", "criteo", "--input", str(raw), "--out",
+                           str(tmp_path / "ray"), "--engine", "ray", "--ray-address", ray_cluster],
+                          env={**os.environ, "COLUMNS": "200"}, stdout=handle)
+    killed = None
+    while job.poll() is None and killed is None:  # the first task seen running is killed, as a crash would
+        running = _task_processes()
+        if running:
+            killed = running[0]
+            os.kill(killed, signal.SIGKILL)
+        else:
+            time.sleep(0.01)
+    assert job.wait(900) == 0, log.read_text()
+    assert killed is not None, "the job ended before any task was seen running"
+    _assert_same_output(tmp_path / "polars", tmp_path / "ray")
