@@ -158,13 +158,13 @@ def parse_task(task: ParseTask, spool: Path, index: int,
 
 
 def number_part(raw: str, part: str, first_row: int, seed: int) -> int:
-    """Give a parsed chunk's rows their global ordinals and uniforms; writes it as spool part ``part``."""
+    """Give a parsed chunk's rows their global ordinals and uniforms; writes it as spool part ``part``.
+    Every step is idempotent (same inputs, same files), so Ray may run it again after a worker dies."""
     rows = pl.read_parquet(raw)
     ordinals = np.arange(first_row, first_row + rows.height, dtype=np.uint64)
     rows.with_columns(pl.Series(_ROW, ordinals.astype(np.int64)),
                       pl.Series(_UNIFORM, uniform_from_rows(ordinals, seed))).write_parquet(part)
-    Path(raw).unlink()
-    return rows.height
+    return rows.height  # the raw chunk stays until every chunk is numbered: a retried task reads it again
 
 
 def spool_distributed(source: Source, spool: Path, quarantine: _Quarantine, options: PrepareOptions,
@@ -191,6 +191,8 @@ def spool_distributed(source: Source, spool: Path, quarantine: _Quarantine, opti
             chunk_index += 1
         filtered += task_filtered
     executor.map(number_part, numbering, "numbering rows")
+    for raw, *_ in numbering:
+        Path(raw).unlink()
     return good, filtered
 
 
