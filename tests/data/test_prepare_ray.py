@@ -141,6 +141,7 @@ def _task_processes() -> list[int]:
     return found
 
 
+@pytest.mark.long
 def test_a_worker_killed_mid_job_is_retried(ray_cluster: str, tmp_path: Path) -> None:
     raw = _raw_criteo(tmp_path / "raw", files=4, rows=10_000)
     run(CriteoSource(raw), tmp_path / "polars", PrepareOptions())  # what the command's defaults give
