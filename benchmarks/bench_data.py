@@ -162,7 +162,7 @@ def bench_engines(tsv: Path, work: Path, rows: int, files: int, engines: list[st
                      "rows_per_s_per_cpu": round(rows / seconds / cpus)})
 
     if "polars" in engines:
-        prepare("polars", 1)
+        prepare("polars", len(os.sched_getaffinity(0)))  # polars' own threads use every core
     if "ray" in engines:
         for nodes in (1, 2):
             cluster = LocalRayCluster.start(nodes=nodes, cpus_per_node=1)

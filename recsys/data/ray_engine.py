@@ -87,8 +87,11 @@ class RayExecutor:
         if self._started:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             try:
+                # A task holds one CPU, so its polars uses one thread: tasks side by side use the cores, where
+                # every task's own pool of all the host's cores would fight over them.
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=False)
+                         logging_level=logging.WARNING, configure_logging=False,
+                         runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RecsysError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") from None
         resources = ray.cluster_resources()
