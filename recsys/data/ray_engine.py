@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -84,12 +85,15 @@ class RayExecutor:
             raise RecsysError("--engine ray needs the ray package: pip install 'ray>=2.40'") from None
         self.max_retries = max_retries
         self._started = not ray.is_initialized()
+        if self._started and address not in (None, "auto", "local") and "://" not in address:
+            _check_reachable(address)  # ray.init would retry an unreachable host:port for minutes
         if self._started:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             try:
                 # A task holds one CPU, so its polars uses one thread: tasks side by side use the cores, where
                 # every task's own pool of all the host's cores would fight over them.
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                # "local": a cluster of this machine for the job, even where one runs (ray.init(None) would join it).
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING, configure_logging=False,
                          runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -133,6 +137,19 @@ class RayExecutor:
 
         if self._started and ray.is_initialized():
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error unless something listens at ``host:port`` (the head's GCS port)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except ValueError:
+        raise RecsysError(f"--ray-address {address}: expected host:port, 'auto' or ray://host:port") from None
+    except OSError as exc:
+        raise RecsysError(f"--ray-address {address}: no Ray head answers there ({exc.strerror or exc}); start one "
+                          "with `ray start --head` or pass 'auto' on a node of a running cluster") from None
 
 
 def parse_task(task: ParseTask, spool: Path, index: int,
@@ -209,7 +226,9 @@ class LocalRayCluster:
     @classmethod
     def start(cls, nodes: int = 2, cpus_per_node: int = 1, timeout: float = 300.0) -> LocalRayCluster:
         ray = Path(sys.executable).with_name("ray")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # No token authentication: it listens on loopback for one test or benchmark. Said explicitly, as a
+        # ~/.ray/auth_token (which a local ray.init writes) would otherwise switch the head to tokens alone.
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
         port = free_port()
         cluster = cls(f"127.0.0.1:{port}", temp_dir, env)

@@ -23,6 +23,7 @@ from recsys.data.formats.movielens import MovieLensSource
 from recsys.data.pipeline import PrepareOptions, Source, run
 from recsys.data.ray_engine import LocalRayCluster, RayExecutor
 from recsys.data.synth import CtrConfig, write_criteo_tsv
+from recsys.system import free_port
 from tests.conftest import cli_process, run_cli, shared_dataset
 
 pytestmark = pytest.mark.slow
@@ -125,6 +126,18 @@ def test_too_many_bad_rows_write_nothing(ray_cluster: str, tmp_path: Path) -> No
     usage = run_cli("data", "prepare", "--format", "criteo", "--input", str(raw), "--out", str(out),
                     "--ray-address", ray_cluster)
     assert usage.returncode == 2 and "--ray-address needs --engine ray" in usage.stderr
+    nobody = run_cli("data", "prepare", "--format", "criteo", "--input", str(raw), "--out", str(out), "--engine",
+                     "ray", "--ray-address", f"127.0.0.1:{free_port()}")
+    assert nobody.returncode == 2 and "no Ray head answers there" in nobody.stderr and not out.exists()
+
+
+def test_without_an_address_a_local_cluster_runs_the_job(tmp_path: Path) -> None:
+    raw = _raw_criteo(tmp_path / "raw", files=2, rows=500)
+    run(CriteoSource(raw), tmp_path / "polars", PrepareOptions())
+    done = _prepare("--format", "criteo", "--input", str(raw), "--out", str(tmp_path / "ray"), engine="ray")
+    assert done.returncode == 0, done.stderr
+    assert "ray: a local cluster" in done.stderr
+    _assert_same_output(tmp_path / "polars", tmp_path / "ray")
 
 
 def _task_processes() -> list[int]:
