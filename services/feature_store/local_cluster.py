@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -110,42 +111,40 @@ class LocalRedisCluster:
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
                 "--logfile", str(node_dir / "redis.log")]
-        self.processes[index] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                 stderr=subprocess.DEVNULL, start_new_session=True)
-        client = self.node_client(index)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                process = self.processes[index]
-                assert process is not None
-                if process.poll() is not None:
-                    raise RecsysError(f"cluster node on port {port} exited with code {process.returncode}; "
-                                      f"see {node_dir / 'redis.log'}")
-                with contextlib.suppress(redis.RedisError):
-                    info = client.info("server")
-                    if int(info["process_id"]) == process.pid and not int(client.info("persistence")["loading"]):
-                        return
-                if time.monotonic() > deadline:
-                    raise RecsysError(f"cluster node on port {port} did not answer within {timeout:.0f} s")
-                time.sleep(0.02)
-        finally:
-            client.close()
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        self.processes[index] = process
+
+        def serving(client: redis.Redis) -> bool:
+            if process.poll() is not None:
+                raise RecsysError(f"cluster node on port {port} exited with code {process.returncode}; "
+                                  f"see {node_dir / 'redis.log'}")
+            info = client.info("server")  # ours, not another server's that held the port
+            return int(info["process_id"]) == process.pid and not int(client.info("persistence")["loading"])
+
+        self._poll(index, serving, time.monotonic() + timeout, f"did not answer within {timeout:.0f} s")
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until every node says ``cluster_state:ok`` (all slots served)."""
         deadline = time.monotonic() + timeout
-        for index, port in enumerate(self.ports):
-            client = self.node_client(index)
-            try:
-                while True:
-                    with contextlib.suppress(redis.RedisError):
-                        if client.execute_command("CLUSTER INFO").get("cluster_state") == "ok":
-                            break
-                    if time.monotonic() > deadline:
-                        raise RecsysError(f"cluster node on port {port} not ok within {timeout:.0f} s")
-                    time.sleep(0.05)
-            finally:
-                client.close()
+        for index in range(len(self.ports)):
+            self._poll(index, lambda client: client.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
+                       deadline, f"not ok within {timeout:.0f} s")
+
+    def _poll(self, index: int, ready: Callable[[redis.Redis], bool], deadline: float, late: str) -> None:
+        """Ask node ``index`` until ``ready(client)`` (a Redis error: not yet); past ``deadline``, RecsysError
+        "cluster node on port P <late>"."""
+        client = self.node_client(index)
+        try:
+            while True:
+                with contextlib.suppress(redis.RedisError):
+                    if ready(client):
+                        return
+                if time.monotonic() > deadline:
+                    raise RecsysError(f"cluster node on port {self.ports[index]} {late}")
+                time.sleep(0.02)
+        finally:
+            client.close()
 
     def node_of(self, key: str) -> int:
         """The index of the master serving ``key``'s slot."""

@@ -59,10 +59,9 @@ from redis.retry import Retry
 
 from recsys.errors import RecsysError
 from services.feature_store.redis_store import (
+    _DELETE_BATCH,
     _WRITE_BATCH,
     RedisFeatureStore,
-    _glob_escape,
-    _stamp,
     _text,
     activation_file_for,
     redact_url,
@@ -397,26 +396,13 @@ class RedisClusterFeatureStore(RedisFeatureStore):
             client=self.client, keys=[key], args=[item_id, self.seen_cap]))
 
     # ---- versions --------------------------------------------------------------------------
-    def delete_version(self, version: str) -> int:
-        """Mark it deleting, then SCAN every master for its keys and UNLINK them, one command per slot."""
-        with self._guard():
-            self._mark(client=self.client, keys=[self._active_key, self._versions_key],
-                       args=[version, "deleting", _stamp()])
-            pattern = f"{_glob_escape(self.prefix)}:{_glob_escape(version)}:*"
-            removed = 0
-            for node in self.client.get_primaries():
-                batch: list[bytes] = []
-                for key in self.client.scan_iter(match=pattern, count=5000, target_nodes=node):
-                    batch.append(key)
-                    if len(batch) >= 5000:
-                        removed += self._unlink(batch)
-                        batch = []
-                if batch:
-                    removed += self._unlink(batch)
-            self.client.hdel(self._versions_key, version)
-        return removed
+    def _scan(self, pattern: str) -> Iterator[bytes]:
+        """Every master's keys matching ``pattern``: SCAN runs per node."""
+        for node in self.client.get_primaries():
+            yield from self.client.scan_iter(match=pattern, count=_DELETE_BATCH, target_nodes=node)
 
     def _unlink(self, keys: list[bytes]) -> int:
+        """One UNLINK per slot (a command may not span slots), sent per master."""
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:
             by_slot.setdefault(key_slot(key), []).append(key)

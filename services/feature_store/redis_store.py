@@ -89,6 +89,7 @@ log = logging.getLogger("recsys.feature_store")
 _WRITE_BATCH = 2000  # keys per MSET
 _PIPELINE_KEYS = 20_000  # keys per pipeline round trip
 _HEARTBEAT_SECONDS = 10.0
+_DELETE_BATCH = 5000  # keys per SCAN step and per UNLINK when a version is deleted
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.\-:]{1,64}$")
 
@@ -573,15 +574,22 @@ class RedisFeatureStore(FeatureStore):
                        args=[version, "deleting", _stamp()])
             pattern = f"{_glob_escape(self.prefix)}:{_glob_escape(version)}:*"
             removed, batch = 0, []
-            for key in self.client.scan_iter(match=pattern, count=5000):
+            for key in self._scan(pattern):
                 batch.append(key)
-                if len(batch) >= 5000:
-                    removed += self.client.unlink(*batch)
+                if len(batch) >= _DELETE_BATCH:
+                    removed += self._unlink(batch)
                     batch = []
             if batch:
-                removed += self.client.unlink(*batch)
+                removed += self._unlink(batch)
             self.client.hdel(self._versions_key, version)
         return removed
+
+    def _scan(self, pattern: str) -> Iterator[bytes]:
+        """Every key matching the glob ``pattern`` (SCAN)."""
+        return self.client.scan_iter(match=pattern, count=_DELETE_BATCH)
+
+    def _unlink(self, keys: list[bytes]) -> int:
+        return int(self.client.unlink(*keys))
 
     def gc(self, now: float | None = None) -> list[str]:
         now = _now() if now is None else now

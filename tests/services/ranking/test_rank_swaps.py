@@ -101,6 +101,23 @@ def _hammer(server: Server, bodies: list[dict[str, Any]], while_running: Callabl
     return traffic.answers
 
 
+def _outage(traffic: _Traffic, client: httpx.Client, body: dict[str, Any], take_down: Callable[[], None],
+            bring_back: Callable[[], None]) -> None:
+    """The feature store goes down under ``traffic`` (``take_down``): requests, and /readyz, answer 503 while
+    /healthz stays 200; once ``bring_back`` returns, requests are answered 200 again."""
+    traffic.wait_for(lambda a: a.status == 200)
+    take_down()
+    traffic.next_epoch()
+    traffic.wait_for(lambda a: a.status == 503)
+    down = client.post("/v1/rank", json=body)
+    assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+    bring_back()
+    traffic.next_epoch()
+    traffic.wait_for(lambda a: a.status == 200)
+
+
 def _scores(payload: dict[str, Any]) -> dict[str, float]:
     return {item["item_id"]: item["score"] for item in payload["items"]}
 
@@ -221,37 +238,17 @@ def test_redis_down_then_back_is_503_then_200_without_restart(redis_server: Embe
             assert client.post("/v1/rank", json=body).status_code == 200
 
             # Traffic throughout: answered 200, then 503 once Redis is gone, then 200 once it is back.
-            traffic = _Traffic()
-            stop = threading.Event()
-
-            def send() -> None:
-                with server.client() as own:
-                    while not stop.is_set():
-                        traffic.send(own, body)
-
-            thread = threading.Thread(target=send)
-            thread.start()
-            try:
-                traffic.wait_for(lambda a: a.status == 200)
-                redis.kill()  # SIGKILL, as a crash; returns once the process is gone
-                traffic.next_epoch()
-                traffic.wait_for(lambda a: a.status == 503)
-                down = client.post("/v1/rank", json=body)
-                assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
-                assert client.get("/readyz").status_code == 503
-                assert client.get("/healthz").status_code == 200
+            def back() -> None:
                 redis.restart()  # the same port and data directory; nothing was saved, so materialise again
                 materialize(store, data_dir, artifact_dir)
-                traffic.next_epoch()
-                traffic.wait_for(lambda a: a.status == 200)
-            finally:
-                stop.set()
-                thread.join(30)
+
+            answers = _hammer(server, [body], lambda traffic: _outage(traffic, client, body, redis.kill, back),
+                              threads=1)  # redis.kill: SIGKILL, as a crash; returns once the process is gone
             assert client.post("/v1/rank", json=body).status_code == 200
             assert client.get("/readyz").status_code == 200
             assert server.process.poll() is None  # the same process recovered by itself
             metrics = client.get("/metrics").text
-        statuses = [a.status for a in traffic.answers]
+        statuses = [a.status for a in answers]
         assert set(statuses) <= {200, 503}, Counter(statuses)
         assert statuses[-1] == 200
         assert "recsys_feature_store_errors_total" in metrics
@@ -280,17 +277,8 @@ def test_a_cluster_master_killed_under_load_is_503_then_200_without_restart(
             killed = cluster.node_of(f"recsys:{version}:u:{offline[0].user_id}")
 
             def kill_and_restart(traffic: _Traffic) -> None:
-                traffic.wait_for(lambda a: a.status == 200)
-                cluster.kill(killed)
-                traffic.next_epoch()
-                traffic.wait_for(lambda a: a.status == 503)
-                down = client.post("/v1/rank", json=body)
-                assert down.status_code == 503 and down.json()["detail"].startswith("feature store unavailable: ")
-                assert client.get("/readyz").status_code == 503
-                assert client.get("/healthz").status_code == 200
-                cluster.restart(killed)  # its port, AOF and nodes.conf: the slots come back with their data
-                traffic.next_epoch()
-                traffic.wait_for(lambda a: a.status == 200)
+                # restart: its port, AOF and nodes.conf, so the slots come back with their data
+                _outage(traffic, client, body, lambda: cluster.kill(killed), lambda: cluster.restart(killed))
 
             answers = _hammer(server, [body], kill_and_restart, threads=2)
             assert client.get("/readyz").status_code == 200
