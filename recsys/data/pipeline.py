@@ -248,16 +248,19 @@ def _spool_parts(source: Source, spool: Path, quarantine: _Quarantine, options: 
                 given = given or GIVEN_SPLIT in rows.columns
                 if given and GIVEN_SPLIT not in rows.columns:
                     raise RecsysError(f"input part {index} has no {GIVEN_SPLIT} column but an earlier one had")
-                ordinals = np.arange(good, good + rows.height, dtype=np.uint64)
-                rows = rows.select(wanted + ([GIVEN_SPLIT] if given else [])).with_columns(
-                    pl.Series(_ROW, ordinals.astype(np.int64)),
-                    pl.Series(_UNIFORM, uniform_from_rows(ordinals, options.seed)),
-                )
+                rows = numbered(rows.select(wanted + ([GIVEN_SPLIT] if given else [])), good, options.seed)
                 rows.write_parquet(spool / f"part-{index:05d}.parquet")
                 good += rows.height
             filtered += part.filtered
             advance(rows.height + part.filtered + (part.bad.height if part.bad is not None else 0))
     return good, filtered
+
+
+def numbered(rows: pl.DataFrame, first_row: int, seed: int) -> pl.DataFrame:
+    """``rows`` with their global ordinals (``_row``, from ``first_row``) and seeded uniforms (``_u``)."""
+    ordinals = np.arange(first_row, first_row + rows.height, dtype=np.uint64)
+    return rows.with_columns(pl.Series(_ROW, ordinals.astype(np.int64)),
+                             pl.Series(_UNIFORM, uniform_from_rows(ordinals, seed)))
 
 
 def _check_bad_fraction(rows_read: int, good: int, filtered: int, quarantine: _Quarantine, options: PrepareOptions,

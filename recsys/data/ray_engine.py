@@ -44,26 +44,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from recsys.data.pipeline import (
-    _ROW,
-    _UNIFORM,
     GIVEN_SPLIT,
     PrepareOptions,
     RawPart,
     Source,
     _Quarantine,
+    numbered,
 )
 from recsys.data.progress import row_progress
-from recsys.data.transforms import uniform_from_rows
 from recsys.errors import RecsysError
 from recsys.system import free_port
 
 log = logging.getLogger(__name__)
 
 ParseTask = Callable[[], Iterator[RawPart]]
+_RAY_CLI = Path(sys.executable).with_name("ray")  # the `ray` command of this environment
 
 
 def source_tasks(source: Source) -> list[ParseTask]:
@@ -180,10 +178,8 @@ def parse_task(task: ParseTask, spool: Path, index: int,
 def number_part(raw: str, part: str, first_row: int, seed: int) -> int:
     """Give a parsed chunk's rows their global ordinals and uniforms; writes it as spool part ``part``.
     Every step is idempotent (same inputs, same files), so Ray may run it again after a worker dies."""
-    rows = pl.read_parquet(raw)
-    ordinals = np.arange(first_row, first_row + rows.height, dtype=np.uint64)
-    rows.with_columns(pl.Series(_ROW, ordinals.astype(np.int64)),
-                      pl.Series(_UNIFORM, uniform_from_rows(ordinals, seed))).write_parquet(part)
+    rows = numbered(pl.read_parquet(raw), first_row, seed)
+    rows.write_parquet(part)
     return rows.height  # the raw chunk stays until every chunk is numbered: a retried task reads it again
 
 
@@ -225,7 +221,6 @@ class LocalRayCluster:
 
     @classmethod
     def start(cls, nodes: int = 2, cpus_per_node: int = 1, timeout: float = 300.0) -> LocalRayCluster:
-        ray = Path(sys.executable).with_name("ray")
         # No token authentication: it listens on loopback for one test or benchmark. Said explicitly, as a
         # ~/.ray/auth_token (which a local ray.init writes) would otherwise switch the head to tokens alone.
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -233,9 +228,9 @@ class LocalRayCluster:
         port = free_port()
         cluster = cls(f"127.0.0.1:{port}", temp_dir, env)
         common = ["--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-        commands = [[str(ray), "start", "--head", "--port", str(port), "--include-dashboard", "false",
+        commands = [[str(_RAY_CLI), "start", "--head", "--port", str(port), "--include-dashboard", "false",
                      "--temp-dir", str(temp_dir), *common]]
-        commands += [[str(ray), "start", "--address", cluster.address, *common]] * (nodes - 1)
+        commands += [[str(_RAY_CLI), "start", "--address", cluster.address, *common]] * (nodes - 1)
         try:
             for command in commands:
                 done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -249,6 +244,5 @@ class LocalRayCluster:
 
     def stop(self) -> None:
         """``ray stop --force``: stops every Ray process of this user on the machine, this cluster's included."""
-        ray = Path(sys.executable).with_name("ray")
-        subprocess.run([str(ray), "stop", "--force"], env=self._env, capture_output=True, timeout=120, check=False)
+        subprocess.run([str(_RAY_CLI), "stop", "--force"], env=self._env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
