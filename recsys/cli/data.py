@@ -121,7 +121,7 @@ def prepare(
     history_length: int = typer.Option(50, "--history-length", min=1, help="movielens: max length of the per-user history sequence."),
     max_field_bytes: int = typer.Option(MAX_FIELD_BYTES, "--max-field-bytes", min=1, help="A row with a field (cell) longer than this many bytes is quarantined as malformed: one huge value would otherwise become a vocabulary entry copied into every artifact."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-    engine: Engine = typer.Option(Engine.POLARS, "--engine", help="polars: in this process; ray: parsing, counting and writing as Ray tasks over a Ray cluster (the same output), OUT on storage every node sees."),
+    engine: Engine = typer.Option(Engine.POLARS, "--engine", help="polars: in this process; ray: on a Ray cluster, parsing and writing as Ray tasks, vocabularies and statistics as Ray Data aggregations (the same output), OUT on storage every node sees."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="--engine ray: the cluster to join ('auto': the one running on this machine, or host:port); default: start a local one for the job."),
 ) -> None:
     """Turn raw data into train/valid/test Parquet + schema.json + stats.json, quarantining malformed rows.

@@ -7,8 +7,9 @@ format-agnostic and streams in two passes so inputs larger than memory work:
 1. parse: spool good rows to Parquet in the temporary output folder, each with
    its global row ordinal and a seeded uniform number for the random split;
    quarantine bad rows; stop if the bad fraction is over the limit.
-2. fit on train rows only (polars streaming engine): vocabularies per table,
-   log1p/standardisation statistics per dense feature, time-split cut points.
+2. fit on train rows only (polars streaming engine, or Ray Data with ``--engine ray``):
+   vocabularies per table, log1p/standardisation statistics per dense feature,
+   time-split cut points.
    The split (``--split``) is one of: ``random`` (a seeded uniform per row),
    ``time`` (cut points on the timestamp, else file order), ``loo`` (leave one
    out: per user, the newest interaction to test and the next to valid) or
@@ -87,21 +88,64 @@ class Source(Protocol):
 
 
 class Executor(Protocol):
-    """Runs one function over many inputs (spool parts, input files) and returns the results in input order:
-    in this process (``LocalExecutor``, the polars engine) or on a Ray cluster (``recsys.data.ray_engine``)."""
+    """Where the prepare steps run: in this process (``LocalExecutor``, the polars engine) or on a Ray cluster
+    (``recsys.data.ray_engine.RayExecutor``: Ray tasks and Ray Data), with the same answers."""
 
     name: str
 
-    def map(self, fn: Callable[..., Any], args: list[tuple[Any, ...]], label: str) -> list[Any]: ...
+    def map(self, fn: Callable[..., Any], args: list[tuple[Any, ...]], label: str) -> list[Any]:
+        """``fn`` over many inputs (input files, spool parts); the results in input order."""
+        ...
+
+    def count_values(self, parts: list[Path], split_of: pl.Expr, columns: dict[str, list[tuple[str, bool]]],
+                     min_counts: dict[str, int]) -> dict[str, pl.DataFrame]:
+        """Per vocabulary table, the (value, count) of its columns' values over the train rows of ``parts``,
+        only the values seen at least ``min_counts[table]`` times."""
+        ...
+
+    def dense_moments(self, parts: list[Path], pre: list[pl.Expr],
+                      split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+        """Count, mean and sample std of each of ``pre`` over the train rows of ``parts``."""
+        ...
 
 
 class LocalExecutor:
-    """One after the other, in this process."""
+    """One after the other, in this process; the aggregations as polars queries."""
 
     name = "polars"
 
     def map(self, fn: Callable[..., Any], args: list[tuple[Any, ...]], label: str) -> list[Any]:
         return [fn(*arg) for arg in args]
+
+    def count_values(self, parts: list[Path], split_of: pl.Expr, columns: dict[str, list[tuple[str, bool]]],
+                     min_counts: dict[str, int]) -> dict[str, pl.DataFrame]:
+        """One streaming polars query per table."""
+        train = pl.scan_parquet(parts).filter(split_of == 0)
+        queries = [_value_counts(train, table_columns).filter(pl.col("count") >= min_counts[table])
+                   for table, table_columns in columns.items()]
+        return dict(zip(columns, pl.collect_all(queries, engine="streaming"), strict=True))
+
+    def dense_moments(self, parts: list[Path], pre: list[pl.Expr],
+                      split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+        """Merged part by part in file order (Chan et al.'s pairwise update), so the same data always gives
+        bit-identical statistics, which a parallel streaming sum does not."""
+        return merge_moments([_part_moments(part, pre, split_of) for part in parts], len(pre))
+
+
+def merge_moments(partials: list[tuple[int, np.ndarray, np.ndarray]], width: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sample std) from per-part (count, mean, sum of squared deviations), merged in the given
+    order by Chan et al.'s pairwise update: numerically stable, and bit-identical for the same order."""
+    count, mean, m2 = 0, np.zeros(width), np.zeros(width)
+    for part_count, part_mean, part_m2 in partials:
+        if part_count == 0:
+            continue
+        total = count + part_count
+        delta = part_mean - mean
+        mean = mean + delta * (part_count / total)
+        m2 = m2 + part_m2 + delta**2 * (count * part_count / total)
+        count = total
+    std = np.sqrt(m2 / (count - 1)) if count > 1 else np.ones(width)
+    return count, mean, std
 
 
 @dataclass
@@ -185,12 +229,13 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
     ``recsys.data.ray_engine.RayExecutor`` runs it on a Ray cluster with the same answers)."""
     started = time.perf_counter()
     schema = source.schema
+    executor = executor or LocalExecutor()
     with layout.atomic_output_dir(out, overwrite=options.overwrite) as tmp:
         spool = tmp / "_spool"
         spool.mkdir()
         quarantine = _Quarantine(tmp / layout.QUARANTINE_FILE)
         try:
-            if executor is None:
+            if isinstance(executor, LocalExecutor):
                 good, filtered = _spool_parts(source, spool, quarantine, options)
             else:
                 from recsys.data.ray_engine import spool_distributed
@@ -202,7 +247,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
         _check_bad_fraction(rows_read, good, filtered, quarantine, options, Path(out))
         split_of, protocol = _split_expr(schema, spool, options)
         vocabs, schema = _fit(schema, spool, split_of, executor)
-        split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options, executor or LocalExecutor())
+        split_counts = _write_splits(schema, spool, tmp, vocabs, split_of, options, executor)
         shutil.rmtree(spool)
         (tmp / layout.VOCAB_DIR).mkdir()
         for table_name, vocab in vocabs.items():
@@ -217,7 +262,7 @@ def run(source: Source, out: str | Path, options: PrepareOptions,
             "bad_fraction": quarantine.count / rows_read if rows_read else 0.0,
             "split": options.split,
             "protocol": protocol,
-            "engine": (executor or LocalExecutor()).name,
+            "engine": executor.name,
             "seed": options.seed,
             "splits": split_counts,
             "cardinalities": {t.name: t.cardinality for t in schema.tables},
@@ -351,13 +396,10 @@ def _leave_one_out(schema: Schema, spool: Path, protocol: dict[str, Any]) -> tup
 
 
 def _fit(schema: Schema, spool: Path, split_of: pl.Expr,
-         executor: Executor | None = None) -> tuple[dict[str, pl.DataFrame], Schema]:
-    """Vocabularies and dense statistics from the train rows; returns the resolved schema.
-
-    In this process, one streaming polars query counts each table's values; with an ``executor``, each spool
-    part's counts are computed where the executor runs them and summed here (the same integers)."""
-    train = pl.scan_parquet(spool / "*.parquet").filter(split_of == 0)
-    spooled = pl.read_parquet_schema(next(spool.glob("*.parquet")))
+         executor: Executor) -> tuple[dict[str, pl.DataFrame], Schema]:
+    """Vocabularies and dense statistics from the train rows; returns the resolved schema."""
+    parts = _parts(spool)
+    spooled = pl.read_parquet_schema(parts[0])
     features_by_table: dict[str, list[str]] = {}
     for feature in [*schema.sparse, *schema.sequences]:
         features_by_table.setdefault(feature.table_name, []).append(feature.name)
@@ -365,16 +407,9 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr,
     vocab_tables = [t for t in schema.tables if t.encoding is Encoding.VOCAB]
     columns = {table.name: [(name, isinstance(spooled[name], pl.List)) for name in features_by_table[table.name]]
                for table in vocab_tables}
-    if executor is not None and vocab_tables:
-        per_part = executor.map(part_value_counts, [(part, split_of, columns) for part in _parts(spool)],
-                                "counting values")
-        results = [pl.concat([counts[table.name] for counts in per_part]).group_by("value")
-                   .agg(pl.col("count").sum()) for table in vocab_tables]
-    else:
-        queries = [_value_counts(train, columns[table.name]) for table in vocab_tables]
-        results = pl.collect_all(queries, engine="streaming") if queries else []
-
-    vocabs = {table.name: build_vocab(counts, table.min_count) for table, counts in zip(vocab_tables, results)}
+    counts = executor.count_values(parts, split_of, columns, {t.name: t.min_count for t in vocab_tables}) \
+        if vocab_tables else {}
+    vocabs = {table.name: build_vocab(counts[table.name], table.min_count) for table in vocab_tables}
     tables = [
         t.model_copy(update={"cardinality": vocabs[t.name].height + 1, "vocab_file": f"{layout.VOCAB_DIR}/{t.name}.parquet"})
         if t.name in vocabs else t
@@ -382,7 +417,8 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr,
     ]
     dense = list(schema.dense)
     if dense:
-        count, mean, std = _dense_moments(schema, spool, split_of, executor or LocalExecutor())
+        pre = [dense_expr(f, standardize=False).cast(pl.Float64) for f in schema.dense]
+        count, mean, std = executor.dense_moments(parts, pre, split_of)
         if count == 0:
             raise BadDataError("no rows fall in the train split; lower --valid-fraction/--test-fraction")
         dense = [
@@ -401,46 +437,21 @@ def _value_counts(frame: pl.LazyFrame, columns: list[tuple[str, bool]]) -> pl.La
         column = pl.col(name).explode() if is_list else pl.col(name)
         per_feature.append(frame.select(column.cast(pl.String).alias("value")).drop_nulls()
                            .group_by("value").agg(pl.len().alias("count")))
-    return pl.concat(per_feature).group_by("value").agg(pl.col("count").sum())
+    return pl.concat(per_feature).group_by("value").agg(pl.col("count").sum().cast(pl.Int64))
 
 
-def part_value_counts(part: Path, split_of: pl.Expr,
-                      columns: dict[str, list[tuple[str, bool]]]) -> dict[str, pl.DataFrame]:
-    """Per vocabulary table, the (value, count) of one spool part's train rows."""
-    train = pl.scan_parquet(part).filter(split_of == 0)
-    return dict(zip(columns, pl.collect_all([_value_counts(train, c) for c in columns.values()]), strict=True))
-
-
-def part_moments(part: Path, pre: list[pl.Expr], split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+def _part_moments(part: Path, pre: list[pl.Expr], split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
     """(count, mean, sum of squared deviations) of each dense value over one spool part's train rows."""
     # Lazy, so only the dense and split-key columns are read, not the sparse and list ones.
-    values = pl.scan_parquet(part).filter(split_of == 0).select(pre).collect().to_numpy()  # (rows, D)
+    return moments(pl.scan_parquet(part).filter(split_of == 0).select(pre).collect().to_numpy(), len(pre))
+
+
+def moments(values: np.ndarray, width: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) of each column of ``values`` (rows, width)."""
     if len(values) == 0:
-        return 0, np.zeros(len(pre)), np.zeros(len(pre))
+        return 0, np.zeros(width), np.zeros(width)
     mean = values.mean(axis=0)
     return len(values), mean, ((values - mean) ** 2).sum(axis=0)
-
-
-def _dense_moments(schema: Schema, spool: Path, split_of: pl.Expr,
-                   executor: Executor) -> tuple[int, np.ndarray, np.ndarray]:
-    """Count, mean and sample std of each dense feature (before standardising) over the train rows.
-
-    Merged part by part in file order (Chan et al.'s pairwise update), so the same data
-    always gives bit-identical statistics, which a parallel streaming sum does not.
-    """
-    pre = [dense_expr(f, standardize=False).cast(pl.Float64) for f in schema.dense]
-    count, mean, m2 = 0, np.zeros(len(pre)), np.zeros(len(pre))
-    for part_count, part_mean, part_m2 in executor.map(part_moments, [(p, pre, split_of) for p in _parts(spool)],
-                                                       "dense statistics"):
-        if part_count == 0:
-            continue
-        total = count + part_count
-        delta = part_mean - mean
-        mean = mean + delta * (part_count / total)
-        m2 = m2 + part_m2 + delta**2 * (count * part_count / total)
-        count = total
-    std = np.sqrt(m2 / (count - 1)) if count > 1 else np.ones(len(pre))
-    return count, mean, std
 
 
 def _parts(spool: Path) -> list[Path]:

@@ -1,39 +1,51 @@
 """``recsys data prepare --engine ray``: the prepare engine's work spread over a Ray cluster.
 
 The same pipeline as the polars engine (``recsys.data.pipeline``), with its per-file and
-per-part steps run as Ray tasks, so the answers are the same: schema, vocabularies,
-statistics, split membership, quarantined lines and output files.
+per-part steps run as Ray tasks and its aggregations on Ray Data, so the answers are the
+same: schema, vocabularies, statistics (to float tolerance), split membership, quarantined
+lines and output files.
 
-1. parse: one task per input file (a source's ``tasks()``; MovieLens, whose histories
+1. parse: one Ray task per input file (a source's ``tasks()``; MovieLens, whose histories
    need every rating, is one task) parses its chunks exactly as the polars engine does
    and writes them, with its malformed rows, into the job's temporary folder;
 2. number: the driver adds up the chunks' row counts in input order, and one task per
    chunk gives its rows their global ordinals and seeded uniforms (what the random
    split and ``--split time`` without a timestamp read) — as the polars engine numbers
    them while it streams;
-3. fit: per spool part, a task counts the train rows' values of every vocabulary table
-   and the count, mean and squared deviations of every dense feature; the driver sums
-   the counts and merges the moments in part order (Chan et al.), bit-identical to the
-   polars engine's merge; the time split's cut points and leave-one-out's held-out rows
-   are read by the driver (a column or two of every part);
-4. write: per spool part, a task encodes it and writes its rows to the split folders.
+3. fit, on Ray Data over the spool parts (``read_parquet``, only the columns needed):
+   - vocabularies: each block's train rows are counted by (table, value) where the block
+     is read, then a hash-partitioned ``groupby(["table", "value"])`` sums the counts on
+     the cluster (one partition per CPU) and drops the values under their table's
+     ``min_count`` there, so only the kept values reach the driver (a Criteo-sized log
+     has hundreds of millions of distinct values, most seen once);
+   - dense statistics: each block's count, mean and squared deviations, merged on the
+     driver (Chan et al., as the polars engine merges its parts): a few numbers per
+     block, so no shuffle;
+   - the time split's cut points and leave-one-out's held-out rows are read by the
+     driver (a column or two of every part);
+4. write: per spool part, a Ray task encodes it and writes its rows to the split
+   folders, under the polars engine's file names.
 
 Everything is written into the output folder's temporary sibling, renamed into place
 only when the whole job succeeds, so the folder must be on storage every Ray node
 sees (one machine, NFS, a shared volume). A task whose worker dies is retried
 (``max_retries``, Ray's default 3; the steps are idempotent: a retry rewrites the same
-files); one that raises fails the job, and nothing is written.
+files; Ray Data retries its own tasks); one that raises fails the job, and nothing is
+written.
 
-Ray tasks rather than Ray Data's shuffles: the aggregations are per-part sums merged on
-the driver, which is what a groupby-count over value counts comes to, without Ray
-Data's shuffle stages (a 100k-row ``groupby().count()`` took 10 s with the sort shuffle
-and over 200 s with the default hash shuffle on this 2-core machine).
+Why tasks for parsing, numbering and writing: a parse must name each bad row's file and
+line, numbering needs the row counts of every earlier chunk in input order, and the
+split files keep the polars engine's names (one per spool part and split), none of
+which Ray Data's readers and writers do. Ray Data's fixed cost is a few seconds per
+execution here (its shuffle starts its aggregator actors each time), which the
+per-part tasks do not pay.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,10 +53,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from recsys.data.pipeline import (
     GIVEN_SPLIT,
@@ -52,6 +67,9 @@ from recsys.data.pipeline import (
     RawPart,
     Source,
     _Quarantine,
+    _value_counts,
+    merge_moments,
+    moments,
     numbered,
 )
 from recsys.data.progress import row_progress
@@ -96,6 +114,14 @@ class RayExecutor:
                          runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RecsysError(f"--ray-address {address}: cannot join the Ray cluster ({exc})") from None
+        import ray.data
+
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # this job's own bars and log lines say what runs
+        # Ray Data's V1 Parquet reader: the V2 one lists the spool's few known files through a pool of footer
+        # reader actors, which doubled each read of the Criteo sample here (15.9 s → 8.8 s for the counts).
+        context.use_datasource_v2 = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         resources = ray.cluster_resources()
         log.info("ray: %s, %d nodes, %g CPUs", address or "a local cluster", len(ray.nodes()),
                  resources.get("CPU", 0))
@@ -130,11 +156,117 @@ class RayExecutor:
             raise RecsysError(f"{label}: a Ray worker died {self.max_retries + 1} times running one task; "
                               f"nothing written ({exc})") from None
 
+    def count_values(self, parts: list[Path], split_of: pl.Expr, columns: dict[str, list[tuple[str, bool]]],
+                     min_counts: dict[str, int]) -> dict[str, pl.DataFrame]:
+        """A Ray Data groupby-sum: each block's train rows counted by (table, value) where it is read, the
+        counts hash-partitioned over the cluster and summed there, the values under their table's
+        ``min_counts`` dropped there; only the kept values come back to the driver."""
+        from ray.data.aggregate import Sum
+
+        needed = sorted({name for table in columns.values() for name, _ in table} | set(split_of.meta.root_names()))
+        started = time.perf_counter()
+        with _ray_data_failures("counting values"):
+            counted = (self._read(parts, needed)
+                       .map_batches(_block_value_counts, fn_args=(split_of, columns), batch_format="pyarrow",
+                                    batch_size=None)
+                       .groupby(["table", "value"], num_partitions=self._partitions())
+                       .aggregate(Sum("count", alias_name="count"))
+                       .map_batches(_frequent, fn_args=(min_counts,), batch_format="pyarrow", batch_size=None))
+            kept = self._collect(counted, _COUNTS_SCHEMA)
+        log.info("ray data: %d kept values of %d tables counted in %.1f s", kept.height, len(columns),
+                 time.perf_counter() - started)
+        by_table = {name: frame.drop("table") for (name,), frame in kept.partition_by("table", as_dict=True).items()}
+        empty = pl.DataFrame(schema={"value": pl.String, "count": pl.Int64})
+        return {table: by_table.get(table, empty) for table in columns}
+
+    def dense_moments(self, parts: list[Path], pre: list[pl.Expr],
+                      split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+        """Each block's (count, mean, squared deviations) where it is read (a Ray Data map), merged here in
+        the blocks' order (Chan et al., as the polars engine merges its parts): a few numbers per block come
+        back, so no shuffle is needed; equal to the polars engine's to float tolerance, since Ray Data's
+        blocks need not be the spool's parts."""
+        needed = sorted({name for expr in pre for name in expr.meta.root_names()} | set(split_of.meta.root_names()))
+        started = time.perf_counter()
+        with _ray_data_failures("dense statistics"):
+            partials = (self._read(parts, needed)
+                        .map_batches(_block_moments, fn_args=(pre, split_of), batch_format="pyarrow", batch_size=None)
+                        .take_all())
+        log.info("ray data: dense statistics of %d features from %d blocks in %.1f s", len(pre), len(partials),
+                 time.perf_counter() - started)
+        return merge_moments([(row["count"], np.asarray(row["mean"]), np.asarray(row["m2"])) for row in partials],
+                             len(pre))
+
+    def _read(self, parts: list[Path], columns: list[str]) -> Any:
+        """The spool parts as a Ray Data dataset of ``columns`` (the parts are on storage every node sees)."""
+        import ray.data
+
+        # A block per part: Ray Data's default of 200 read tasks cut the 20 parts of 1M rows into 200 blocks,
+        # each paying a task's overhead and sending its own counts through the shuffle (29.5 s → see the
+        # README's figures).
+        return ray.data.read_parquet([str(part) for part in parts], override_num_blocks=len(parts)) \
+            .select_columns(columns)  # pushed into the read
+
+    def _partitions(self) -> int:
+        """One shuffle partition per CPU of the cluster (Ray Data's default, 200, is for large clusters)."""
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    @staticmethod
+    def _collect(dataset: Any, schema: dict[str, Any]) -> pl.DataFrame:
+        import ray
+
+        tables = [pl.from_arrow(table) for table in ray.get(dataset.to_arrow_refs())]
+        tables = [table for table in tables if isinstance(table, pl.DataFrame) and table.height]
+        return pl.concat(tables).cast(schema) if tables else pl.DataFrame(schema=schema)
+
     def close(self) -> None:
         import ray
 
         if self._started and ray.is_initialized():
             ray.shutdown()
+
+
+@contextmanager
+def _ray_data_failures(label: str) -> Iterator[None]:
+    """A failed Ray Data execution as one line naming the step and the error that started it."""
+    from ray.exceptions import RayError
+
+    try:
+        yield
+    except RayError as exc:
+        if isinstance(exc.__dict__.get("cause"), RecsysError):
+            raise type(exc.cause)(str(exc.cause)) from None
+        # Ray Data hands back a UserCodeException whose cause stays in the worker: only its text names it.
+        raised = [(name.rsplit(".", 1)[-1], message) for name, message in _RAISED.findall(str(exc))]
+        name, message = next(((n, m) for n, m in raised if n not in ("UserCodeException", "RayTaskError")),
+                             (type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else ""))
+        raise RecsysError(f"{label}: a Ray Data task failed: {name}: {message}") from None
+
+
+_RAISED = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.*)$", re.MULTILINE)
+_COUNTS_SCHEMA = {"table": pl.String, "value": pl.String, "count": pl.Int64}
+
+
+def _block_value_counts(block: pa.Table, split_of: pl.Expr, columns: dict[str, list[tuple[str, bool]]]) -> pa.Table:
+    """(table, value, count) of one block's train rows: the map side of the vocabulary groupby."""
+    train = pl.from_arrow(block).lazy().filter(split_of == 0)
+    counts = pl.collect_all([_value_counts(train, table_columns).select(pl.lit(table).alias("table"), "value", "count")
+                             for table, table_columns in columns.items()])
+    return pl.concat(counts).cast(_COUNTS_SCHEMA).to_arrow()
+
+
+def _frequent(block: pa.Table, min_counts: dict[str, int]) -> pa.Table:
+    """The summed counts of values seen at least their table's minimum count."""
+    counts = pl.from_arrow(block)
+    return counts.filter(pl.col("count") >= pl.col("table").replace_strict(min_counts, return_dtype=pl.Int64)).to_arrow()
+
+
+def _block_moments(block: pa.Table, pre: list[pl.Expr], split_of: pl.Expr) -> pa.Table:
+    """One row: (count, mean, sum of squared deviations) of one block's train rows' dense values."""
+    count, mean, m2 = moments(pl.from_arrow(block).lazy().filter(split_of == 0).select(pre).collect().to_numpy(),
+                              len(pre))
+    return pa.table({"count": [count], "mean": [mean.tolist()], "m2": [m2.tolist()]})
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

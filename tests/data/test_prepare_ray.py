@@ -15,14 +15,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from recsys.data.formats.criteo import CriteoSource
 from recsys.data.formats.movielens import MovieLensSource
-from recsys.data.pipeline import PrepareOptions, Source, run
+from recsys.data.pipeline import LocalExecutor, PrepareOptions, Source, run
 from recsys.data.ray_engine import LocalRayCluster, RayExecutor
 from recsys.data.synth import CtrConfig, write_criteo_tsv
+from recsys.errors import RecsysError
 from recsys.system import free_port
 from tests.conftest import cli_process, run_cli, shared_dataset
 
@@ -59,21 +62,28 @@ def _prepare(*args: str, engine: str, address: str | None = None) -> subprocess.
 
 
 def _assert_same_output(polars_out: Path, ray_out: Path) -> None:
-    """Every file the same (Parquet by content), stats.json the same but for timings and the engine's name."""
+    """Every file the same: Parquet by content, the dense statistics (Ray Data merges its blocks in its own
+    order) and the dense values standardised by them to float tolerance, stats.json but for timings and the
+    engine's name; every other byte the same."""
     files = sorted(p.relative_to(polars_out) for p in polars_out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(ray_out) for p in ray_out.rglob("*") if p.is_file())
     for relative in files:
         a, b = polars_out / relative, ray_out / relative
-        if relative.suffix == ".parquet":
-            assert pl.read_parquet(a).equals(pl.read_parquet(b)), relative
+        if relative.suffix == ".parquet":  # integers and strings exactly, floats to a float32 ulp or so
+            assert_frame_equal(pl.read_parquet(a), pl.read_parquet(b), check_exact=False, rel_tol=1e-6, abs_tol=1e-6)
         elif relative.name == "stats.json":
             x, y = json.loads(a.read_text()), json.loads(b.read_text())
             assert (x["engine"], y["engine"]) == ("polars", "ray")
-            for key in ("dense",):  # merged in the same order: equal, but only float tolerance is promised
-                for name, moments in x.pop(key).items():
-                    assert y[key][name] == pytest.approx(moments, rel=1e-12), name
-                y.pop(key)
+            for name, moments in x.pop("dense").items():
+                assert y["dense"][name] == pytest.approx(moments, rel=1e-12), name
+            y.pop("dense")
             assert {k: v for k, v in x.items() if k not in TIMINGS} == {k: v for k, v in y.items() if k not in TIMINGS}
+        elif relative.name == "schema.json":
+            x, y = json.loads(a.read_text()), json.loads(b.read_text())
+            for left, right in zip(x["dense"], y["dense"], strict=True):
+                for moment in ("mean", "std"):
+                    assert right.pop(moment) == pytest.approx(left.pop(moment), rel=1e-12), (left["name"], moment)
+            assert x == y
         else:
             assert a.read_bytes() == b.read_bytes(), relative
 
@@ -112,6 +122,42 @@ def test_movielens_leave_one_out_gives_the_polars_answers(ray_executor: RayExecu
     _both(source, tmp_path, ray_executor, PrepareOptions(split="loo"))
 
 
+def test_the_ray_data_aggregations_equal_the_polars_ones(ray_executor: RayExecutor, tmp_path: Path) -> None:
+    """``count_values`` (the Ray Data groupby, ``min_count`` applied on the cluster) and ``dense_moments``
+    against the polars engine's, on parts of a list column, nulls, values across parts and a part with no
+    train rows."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for index in range(3):
+        rows = 2000
+        frame = pl.DataFrame({
+            "c": [None if v == 0 else f"v{v}" for v in rng.zipf(1.5, rows) % 500],
+            "h": [[f"v{v}" for v in rng.integers(0, 50, rng.integers(0, 4))] for _ in range(rows)],
+            "x": rng.normal(3.0, 2.0, rows),
+            "_u": rng.random(rows) + (1.0 if index == 1 else 0.0),  # part 1 holds no train rows
+        })
+        parts.append(tmp_path / f"part-{index:05d}.parquet")
+        frame.write_parquet(parts[-1])
+    split_of = pl.when(pl.col("_u") < 0.8).then(0).otherwise(1)
+    columns = {"items": [("c", False), ("h", True)], "only_c": [("c", False)]}
+    local = LocalExecutor()
+    min_counts = {"items": 1, "only_c": 20}  # everything, and only the frequent values
+    expected = local.count_values(parts, split_of, columns, min_counts)
+    got = ray_executor.count_values(parts, split_of, columns, min_counts)
+    assert set(got) == set(columns)
+    assert got["only_c"]["count"].min() >= 20 and got["items"]["count"].min() == 1
+    for table in columns:
+        assert_frame_equal(got[table].sort("value"), expected[table].sort("value"), check_dtypes=False)
+    pre = [pl.col("x").cast(pl.Float64), pl.col("x").abs().log1p().alias("log_x")]
+    count, mean, std = ray_executor.dense_moments(parts, pre, split_of)
+    expected_count, expected_mean, expected_std = local.dense_moments(parts, pre, split_of)
+    assert count == expected_count > 0
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(std, expected_std, rtol=1e-12)
+    with pytest.raises(RecsysError, match="dense statistics: a Ray Data task failed: DuplicateError: "):
+        ray_executor.dense_moments(parts, [pl.col("x"), pl.col("x")], split_of)  # a failing block: one line
+
+
 def test_too_many_bad_rows_write_nothing(ray_cluster: str, tmp_path: Path) -> None:
     raw = _raw_criteo(tmp_path / "raw", files=2, rows=200)
     out = tmp_path / "out"
@@ -137,6 +183,7 @@ def test_without_an_address_a_local_cluster_runs_the_job(tmp_path: Path) -> None
     done = _prepare("--format", "criteo", "--input", str(raw), "--out", str(tmp_path / "ray"), engine="ray")
     assert done.returncode == 0, done.stderr
     assert "ray: a local cluster" in done.stderr
+    assert "ray data: " in done.stderr and "kept values of 26 tables counted" in done.stderr  # the fit ran there
     _assert_same_output(tmp_path / "polars", tmp_path / "ray")
 
 
