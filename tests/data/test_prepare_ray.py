@@ -154,6 +154,8 @@ def test_the_ray_data_aggregations_equal_the_polars_ones(ray_executor: RayExecut
     assert count == expected_count > 0
     np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
     np.testing.assert_allclose(std, expected_std, rtol=1e-12)
+    _, mean_again, std_again = ray_executor.dense_moments(parts, pre, split_of)
+    assert mean_again.tobytes() == mean.tobytes() and std_again.tobytes() == std.tobytes()  # a rerun: the same bits
     with pytest.raises(RecsysError, match="dense statistics: a Ray Data task failed: DuplicateError: "):
         ray_executor.dense_moments(parts, [pl.col("x"), pl.col("x")], split_of)  # a failing block: one line
 
