@@ -129,7 +129,7 @@ class LocalExecutor:
                       split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
         """Merged part by part in file order (Chan et al.'s pairwise update), so the same data always gives
         bit-identical statistics, which a parallel streaming sum does not."""
-        return merge_moments([_part_moments(part, pre, split_of) for part in parts], len(pre))
+        return merge_moments([train_moments(pl.scan_parquet(part), pre, split_of) for part in parts], len(pre))
 
 
 def merge_moments(partials: list[tuple[int, np.ndarray, np.ndarray]], width: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -440,16 +440,12 @@ def _value_counts(frame: pl.LazyFrame, columns: list[tuple[str, bool]]) -> pl.La
     return pl.concat(per_feature).group_by("value").agg(pl.col("count").sum().cast(pl.Int64))
 
 
-def _part_moments(part: Path, pre: list[pl.Expr], split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, mean, sum of squared deviations) of each dense value over one spool part's train rows."""
-    # Lazy, so only the dense and split-key columns are read, not the sparse and list ones.
-    return moments(pl.scan_parquet(part).filter(split_of == 0).select(pre).collect().to_numpy(), len(pre))
-
-
-def moments(values: np.ndarray, width: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, mean, sum of squared deviations) of each column of ``values`` (rows, width)."""
+def train_moments(frame: pl.LazyFrame, pre: list[pl.Expr], split_of: pl.Expr) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, sum of squared deviations) of each of ``pre`` over ``frame``'s train rows: a spool part's
+    here, a Ray Data block's on the Ray engine. Lazy, so a Parquet scan reads only the columns they need."""
+    values = frame.filter(split_of == 0).select(pre).collect().to_numpy()  # (rows, len(pre))
     if len(values) == 0:
-        return 0, np.zeros(width), np.zeros(width)
+        return 0, np.zeros(len(pre)), np.zeros(len(pre))
     mean = values.mean(axis=0)
     return len(values), mean, ((values - mean) ** 2).sum(axis=0)
 

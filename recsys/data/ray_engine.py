@@ -69,8 +69,8 @@ from recsys.data.pipeline import (
     _Quarantine,
     _value_counts,
     merge_moments,
-    moments,
     numbered,
+    train_moments,
 )
 from recsys.data.progress import row_progress
 from recsys.errors import RecsysError
@@ -163,10 +163,9 @@ class RayExecutor:
         ``min_counts`` dropped there; only the kept values come back to the driver."""
         from ray.data.aggregate import Sum
 
-        needed = sorted({name for table in columns.values() for name, _ in table} | set(split_of.meta.root_names()))
         started = time.perf_counter()
         with _ray_data_failures("counting values"):
-            counted = (self._read(parts, needed)
+            counted = (self._read(parts, {name for table in columns.values() for name, _ in table}, split_of)
                        .map_batches(_block_value_counts, fn_args=(split_of, columns), batch_format="pyarrow",
                                     batch_size=None)
                        .groupby(["table", "value"], num_partitions=self._partitions())
@@ -186,27 +185,27 @@ class RayExecutor:
         shuffle is needed. Merged in a fixed order (sorted), as the blocks come back in any order, so a rerun
         gives the same bits; equal to the polars engine's to float tolerance, since Ray Data's blocks need
         not be the spool's parts."""
-        needed = sorted({name for expr in pre for name in expr.meta.root_names()} | set(split_of.meta.root_names()))
         started = time.perf_counter()
         with _ray_data_failures("dense statistics"):
-            partials = (self._read(parts, needed)
-                        .map_batches(_block_moments, fn_args=(pre, split_of), batch_format="pyarrow", batch_size=None)
-                        .take_all())
-        partials.sort(key=lambda row: (row["count"], np.asarray(row["mean"]).tolist(), np.asarray(row["m2"]).tolist()))
+            rows = (self._read(parts, {name for expr in pre for name in expr.meta.root_names()}, split_of)
+                    .map_batches(_block_moments, fn_args=(pre, split_of), batch_format="pyarrow", batch_size=None)
+                    .take_all())
+        partials = sorted(((row["count"], np.asarray(row["mean"]), np.asarray(row["m2"])) for row in rows),
+                          key=lambda partial: (partial[0], partial[1].tolist(), partial[2].tolist()))
         log.info("ray data: dense statistics of %d features from %d blocks in %.1f s", len(pre), len(partials),
                  time.perf_counter() - started)
-        return merge_moments([(row["count"], np.asarray(row["mean"]), np.asarray(row["m2"])) for row in partials],
-                             len(pre))
+        return merge_moments(partials, len(pre))
 
-    def _read(self, parts: list[Path], columns: list[str]) -> Any:
-        """The spool parts as a Ray Data dataset of ``columns`` (the parts are on storage every node sees)."""
+    def _read(self, parts: list[Path], columns: set[str], split_of: pl.Expr) -> Any:
+        """The spool parts as a Ray Data dataset of ``columns`` and the columns ``split_of`` reads (the parts
+        are on storage every node sees)."""
         import ray.data
 
         # A block per part: Ray Data's default of 200 read tasks cut the 20 parts of 1M rows into 200 blocks,
         # each paying a task's overhead and sending its own counts through the shuffle (the counts took
         # 29.5 s, 14.3 s with a block per part).
         return ray.data.read_parquet([str(part) for part in parts], override_num_blocks=len(parts)) \
-            .select_columns(columns)  # pushed into the read
+            .select_columns(sorted(columns | set(split_of.meta.root_names())))  # pushed into the read
 
     def _partitions(self) -> int:
         """One shuffle partition per CPU of the cluster (Ray Data's default, 200, is for large clusters)."""
@@ -267,8 +266,7 @@ def _frequent(block: pa.Table, min_counts: dict[str, int]) -> pa.Table:
 
 def _block_moments(block: pa.Table, pre: list[pl.Expr], split_of: pl.Expr) -> pa.Table:
     """One row: (count, mean, sum of squared deviations) of one block's train rows' dense values."""
-    count, mean, m2 = moments(pl.from_arrow(block).lazy().filter(split_of == 0).select(pre).collect().to_numpy(),
-                              len(pre))
+    count, mean, m2 = train_moments(pl.from_arrow(block).lazy(), pre, split_of)
     return pa.table({"count": [count], "mean": [mean.tolist()], "m2": [m2.tolist()]})
 
 
