@@ -284,10 +284,12 @@ def test_a_cluster_master_killed_under_load_is_503_then_200_without_restart(
             assert client.get("/readyz").status_code == 200
             after = client.post("/v1/rank", json=body)
             assert server.process.poll() is None  # the same process recovered by itself
-        assert after.status_code == 200 and _scores(after.json()) == expected
+        # to float32 rounding: passes batched with others, or fewer torch threads under load, round differently
+        assert after.status_code == 200 and _scores(after.json()) == pytest.approx(expected, rel=1e-5, abs=1e-7)
         statuses = Counter(a.status for a in answers)
         assert set(statuses) <= {200, 503} and statuses[503] > 0, statuses
-        assert all(_scores(a.payload) == expected for a in answers if a.status == 200)
+        served = [_scores(a.payload) for a in answers if a.status == 200]
+        assert all(scores == pytest.approx(expected, rel=1e-5, abs=1e-7) for scores in served)
     finally:
         if server is not None:
             server.stop()
