@@ -407,14 +407,8 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr,
     vocab_tables = [t for t in schema.tables if t.encoding is Encoding.VOCAB]
     columns = {table.name: [(name, isinstance(spooled[name], pl.List)) for name in features_by_table[table.name]]
                for table in vocab_tables}
-    counts = executor.count_values(parts, split_of, columns, {t.name: t.min_count for t in vocab_tables}) \
-        if vocab_tables else {}
-    vocabs = {table.name: build_vocab(counts[table.name], table.min_count) for table in vocab_tables}
-    tables = [
-        t.model_copy(update={"cardinality": vocabs[t.name].height + 1, "vocab_file": f"{layout.VOCAB_DIR}/{t.name}.parquet"})
-        if t.name in vocabs else t
-        for t in schema.tables
-    ]
+    # The dense moments first: a pass of a few numbers per part, so a split without train rows fails before the
+    # vocabularies' shuffle; on Ray the shuffle's own workers then no longer hold the CPUs the moments wait for.
     dense = list(schema.dense)
     if dense:
         pre = [dense_expr(f, standardize=False).cast(pl.Float64) for f in schema.dense]
@@ -426,6 +420,14 @@ def _fit(schema: Schema, spool: Path, split_of: pl.Expr,
             if f.transform.standardizes else f
             for j, f in enumerate(schema.dense)
         ]
+    counts = executor.count_values(parts, split_of, columns, {t.name: t.min_count for t in vocab_tables}) \
+        if vocab_tables else {}
+    vocabs = {table.name: build_vocab(counts[table.name], table.min_count) for table in vocab_tables}
+    tables = [
+        t.model_copy(update={"cardinality": vocabs[t.name].height + 1, "vocab_file": f"{layout.VOCAB_DIR}/{t.name}.parquet"})
+        if t.name in vocabs else t
+        for t in schema.tables
+    ]
     resolved = schema.model_copy(update={"tables": tables, "dense": dense})
     return vocabs, Schema.model_validate(resolved.model_dump())
 
