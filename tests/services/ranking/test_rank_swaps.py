@@ -24,7 +24,7 @@ from services.feature_store.local_cluster import LocalRedisCluster
 from services.feature_store.materialize import materialize
 from services.feature_store.redis_store import RedisFeatureStore
 from tests.artifacts import reseal
-from tests.services.ranking.conftest import API_KEY, OfflineRow, Server, metric_value, start_server
+from tests.services.ranking.conftest import API_KEY, FLOAT32_ROUNDING, OfflineRow, Server, metric_value, start_server
 
 ADMIN = {"X-API-Key": API_KEY}
 
@@ -284,12 +284,11 @@ def test_a_cluster_master_killed_under_load_is_503_then_200_without_restart(
             assert client.get("/readyz").status_code == 200
             after = client.post("/v1/rank", json=body)
             assert server.process.poll() is None  # the same process recovered by itself
-        # to float32 rounding: passes batched with others, or fewer torch threads under load, round differently
-        assert after.status_code == 200 and _scores(after.json()) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+        assert after.status_code == 200 and _scores(after.json()) == pytest.approx(expected, **FLOAT32_ROUNDING)
         statuses = Counter(a.status for a in answers)
         assert set(statuses) <= {200, 503} and statuses[503] > 0, statuses
         served = [_scores(a.payload) for a in answers if a.status == 200]
-        assert all(scores == pytest.approx(expected, rel=1e-5, abs=1e-7) for scores in served)
+        assert all(scores == pytest.approx(expected, **FLOAT32_ROUNDING) for scores in served)
     finally:
         if server is not None:
             server.stop()
