@@ -50,11 +50,12 @@ def cpu_ticks() -> list[int]:
 def cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
     """Shares of the machine's CPU time between two readings, and the busy CPU seconds."""
     user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(before, after))
-    total = max(user + nice + system + idle + iowait + irq + softirq + steal, 1)
-    kernel = system + irq + softirq
-    return {"busy": round((total - idle - iowait) / total, 4), "kernel": round(kernel / total, 4),
-            "idle": round((idle + iowait) / total, 4), "steal": round(steal / total, 4),
-            "busy_cpu_seconds": round((user + nice + kernel + steal) / os.sysconf("SC_CLK_TCK"), 1)}
+    waiting = idle + iowait
+    busy = user + nice + system + irq + softirq + steal
+    total = max(busy + waiting, 1)
+    return {"busy": round(busy / total, 4), "kernel": round((system + irq + softirq) / total, 4),
+            "idle": round(waiting / total, 4), "steal": round(steal / total, 4),
+            "busy_cpu_seconds": round(busy / os.sysconf("SC_CLK_TCK"), 1)}
 
 
 def file_seconds(output: str) -> dict[str, float]:
